@@ -1,0 +1,49 @@
+from django.contrib.auth.models import AbstractUser
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models.functions import Lower
+
+handle_validator = RegexValidator(
+    r"^[A-Za-z0-9_-]{1,30}\Z",
+    "A handle has 1 to 30 letters, digits, '_' or '-'.",
+)
+
+
+class User(AbstractUser):
+    """A Parley user. The handle is Django's username, so auth works unchanged."""
+
+    username = models.CharField(
+        "handle",
+        max_length=30,
+        unique=True,
+        validators=[handle_validator],
+        help_text="1 to 30 letters, digits, '_' or '-'. Others @mention you by it.",
+        error_messages={"unique": "That handle is taken."},
+    )
+
+    class Meta:
+        constraints = [
+            # @mentions are case-insensitive, so handles must be too.
+            models.UniqueConstraint(Lower("username"), name="accounts_user_handle_ci_unique"),
+        ]
+
+    display_name = models.CharField(max_length=50, blank=True)
+
+    # How an @mention reaches this user outside Parley (notifications app).
+    class MentionChannel(models.TextChoices):
+        APP = "app", "In Parley only"
+        EMAIL = "email", "Email"
+        SMS = "sms", "SMS"
+
+    mention_channel = models.CharField(max_length=5, choices=MentionChannel.choices, default=MentionChannel.APP)
+    # Nothing is sent to an address until its owner has confirmed it.
+    email_confirmed = models.BooleanField(default=False)
+    phone = models.CharField("phone number", max_length=20, blank=True, help_text="E.164, e.g. +14155550100")
+    phone_confirmed = models.BooleanField(default=False)
+    # One-click unsubscribe, and SMS "STOP" as reported by Twilio.
+    email_opted_out = models.BooleanField(default=False)
+    sms_opted_out = models.BooleanField(default=False)
+
+    @property
+    def handle(self) -> str:
+        return self.username

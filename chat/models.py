@@ -1,0 +1,99 @@
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+MAX_MESSAGE_LENGTH = 4000
+MAX_LABEL_LENGTH = 50
+
+
+class RoomQuerySet(models.QuerySet):
+    def visible_to(self, user) -> "RoomQuerySet":
+        """Public rooms, and the private rooms `user` is a member of."""
+        return self.filter(Q(is_private=False) | Q(memberships__user=user)).distinct()
+
+
+class Room(models.Model):
+    label = models.SlugField(max_length=MAX_LABEL_LENGTH, unique=True)
+    is_private = models.BooleanField(default=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Bumped by every message; also serialises a room's inserts (see Room.post).
+    last_activity_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    objects = RoomQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-last_activity_at"]
+
+    def __str__(self) -> str:
+        return self.label
+
+    @property
+    def group_name(self) -> str:
+        """The channel-layer group every socket in this room joins."""
+        return f"room.{self.pk}"
+
+    def can_view(self, user) -> bool:
+        if not user.is_authenticated:
+            return False
+        if not self.is_private:
+            return True
+        return self.memberships.filter(user=user).exists()
+
+
+class Membership(models.Model):
+    """Who may see a private room. Public rooms need no membership."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint("room", "user", name="chat_membership_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.room}"
+
+
+class Message(models.Model):
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="messages")
+    # Stored exactly as typed; escaping is the renderer's job.
+    text = models.TextField(max_length=MAX_MESSAGE_LENGTH)
+    # The sender's own id for this message: a retry with the same id is the same message.
+    client_id = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint("user", "client_id", name="chat_message_client_id_unique"),
+        ]
+        indexes = [models.Index(fields=["room", "id"], name="chat_message_room_id")]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.user} in {self.room}"
+
+
+class Presence(models.Model):
+    """One open socket in a room, on any daphne process.
+
+    Shared in the database so presence is right across processes; a row whose
+    `last_seen` stops moving belonged to a process that died, and expires.
+    """
+
+    channel_name = models.CharField(max_length=100, primary_key=True)
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="presences")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    connected_at = models.DateTimeField(auto_now_add=True)
+    last_seen = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.room} via {self.channel_name}"

@@ -1,0 +1,10 @@
+from django.contrib import admin
+from django.urls import include, path
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("", include("accounts.urls")),
+    path("tasks/", include("tasks.urls")),
+    # Last: /<label>/ catches every other single path segment.
+    path("", include("chat.urls")),
+]

@@ -1,0 +1,193 @@
+"""Parley's `django.tasks` backend: the database holds each task, the channel layer rings the bell."""
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.exceptions import ChannelFull
+from channels.layers import get_channel_layer
+from django.core import checks
+from django.db import transaction
+from django.tasks.backends.base import BaseTaskBackend
+from django.tasks.base import Task, TaskError, TaskResult
+from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
+from django.tasks.signals import task_enqueued
+from django.utils import timezone
+from django.utils.json import normalize_json
+from django.utils.module_loading import import_string
+
+from .models import TaskRecord
+
+logger = logging.getLogger(__name__)
+
+# What channels accepts as a channel name (channels.layers.BaseChannelLayer).
+CHANNEL_NAME = re.compile(r"^[a-zA-Z\d\-_.]{1,99}$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ParleyTask(Task):
+    """A django.tasks Task with Parley's retry policy, set on @task.
+
+    `@task(queue_name="notifications", max_attempts=5, retry_backoff=2.0)` retries a
+    failing task up to 5 attempts in all, waiting about 2 s, 4 s, 8 s, ... (+-20%
+    jitter, capped at `retry_backoff_max`) between them.
+    """
+
+    max_attempts: int = 1
+    retry_backoff: float = 1.0
+    retry_backoff_max: float = 300.0
+
+
+class ChannelsBackend(BaseTaskBackend):
+    task_class = ParleyTask
+    supports_defer = True
+    supports_async_task = True
+    supports_get_result = True
+    supports_priority = True
+
+    def __init__(self, alias: str, params: dict[str, Any]) -> None:
+        super().__init__(alias, params)
+        self.channel_layer_alias = self.options.get("CHANNEL_LAYER", "default")
+
+    def validate_task(self, task: Task) -> None:
+        super().validate_task(task)
+        if isinstance(task, ParleyTask):
+            if int(task.max_attempts) != task.max_attempts or task.max_attempts < 1:
+                raise InvalidTask("max_attempts must be a whole number of at least 1.")
+            if task.retry_backoff < 0 or task.retry_backoff_max < 0:
+                raise InvalidTask("retry_backoff and retry_backoff_max must not be negative.")
+
+    def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
+        self.validate_task(task)
+        args, kwargs = self._serializable(task, args, kwargs)
+        now = timezone.now()
+        record = TaskRecord.objects.create(
+            task_path=task.module_path,
+            backend=self.alias,
+            queue_name=task.queue_name,
+            priority=task.priority,
+            args=args,
+            kwargs=kwargs,
+            enqueued_at=now,
+            run_after=task.run_after,
+            available_at=task.run_after or now,
+            max_attempts=getattr(task, "max_attempts", 1),
+            retry_backoff=getattr(task, "retry_backoff", 1.0),
+            retry_backoff_max=getattr(task, "retry_backoff_max", 300.0),
+        )
+        # Inside atomic(), the row is only real once committed: ring then, and
+        # never if the transaction rolls back (the row goes with it).
+        transaction.on_commit(lambda: ring(record.queue_name, self.channel_layer_alias))
+        result = to_task_result(record, task)
+        task_enqueued.send(type(self), task_result=result)
+        return result
+
+    def get_result(self, result_id: str) -> TaskResult:
+        try:
+            record = TaskRecord.objects.get(pk=result_id)
+        except (TaskRecord.DoesNotExist, ValueError, TypeError) as exc:  # ValueError: not a UUID
+            raise TaskResultDoesNotExist(result_id) from exc
+        return to_task_result(record)
+
+    async def aget_result(self, result_id: str) -> TaskResult:
+        try:
+            record = await TaskRecord.objects.aget(pk=result_id)
+        except (TaskRecord.DoesNotExist, ValueError, TypeError) as exc:
+            raise TaskResultDoesNotExist(result_id) from exc
+        return to_task_result(record)
+
+    def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
+        errors = []
+        for queue in sorted(self.queues):
+            if not CHANNEL_NAME.match(queue):
+                errors.append(
+                    checks.Error(
+                        f"Queue {queue!r} of task backend {self.alias!r} is not a valid channel name.",
+                        hint="Queue names are channel names: letters, digits, '-', '_' or '.', under 100.",
+                        id="tasks.E001",
+                    )
+                )
+        if get_channel_layer(self.channel_layer_alias) is None:
+            errors.append(
+                checks.Error(
+                    f"Task backend {self.alias!r} needs channel layer {self.channel_layer_alias!r}.",
+                    hint="Configure CHANNEL_LAYERS.",
+                    id="tasks.E002",
+                )
+            )
+        return errors
+
+    @staticmethod
+    def _serializable(task: Task, args: Any, kwargs: Any) -> tuple[list, dict]:
+        """Arguments as they will reach the worker, or a clear error now rather than there."""
+        try:
+            args, kwargs = normalize_json(args), normalize_json(kwargs)
+            json.dumps([args, kwargs])
+        except (TypeError, ValueError) as exc:
+            raise InvalidTask(
+                f"Arguments of task {task.module_path} must be JSON-serializable: {exc}"
+            ) from exc
+        return args, kwargs
+
+
+def to_task_result(record: TaskRecord, task: Task | None = None) -> TaskResult:
+    """The django.tasks view of a stored task."""
+    if task is None:
+        task = load_task(record.task_path).using(
+            priority=record.priority, queue_name=record.queue_name, run_after=record.run_after,
+            backend=record.backend,
+        )
+    result = TaskResult(
+        task=task,
+        id=str(record.id),
+        status=record.status,
+        enqueued_at=record.enqueued_at,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        last_attempted_at=record.last_attempted_at,
+        args=record.args,
+        kwargs=record.kwargs,
+        backend=record.backend,
+        errors=[TaskError(**error) for error in record.errors],
+        worker_ids=list(record.worker_ids),
+    )
+    object.__setattr__(result, "_return_value", record.return_value)
+    return result
+
+
+def load_task(task_path: str) -> Task:
+    """The Task object a stored path names; ImportError with the path when it is gone."""
+    try:
+        task = import_string(task_path)
+    except ImportError as exc:
+        raise ImportError(f"Task {task_path!r} cannot be imported: {exc}") from exc
+    if not isinstance(task, Task):
+        raise ImportError(f"{task_path!r} is not a task (decorate it with @task).")
+    return task
+
+
+def ring(queue_name: str, layer_alias: str = "default") -> None:
+    """Tell the workers of `queue_name` that it has work. Never raises.
+
+    A lost bell costs latency, not a task: workers also look at the database
+    when no bell has come for a while.
+    """
+    try:
+        async_to_sync(aring)(queue_name, layer_alias)
+    except RuntimeError:  # called from inside an event loop's own thread
+        logger.error("event=bell_failed queue=%s reason=sync_ring_in_event_loop", queue_name)
+
+
+async def aring(queue_name: str, layer_alias: str = "default") -> None:
+    """See ring()."""
+    layer = get_channel_layer(layer_alias)
+    try:
+        await layer.send(queue_name, {"type": "task.ready"})
+    except ChannelFull:
+        logger.debug("event=bell_dropped queue=%s reason=channel_full", queue_name)
+    except Exception as exc:  # Redis down, say: the task is safe in the database.
+        logger.warning("event=bell_failed queue=%s error=%r", queue_name, exc)
+

@@ -1,0 +1,82 @@
+import uuid
+
+from django.db import models
+from django.db.models import Q
+from django.tasks.base import TaskResultStatus
+
+
+class TaskRecord(models.Model):
+    """One enqueued task: the durable truth the runner works from.
+
+    The channel layer only carries a bell saying "look at queue X"; whatever
+    happens to a bell, this row says what is left to do.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    task_path = models.CharField(max_length=255)
+    backend = models.CharField(max_length=100, default="default")
+    queue_name = models.CharField(max_length=100)
+    priority = models.SmallIntegerField(default=0)
+    args = models.JSONField(default=list)
+    kwargs = models.JSONField(default=dict)
+
+    status = models.CharField(max_length=10, choices=TaskResultStatus.choices, default=TaskResultStatus.READY)
+    enqueued_at = models.DateTimeField()
+    # What the caller asked for with .using(run_after=...).
+    run_after = models.DateTimeField(null=True, blank=True)
+    # When the next attempt may start: run_after, or a retry's backoff.
+    available_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    last_attempted_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    # Retry policy, copied from the task at enqueue time.
+    max_attempts = models.PositiveSmallIntegerField(default=1)
+    retry_backoff = models.FloatField(default=1.0)
+    retry_backoff_max = models.FloatField(default=300.0)
+
+    # One entry per attempt (so attempts == len(worker_ids), as in django.tasks).
+    worker_ids = models.JSONField(default=list)
+    # [{"exception_class_path": ..., "traceback": ...}], every attempt's error kept.
+    errors = models.JSONField(default=list)
+    return_value = models.JSONField(null=True, blank=True)
+
+    # The worker holding a RUNNING task, and its proof of life.
+    worker_id = models.CharField(max_length=200, blank=True, default="")
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+
+    progress_done = models.BigIntegerField(null=True, blank=True)
+    progress_total = models.BigIntegerField(null=True, blank=True)
+    progress_note = models.CharField(max_length=200, blank=True, default="")
+    progress_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "task result"
+        ordering = ["-enqueued_at"]
+        indexes = [
+            # The claim: the next READY task of a queue, by priority then age.
+            models.Index(
+                "queue_name",
+                models.F("priority").desc(),
+                "available_at",
+                "enqueued_at",
+                name="tasks_ready_idx",
+                condition=Q(status="READY"),
+            ),
+            # The sweep for tasks whose worker stopped beating.
+            models.Index("heartbeat_at", name="tasks_running_idx", condition=Q(status="RUNNING")),
+            models.Index("finished_at", name="tasks_finished_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_path} [{self.status}] {self.id}"
+
+    @property
+    def attempts(self) -> int:
+        return len(self.worker_ids)
+
+    @property
+    def group_name(self) -> str:
+        """The channel-layer group that hears this task's progress and end."""
+        return f"task.{self.id}"

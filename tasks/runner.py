@@ -1,0 +1,342 @@
+"""Running stored tasks: claim one, run it, record what happened.
+
+Plain functions over TaskRecord, called by the worker's consumers and by tests.
+The rules that make the runner lose nothing and double nothing live here:
+
+- a task is claimed by one conditional UPDATE (row lock, SKIP LOCKED on
+  PostgreSQL; SQLite's IMMEDIATE transactions serialise it), so however many
+  bells ring and however many workers listen, one worker gets it;
+- a RUNNING task belongs to a worker only while that worker's heartbeat is
+  fresh; the sweep hands tasks of silent workers to the others;
+- every outcome is written conditionally on still holding the task.
+"""
+
+import logging
+import random
+import threading
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from inspect import iscoroutinefunction
+from typing import Any
+
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.tasks.base import Task, TaskContext, TaskResultStatus
+from django.tasks.signals import task_finished, task_started
+from django.utils import timezone
+from django.utils.json import normalize_json
+
+from .backends import ChannelsBackend, aring, load_task, to_task_result
+from .exceptions import RetryLater, TaskCancelled, WorkerLost
+from .models import TaskRecord
+
+logger = logging.getLogger(__name__)
+
+READY, RUNNING = TaskResultStatus.READY, TaskResultStatus.RUNNING
+SUCCESSFUL, FAILED = TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED
+WORKER_LOST = f"{WorkerLost.__module__}.{WorkerLost.__qualname__}"
+CANCELLED = f"{TaskCancelled.__module__}.{TaskCancelled.__qualname__}"
+
+# Set by the worker on SIGTERM: running tasks hand themselves back at their
+# next progress report instead of holding the shutdown up.
+shutting_down = threading.Event()
+
+
+class HandedBack(Exception):
+    """A task gave itself back because its worker is shutting down."""
+
+
+def heartbeat_interval() -> float:
+    return getattr(settings, "TASKS_HEARTBEAT_INTERVAL", 2.0)
+
+
+def lease_seconds() -> float:
+    """How long a silent worker keeps its tasks before the others take them."""
+    return getattr(settings, "TASKS_LEASE", 10.0)
+
+
+def max_worker_losses() -> int:
+    """A task that keeps killing its worker (OOM, say) must not loop for ever."""
+    return getattr(settings, "TASKS_MAX_WORKER_LOSSES", 3)
+
+
+def error_entry(exc: BaseException) -> dict[str, str]:
+    kind = type(exc)
+    return {
+        "exception_class_path": f"{kind.__module__}.{kind.__qualname__}",
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+def claim(queue_names: list[str], worker_id: str) -> TaskRecord | None:
+    """Take the next due READY task of these queues for `worker_id`, or None."""
+    now = timezone.now()
+    with transaction.atomic():
+        record = (
+            TaskRecord.objects.select_for_update(skip_locked=True)
+            .filter(status=READY, queue_name__in=queue_names, available_at__lte=now)
+            .order_by("-priority", "available_at", "enqueued_at")
+            .first()
+        )
+        if record is None:
+            return None
+        record.status = RUNNING
+        record.worker_id = worker_id
+        record.heartbeat_at = now
+        record.last_attempted_at = now
+        record.started_at = record.started_at or now
+        record.worker_ids = [*record.worker_ids, worker_id]
+        record.save(
+            update_fields=["status", "worker_id", "heartbeat_at", "last_attempted_at", "started_at", "worker_ids"]
+        )
+    return record
+
+
+def next_due(queue_names: list[str]) -> datetime | None:
+    """When the earliest READY task of these queues may start."""
+    return (
+        TaskRecord.objects.filter(status=READY, queue_name__in=queue_names)
+        .order_by("available_at")
+        .values_list("available_at", flat=True)
+        .first()
+    )
+
+
+def _release(record: TaskRecord, worker_id: str, **changes: Any) -> bool:
+    """Write an attempt's outcome if `worker_id` still holds the task."""
+    changes.setdefault("worker_id", "")
+    changes.setdefault("heartbeat_at", None)
+    held = TaskRecord.objects.filter(pk=record.pk, status=RUNNING, worker_id=worker_id).update(**changes)
+    if not held:
+        logger.warning("event=lease_lost task=%s worker=%s", record.pk, worker_id)
+        return False
+    for name, value in changes.items():
+        setattr(record, name, value)
+    return True
+
+
+def record_success(record: TaskRecord, worker_id: str, return_value: Any) -> bool:
+    return _release(record, worker_id, status=SUCCESSFUL, finished_at=timezone.now(), return_value=return_value)
+
+
+def retry_delay(record: TaskRecord, failures: int) -> float:
+    """Exponential backoff, +-20% jitter so retries of a burst do not stampede."""
+    delay = min(record.retry_backoff_max, record.retry_backoff * 2 ** (failures - 1))
+    return delay * random.uniform(0.8, 1.2)
+
+
+def record_failure(record: TaskRecord, worker_id: str, exc: BaseException) -> bool:
+    """Keep the error; retry later if the task has attempts left, else FAILED."""
+    errors = [*record.errors, error_entry(exc)]
+    failures = sum(1 for e in errors if e["exception_class_path"] != WORKER_LOST)
+    now = timezone.now()
+    if isinstance(exc, TaskCancelled) or failures >= record.max_attempts:
+        return _release(record, worker_id, status=FAILED, errors=errors, finished_at=now)
+    delay = exc.delay if isinstance(exc, RetryLater) else retry_delay(record, failures)
+    logger.info("event=task_retry task=%s path=%s failures=%d delay=%.2f", record.pk, record.task_path, failures, delay)
+    return _release(record, worker_id, status=READY, errors=errors, available_at=now + timedelta(seconds=delay))
+
+
+def hand_back(worker_id: str, record: TaskRecord | None = None) -> list[str]:
+    """Give a stopping worker's RUNNING tasks back to the queue, not failed.
+
+    Returns the queues that got work back, so the caller can ring them.
+    """
+    held = TaskRecord.objects.filter(status=RUNNING, worker_id=worker_id)
+    if record is not None:
+        held = held.filter(pk=record.pk)
+    queues = sorted(set(held.values_list("queue_name", flat=True)))
+    held.update(status=READY, worker_id="", heartbeat_at=None, available_at=timezone.now())
+    return queues
+
+
+def heartbeat(worker_id: str) -> int:
+    return TaskRecord.objects.filter(status=RUNNING, worker_id=worker_id).update(heartbeat_at=timezone.now())
+
+
+def reclaim_lost() -> list[str]:
+    """Hand RUNNING tasks of workers that stopped beating to the others.
+
+    Each counts as an attempt that failed with WorkerLost; after
+    max_worker_losses() of those the task is FAILED. Returns the queues to ring.
+    """
+    now = timezone.now()
+    queues = set()
+    with transaction.atomic():
+        stale = TaskRecord.objects.select_for_update(skip_locked=True).filter(
+            status=RUNNING, heartbeat_at__lt=now - timedelta(seconds=lease_seconds())
+        )
+        for record in stale:
+            lost = WorkerLost(f"worker {record.worker_id} stopped beating at {record.heartbeat_at.isoformat()}")
+            errors = [*record.errors, {"exception_class_path": WORKER_LOST, "traceback": str(lost)}]
+            losses = sum(1 for e in errors if e["exception_class_path"] == WORKER_LOST)
+            logger.warning("event=task_reclaimed task=%s worker=%s losses=%d", record.pk, record.worker_id, losses)
+            record.errors = errors
+            record.worker_id = ""
+            record.heartbeat_at = None
+            if losses >= max_worker_losses():
+                record.status = FAILED
+                record.finished_at = now
+            else:
+                record.status = READY
+                record.available_at = now
+                queues.add(record.queue_name)
+            record.save(update_fields=["errors", "worker_id", "heartbeat_at", "status", "finished_at", "available_at"])
+    return sorted(queues)
+
+
+def cancel(result_id: str) -> TaskRecord | None:
+    """Cancel a task: a READY one never starts, a RUNNING one stops at its next progress report.
+
+    Returns the record, or None if there is no such task.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        record = TaskRecord.objects.select_for_update().filter(pk=result_id).first()
+        if record is None or record.status in (SUCCESSFUL, FAILED):
+            return record
+        record.cancel_requested = True
+        fields = ["cancel_requested"]
+        if record.status == READY:
+            record.status = FAILED
+            record.finished_at = now
+            record.errors = [*record.errors, error_entry(TaskCancelled("cancelled before it started"))]
+            fields += ["status", "finished_at", "errors"]
+        record.save(update_fields=fields)
+    if record.status == FAILED:
+        broadcast(record)
+    return record
+
+
+def snapshot(record: TaskRecord) -> dict[str, Any]:
+    """What watchers of a task are told: its state and progress, no tracebacks."""
+    return {
+        "id": str(record.pk),
+        "task": record.task_path,
+        "queue": record.queue_name,
+        "status": record.status,
+        "attempts": record.attempts,
+        "done": record.progress_done,
+        "total": record.progress_total,
+        "note": record.progress_note,
+        "started_at": record.started_at.isoformat() if record.started_at else None,
+        "finished_at": record.finished_at.isoformat() if record.finished_at else None,
+        "error": record.errors[-1]["exception_class_path"] if record.status == FAILED and record.errors else None,
+        "cancel_requested": record.cancel_requested,
+    }
+
+
+def broadcast(record: TaskRecord) -> None:
+    """Tell the task's group (task.<id>) where it stands; from sync code."""
+    async_to_sync(abroadcast)(record)
+
+
+async def abroadcast(record: TaskRecord) -> None:
+    layer = get_channel_layer()
+    try:
+        await layer.group_send(record.group_name, {"type": "task.update", "task": snapshot(record)})
+    except Exception as exc:  # watchers miss an update; the row still has it
+        logger.warning("event=broadcast_failed task=%s error=%r", record.pk, exc)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProgressContext(TaskContext):
+    """The context a `takes_context` task gets: django's TaskContext plus progress().
+
+    progress() stores (done, total, note) and broadcasts it on the task's group,
+    at most 10 times a second (the last report, done == total, always goes out).
+    It is also where a task learns it was cancelled (TaskCancelled is raised) or
+    that its worker is stopping (it hands itself back to the queue).
+    """
+
+    min_interval: float = 0.1
+    _last: list[float] = field(default_factory=lambda: [0.0])
+
+    def progress(self, done: int, total: int | None = None, note: str = "") -> None:
+        record = self._progress_record(done, total, note)
+        if record is not None:
+            broadcast(record)
+
+    async def aprogress(self, done: int, total: int | None = None, note: str = "") -> None:
+        record = await database_sync_to_async(self._progress_record)(done, total, note)
+        if record is not None:
+            await abroadcast(record)
+
+    def _progress_record(self, done: int, total: int | None, note: str) -> TaskRecord | None:
+        if shutting_down.is_set():
+            raise HandedBack()
+        now = timezone.now()
+        if now.timestamp() - self._last[0] < self.min_interval and done != total:
+            return None
+        self._last[0] = now.timestamp()
+        changes = {"progress_done": done, "progress_total": total, "progress_note": note[:200], "progress_at": now}
+        if not TaskRecord.objects.filter(pk=self.task_result.id, cancel_requested=False).update(**changes):
+            raise TaskCancelled("cancelled while running")
+        return TaskRecord.objects.get(pk=self.task_result.id)
+
+
+def _call_sync(task: Task, args: list, kwargs: dict) -> Any:
+    """Run a sync task in a worker thread, with Django's per-request DB hygiene."""
+    close_old_connections()
+    try:
+        return task.func(*args, **kwargs)
+    finally:
+        close_old_connections()
+
+
+async def run_next(queue_names: list[str], worker_id: str) -> bool:
+    """Claim and run one task of these queues. False when none is due."""
+    record = await database_sync_to_async(claim)(queue_names, worker_id)
+    if record is None:
+        return False
+    await execute(record, worker_id)
+    return True
+
+
+async def execute(record: TaskRecord, worker_id: str) -> None:
+    """Run a claimed task to an outcome, and record it."""
+    log = "task=%s path=%s queue=%s attempt=%d worker=%s"
+    log_args = (record.pk, record.task_path, record.queue_name, record.attempts, worker_id)
+    try:
+        task = load_task(record.task_path)
+    except ImportError as exc:
+        logger.error("event=task_import_failed " + log + " error=%s", *log_args, exc)
+        await database_sync_to_async(record_failure)(record, worker_id, exc)
+        return
+    task = task.using(priority=record.priority, queue_name=record.queue_name, run_after=record.run_after)
+    result = to_task_result(record, task)
+    await task_started.asend(sender=ChannelsBackend, task_result=result)
+    args = list(record.args)
+    if task.takes_context:
+        args.insert(0, ProgressContext(task_result=result))
+    outcome: BaseException | None = None
+    try:
+        if iscoroutinefunction(task.func):
+            value = await task.func(*args, **record.kwargs)
+        else:
+            value = await sync_to_async(_call_sync, thread_sensitive=False)(task, args, record.kwargs)
+        value = normalize_json(value)
+    except HandedBack:
+        queues = await database_sync_to_async(hand_back)(worker_id, record)
+        logger.info("event=task_handed_back " + log, *log_args)
+        for queue in queues:
+            await aring(queue)
+        return
+    except Exception as exc:
+        outcome = exc
+    if outcome is None:
+        await database_sync_to_async(record_success)(record, worker_id, value)
+        logger.info("event=task_succeeded " + log, *log_args)
+    else:
+        await database_sync_to_async(record_failure)(record, worker_id, outcome)
+        logger.info("event=task_failed " + log + " status=%s error=%r", *log_args, record.status, outcome)
+    result = to_task_result(record, task)
+    if record.status != READY:
+        await task_finished.asend(sender=ChannelsBackend, task_result=result)
+    if task.takes_context:
+        await abroadcast(record)
+

@@ -1,0 +1,63 @@
+"""Tasks the tests enqueue; real module-level tasks that real workers import."""
+
+import os
+import time
+
+from django.tasks import task
+
+
+def _note(path: str, line: str) -> None:
+    # O_APPEND writes of one short line are atomic, even across processes.
+    with open(path, "a") as fh:
+        fh.write(line + "\n")
+
+
+@task
+def noop() -> None:
+    return None
+
+
+@task(queue_name="compute")
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@task(queue_name="compute")
+def mark(path: str, key: str) -> str:
+    """Side effect to count: one line per run."""
+    _note(path, f"{key} {os.getpid()}")
+    return key
+
+
+@task(queue_name="compute")
+def slow_mark(path: str, key: str, seconds: float) -> str:
+    _note(path, f"start {key} {os.getpid()}")
+    time.sleep(seconds)
+    _note(path, f"end {key} {os.getpid()}")
+    return key
+
+
+@task(queue_name="compute", max_attempts=3, retry_backoff=1.0)
+def flaky(path: str, fail_times: int) -> int:
+    """Fails `fail_times` times, then succeeds; notes each attempt's time."""
+    _note(path, f"{time.time()}")
+    with open(path) as fh:
+        attempts = len(fh.readlines())
+    if attempts <= fail_times:
+        raise RuntimeError(f"attempt {attempts} fails on purpose")
+    return attempts
+
+
+@task(queue_name="compute", takes_context=True)
+def counted(context, path: str, steps: int, seconds: float) -> int:
+    """Reports progress every step; stops when cancelled."""
+    for step in range(steps):
+        _note(path, f"step {step} attempt {context.attempt} {os.getpid()}")
+        time.sleep(seconds)
+        context.progress(step + 1, steps, f"step {step + 1}")
+    return steps
+
+
+@task(queue_name="compute")
+async def async_add(a: int, b: int) -> int:
+    return a + b
