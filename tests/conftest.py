@@ -15,3 +15,27 @@ async def channel_layer():
     await layer.flush()
     yield layer
     await layer.flush()
+
+
+@pytest.fixture
+def stack(request, postgres_server, redis_server, tmp_path):
+    """A fresh database on the session's PostgreSQL and Redis, for real processes.
+
+    Logs of every process are printed when the test fails.
+    """
+    from tests.processes import Stack
+
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    stack = Stack.postgres(postgres_server, redis_server.url, log_dir)
+    yield stack
+    stack.stop_all()
+    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+        print(stack.logs())
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
