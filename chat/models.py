@@ -1,9 +1,35 @@
+import re
+from datetime import timedelta
+
 from django.conf import settings
-from django.db import models
+from django.db import IntegrityError, models, transaction
 from django.db.models import Q
+from django.utils import timezone
 
 MAX_MESSAGE_LENGTH = 4000
 MAX_LABEL_LENGTH = 50
+# More than RATE_LIMIT_COUNT messages within RATE_LIMIT_WINDOW per user are refused.
+RATE_LIMIT_COUNT = 10
+RATE_LIMIT_WINDOW = timedelta(seconds=5)
+
+LABEL_RE = re.compile(r"^[a-z0-9_-]{1,%d}\Z" % MAX_LABEL_LENGTH)
+# First path segments that belong to other routes (today or planned), so no
+# room may take them: /<label>/ is the catch-all.
+RESERVED_LABELS = frozenset(
+    {
+        "admin", "accounts", "login", "logout", "signup", "me", "new", "tasks",
+        "chat", "static", "media", "notifications", "reports", "api",
+    }
+)  # fmt: skip
+
+
+def is_valid_label(label: str) -> bool:
+    """Lower-case slug of at most 50 characters that no other route claims."""
+    return bool(LABEL_RE.match(label)) and label not in RESERVED_LABELS
+
+
+class RateLimited(Exception):
+    """The user sent more than RATE_LIMIT_COUNT messages in RATE_LIMIT_WINDOW."""
 
 
 class RoomQuerySet(models.QuerySet):
@@ -41,6 +67,39 @@ class Room(models.Model):
         if not self.is_private:
             return True
         return self.memberships.filter(user=user).exists()
+
+    def post(self, user, text: str, client_id: str) -> tuple["Message", bool]:
+        """Store a message; returns (message, created).
+
+        A second call with the same `client_id` from the same user is a retry and
+        returns the original (created=False), so a client may resend freely.
+
+        The UPDATE of last_activity_at comes first: its row lock serialises the
+        room's inserts, so message ids commit in id order and a client syncing
+        "after id N" can never miss a message that commits later with a lower id.
+        """
+        existing = Message.objects.filter(user=user, client_id=client_id).first()
+        if existing is not None:
+            return existing, False
+        now = timezone.now()
+        with transaction.atomic():
+            Room.objects.filter(pk=self.pk).update(last_activity_at=now)
+            recent = Message.objects.filter(user=user, created_at__gt=now - RATE_LIMIT_WINDOW).count()
+            if recent >= RATE_LIMIT_COUNT:
+                raise RateLimited
+            try:
+                with transaction.atomic():
+                    message = Message.objects.create(room=self, user=user, text=text, client_id=client_id)
+            except IntegrityError:
+                # The same retry raced us from another socket and won.
+                return Message.objects.get(user=user, client_id=client_id), False
+        self.last_activity_at = now
+        return message, True
+
+    def invite(self, user, invited_by=None) -> "Membership":
+        """Make `user` a member (idempotent)."""
+        membership, _ = Membership.objects.get_or_create(room=self, user=user, defaults={"invited_by": invited_by})
+        return membership
 
 
 class Membership(models.Model):

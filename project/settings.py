@@ -146,6 +146,24 @@ TASKS = {
 # Run a worker inside `manage.py runserver`: the in-memory layer cannot reach
 # another process, so without Redis this is the only way tasks get run.
 TASKS_EMBEDDED_WORKER = env_bool("TASKS_EMBEDDED_WORKER", not REDIS_URL)
+# Idle workers look at the database this often even without a bell (lost bells cost this much latency).
+TASKS_POLL_INTERVAL = float(os.environ.get("TASKS_POLL_INTERVAL", "1"))
+# Workers renew the lease on their running tasks every TASKS_HEARTBEAT_INTERVAL seconds;
+# a task whose lease is TASKS_LEASE seconds old is given to another worker (its worker died).
+TASKS_HEARTBEAT_INTERVAL = float(os.environ.get("TASKS_HEARTBEAT_INTERVAL", "2"))
+TASKS_LEASE = float(os.environ.get("TASKS_LEASE", "10"))
+if TASKS_LEASE < 2 * TASKS_HEARTBEAT_INTERVAL:
+    raise ImproperlyConfigured("TASKS_LEASE must be at least twice TASKS_HEARTBEAT_INTERVAL.")
+# A task whose worker died this many times (an OOM it causes, say) is FAILED, not run again.
+TASKS_MAX_WORKER_LOSSES = int(os.environ.get("TASKS_MAX_WORKER_LOSSES", "3"))
+
+# --- Chat -----------------------------------------------------------------------
+# Frames over 64 KiB are refused by daphne itself (runserver reads this; the
+# Procfile passes the same value to daphne on the command line).
+DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = 65536
+# A presence row not refreshed for this many seconds belongs to a dead process
+# and expires; each socket refreshes its row every third of it.
+CHAT_PRESENCE_TTL = float(os.environ.get("CHAT_PRESENCE_TTL", "60"))
 
 # --- Auth -----------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"

@@ -1,0 +1,83 @@
+"""Who is in a room, shared through the database so it holds across daphne processes.
+
+One Presence row per open socket. A user is present while they have at least
+one fresh row; "join" is announced when the first socket arrives and "leave"
+when the last one goes. Sockets refresh their row every CHAT_PRESENCE_TTL / 3
+seconds; rows older than CHAT_PRESENCE_TTL belong to a process that died and
+are swept (announcing the leave) by any live socket of the room.
+
+Every change runs under a lock on the room row, so two sockets of one user
+arriving at once on two processes cannot both (or neither) announce the join.
+"""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from .models import Presence, Room
+
+
+def ttl() -> timedelta:
+    return timedelta(seconds=settings.CHAT_PRESENCE_TTL)
+
+
+def heartbeat_interval() -> float:
+    return settings.CHAT_PRESENCE_TTL / 3
+
+
+def _fresh(room: Room):
+    return Presence.objects.filter(room=room, last_seen__gt=timezone.now() - ttl())
+
+
+def _lock(room: Room) -> None:
+    # select_for_update is a no-op on SQLite, where IMMEDIATE transactions already serialise writers.
+    Room.objects.select_for_update().filter(pk=room.pk).values_list("pk", flat=True).first()
+
+
+def handles(room: Room) -> list[str]:
+    """Handles of the users present in `room`, ignoring expired rows."""
+    return sorted(set(_fresh(room).values_list("user__username", flat=True)))
+
+
+def join(room: Room, user, channel_name: str) -> bool:
+    """Record a socket; True when it is the user's first in the room (announce a join)."""
+    with transaction.atomic():
+        _lock(room)
+        others = _fresh(room).filter(user=user).exclude(channel_name=channel_name).exists()
+        Presence.objects.update_or_create(
+            channel_name=channel_name, defaults={"room": room, "user": user, "last_seen": timezone.now()}
+        )
+    return not others
+
+
+def leave(room: Room, user, channel_name: str) -> bool:
+    """Forget a socket; True when it was the user's last in the room (announce a leave)."""
+    with transaction.atomic():
+        _lock(room)
+        deleted, _ = Presence.objects.filter(channel_name=channel_name).delete()
+        # Nothing deleted: a sweep already removed the row and announced the leave.
+        return bool(deleted) and not _fresh(room).filter(user=user).exists()
+
+
+def heartbeat(room: Room, user, channel_name: str) -> tuple[bool, list[str]]:
+    """Refresh this socket's row and sweep the room's expired rows.
+
+    Returns (rejoined, left): rejoined is True when this socket's row had been
+    swept (the process stalled past the TTL) and the user needs announcing
+    again; left lists the handles whose last socket just expired.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        _lock(room)
+        refreshed = Presence.objects.filter(channel_name=channel_name).update(last_seen=now)
+        stale = Presence.objects.filter(room=room, last_seen__lte=now - ttl())
+        stale_users = {row.user_id: row.user.username for row in stale.select_related("user")}
+        stale.delete()
+        still_here = set(_fresh(room).filter(user_id__in=stale_users).values_list("user_id", flat=True))
+        left = sorted(handle for user_id, handle in stale_users.items() if user_id not in still_here)
+    rejoined = False
+    if not refreshed:
+        rejoined = join(room, user, channel_name)
+    return rejoined, left
