@@ -1,0 +1,140 @@
+"""What every benchmark in bench/ shares: servers, processes, percentiles, the report.
+
+A benchmark prints a readable table, then ONE JSON line (the last line of its
+output) with the keys its issue names; `--smoke` makes it a few-second run for
+`make test`. This module imports only the standard library, so that scripts
+running in the peers' virtualenv (.venv-bench) can use it too; the servers come
+from tests/servers.py, imported only when asked for.
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_VENV_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
+OUT_DIR = ROOT / "bench" / "out"
+
+
+def arg_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--smoke", action="store_true", help="a few-second run that checks the benchmark works")
+    return parser
+
+
+def bench_python() -> Path | None:
+    """The peers' interpreter (`make bench` builds .venv-bench), or None when absent."""
+    return BENCH_VENV_PYTHON if BENCH_VENV_PYTHON.exists() else None
+
+
+@contextlib.contextmanager
+def servers(durable: bool = True) -> Iterator[tuple[Any, Any]]:
+    """A Redis and a PostgreSQL of our own on free loopback ports, for one run.
+
+    `durable=True` keeps PostgreSQL's fsync on: what a production database does.
+    """
+    from tests.servers import PostgresServer, RedisServer  # main .venv only (imports pytest)
+
+    redis = RedisServer().start()
+    try:
+        postgres = PostgresServer(durable=durable).start()
+        try:
+            yield redis, postgres
+        finally:
+            postgres.close()
+    finally:
+        redis.close()
+
+
+def spawn(cmd: Sequence[str], env: dict[str, str], log_path: Path, cwd: Path = ROOT) -> subprocess.Popen:
+    """Start a process in its own session, output to `log_path` (stop() ends its whole group)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            list(cmd), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def stop(procs: Sequence[subprocess.Popen], timeout: float = 15.0) -> None:
+    """SIGTERM each process group, then SIGKILL what is still there after `timeout`."""
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy, for at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} not reached in {timeout:.0f}s")
+        time.sleep(interval)
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The p-th percentile (0-100) by linear interpolation between closest ranks."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * p / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def median(values: Sequence[float]) -> float:
+    return percentile(values, 50)
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A plain-text table; floats get thousands separators and at most one decimal."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            if math.isnan(value):
+                return "-"
+            return f"{value:,.1f}" if abs(value) < 100 else f"{value:,.0f}"
+        return "-" if value is None else str(value)
+
+    text = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in text)) for i, h in enumerate(headers)]
+    print(f"\n{title}")
+    print("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths))))
+    print("  ".join("-" * w for w in widths))
+    for row in text:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    sys.stdout.flush()
+
+
+def emit(result: dict[str, Any]) -> None:
+    """The benchmark's machine-readable result: the last line of its output."""
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}
+    print(json.dumps(clean, sort_keys=False), flush=True)
+
+
+def last_json_line(output: str) -> dict[str, Any]:
+    """The JSON result a benchmark (or a measuring child process) ended its output with."""
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    if not lines:
+        raise ValueError("no output")
+    return json.loads(lines[-1])

@@ -1,0 +1,313 @@
+"""Task runners compared: Parley, Celery and django-tasks-db on one machine, one Redis, one PostgreSQL.
+
+    .venv/bin/python bench/tasks.py            # what `make bench` runs
+    .venv/bin/python bench/tasks.py --smoke    # a few seconds, for `make test`
+
+For each system, with a no-op task, on its own fresh database of one durable
+PostgreSQL (fsync on) and the same Redis:
+
+- enqueue rate: N tasks enqueued one after another by one process, workers stopped;
+- drain rate: then 2 worker processes start; N / (the moment the benchmark sees
+  the last one done - the moment the first one started), so workers' start-up
+  time is not counted;
+- enqueue-to-start latency: with the workers idle, tasks enqueued one at a time
+  at a modest rate; each task returns time.time() when it starts, compared with
+  the time taken just before its enqueue call (p50/p99).
+
+Workers: Parley `manage.py runworker default` x2 (from .venv); Celery one
+`celery worker --pool=prefork --concurrency=2` (Redis broker, acks_late,
+task_reject_on_worker_lost, default prefetch); django-tasks-db `db_worker
+--interval 0.1` x2 (1 s by default: 0.1 s is what gives its p50 of ~50 ms).
+Each system logs warnings only, so no worker pays for a terminal.
+
+Each system is measured in a child process (`--system NAME`) so that each has
+its own settings; peers run from .venv-bench (bench/requirements.txt). With
+`--rounds R` the systems take turns R times and the table shows medians: the
+machine is shared, and turns spread the noise over all of them.
+"""
+
+import sys
+from pathlib import Path
+
+# `python bench/tasks.py` puts bench/ first on sys.path, where this very file
+# would shadow Parley's `tasks` app: the project root goes there instead.
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[0] = str(ROOT)
+
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+from bench.common import (  # noqa: E402
+    OUT_DIR,
+    arg_parser,
+    bench_python,
+    emit,
+    last_json_line,
+    median,
+    percentile,
+    print_table,
+    servers,
+    spawn,
+    stop,
+    wait_until,
+)
+
+SYSTEMS = ("parley", "celery", "dtdb")
+LABELS = {"parley": "Parley", "celery": "Celery", "dtdb": "django-tasks-db"}
+WORKERS = 2
+
+
+# --- The systems, each driven from its own child process -----------------------
+
+
+class Parley:
+    """Parley's backend through django.tasks; real `manage.py runworker` processes."""
+
+    def __init__(self, redis_url: str, database_url: str, log_dir: Path) -> None:
+        os.environ.update(
+            DJANGO_SETTINGS_MODULE="project.settings", DATABASE_URL=database_url, REDIS_URL=redis_url,
+            LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"), DEBUG="0", SECRET_KEY="bench-only",
+        )  # fmt: skip
+        import django
+
+        django.setup()
+        from asgiref.sync import async_to_sync
+        from channels.layers import get_channel_layer
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0, interactive=False)
+        async_to_sync(get_channel_layer().flush)()
+        from bench.peers.jobs import noop
+        from tasks.models import TaskRecord
+
+        self.noop, self.records, self.log_dir = noop, TaskRecord.objects, log_dir
+        self.procs: list[subprocess.Popen] = []
+
+    def enqueue(self, enqueued_at: float) -> str:
+        return self.noop.enqueue(enqueued_at).id
+
+    def start_workers(self) -> None:
+        cmd = [sys.executable, "manage.py", "runworker", "default"]
+        self.procs = [spawn(cmd, dict(os.environ), self.log_dir / f"parley-worker-{i}.log") for i in range(WORKERS)]
+
+    def stop_workers(self) -> None:
+        stop(self.procs)
+
+    def done_count(self) -> int:
+        return self.records.filter(status="SUCCESSFUL").count()
+
+    def start_times(self, ids: list[str]) -> list[float]:
+        started = {str(pk): value for pk, value in self.records.values_list("id", "return_value")}
+        return [started[i] for i in ids]
+
+
+class DjangoTasksDB:
+    """django-tasks-db's DatabaseBackend through django.tasks; `db_worker` processes."""
+
+    def __init__(self, redis_url: str, database_url: str, log_dir: Path) -> None:
+        os.environ.update(DJANGO_SETTINGS_MODULE="bench.peers.dtdb_settings", BENCH_DATABASE_URL=database_url)
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0, interactive=False)
+        from django_tasks_db.models import DBTaskResult
+
+        from bench.peers.jobs import noop
+
+        self.noop, self.records, self.log_dir = noop, DBTaskResult.objects, log_dir
+        self.procs: list[subprocess.Popen] = []
+
+    def enqueue(self, enqueued_at: float) -> str:
+        return self.noop.enqueue(enqueued_at).id
+
+    def start_workers(self) -> None:
+        cmd = [sys.executable, "-m", "django", "db_worker", "--interval", "0.1", "--no-startup-delay", "--no-reload"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.procs = [spawn(cmd, env, self.log_dir / f"dtdb-worker-{i}.log") for i in range(WORKERS)]
+
+    def stop_workers(self) -> None:
+        stop(self.procs)
+
+    def done_count(self) -> int:
+        return self.records.successful().count()
+
+    def start_times(self, ids: list[str]) -> list[float]:
+        started = {str(pk): value for pk, value in self.records.values_list("id", "return_value")}
+        return [started[i] for i in ids]
+
+
+class Celery:
+    """Celery with a Redis broker; one prefork worker with 2 processes."""
+
+    def __init__(self, redis_url: str, database_url: str, log_dir: Path) -> None:
+        os.environ["BENCH_REDIS_URL"] = redis_url
+        import redis
+
+        from bench.peers.celery_app import REDIS_URL, noop
+
+        self.results = redis.Redis.from_url(f"{REDIS_URL}/1")
+        self.results.flushall()
+        self.noop, self.log_dir = noop, log_dir
+        self.procs: list[subprocess.Popen] = []
+
+    def enqueue(self, enqueued_at: float) -> str:
+        return self.noop.delay(enqueued_at).id
+
+    def start_workers(self) -> None:
+        cmd = [
+            sys.executable, "-m", "celery", "-A", "bench.peers.celery_app", "worker",
+            "--pool=prefork", f"--concurrency={WORKERS}", "--loglevel=WARNING",
+        ]  # fmt: skip
+        self.procs = [spawn(cmd, {**os.environ, "PYTHONPATH": str(ROOT)}, self.log_dir / "celery-worker.log")]
+
+    def stop_workers(self) -> None:
+        stop(self.procs)
+
+    def done_count(self) -> int:
+        return self.results.dbsize()
+
+    def start_times(self, ids: list[str]) -> list[float]:
+        metas = []
+        for start in range(0, len(ids), 1000):
+            metas += self.results.mget([f"celery-task-meta-{i}" for i in ids[start : start + 1000]])
+        return [json.loads(meta)["result"] for meta in metas]
+
+
+SYSTEM_CLASSES = {"parley": Parley, "celery": Celery, "dtdb": DjangoTasksDB}
+
+
+def measure(system: Any, drain: int, latency: int, rate: float) -> dict[str, float]:
+    """The three figures for one system; its workers are stopped whatever happens."""
+    started = time.perf_counter()
+    ids = [system.enqueue(0.0) for _ in range(drain)]
+    enqueue_per_s = drain / (time.perf_counter() - started)
+
+    system.start_workers()
+    try:
+        wait_until(lambda: system.done_count() >= drain, timeout=60 + drain / 20, interval=0.025, what="drain")
+        drained_at = time.time()
+        first_start = min(system.start_times(ids))
+        drain_per_s = drain / (drained_at - first_start)
+
+        time.sleep(1.0)  # let the workers settle into idle
+        sent: list[tuple[str, float]] = []
+        next_at = time.monotonic()
+        for _ in range(latency):
+            enqueued_at = time.time()
+            sent.append((system.enqueue(enqueued_at), enqueued_at))
+            next_at += 1 / rate
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        wait_until(lambda: system.done_count() >= drain + latency, timeout=60, interval=0.05, what="latency tasks")
+        starts = system.start_times([task_id for task_id, _ in sent])
+        latencies = [(start - enqueued_at) * 1000 for start, (_, enqueued_at) in zip(starts, sent)]
+    finally:
+        system.stop_workers()
+    return {
+        "enqueue_per_s": enqueue_per_s,
+        "drain_per_s": drain_per_s,
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "max_ms": max(latencies),
+    }
+
+
+# --- The run: servers, turns, table ------------------------------------------------
+
+
+def run_child(python: Path, system: str, redis: Any, database_url: str, args: Any, log_dir: Path) -> dict[str, Any]:
+    """Measure one system in its own process; its output goes to the log folder."""
+    cmd = [
+        str(python), str(ROOT / "bench" / "tasks.py"), "--system", system,
+        "--redis-url", redis.url, "--database-url", database_url, "--log-dir", str(log_dir),
+        "--drain", str(args.drain), "--latency", str(args.latency), "--rate", str(args.rate),
+    ]  # fmt: skip
+    timeout = 180 + args.drain / 20 + args.latency / args.rate
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    (log_dir / f"{system}-child.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode:
+        raise RuntimeError(f"measuring {system} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return last_json_line(proc.stdout)
+
+
+def main_run(args: Any) -> None:
+    peers_python = bench_python()
+    pythons: dict[str, Path | None] = {"parley": Path(sys.executable), "celery": peers_python, "dtdb": peers_python}
+    log_dir = OUT_DIR / f"tasks-{time.strftime('%Y%m%d-%H%M%S')}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in SYSTEMS}
+    with servers(durable=True) as (redis, postgres):
+        for turn in range(args.rounds):
+            for name in SYSTEMS:
+                if pythons[name] is None:
+                    continue
+                database_url = postgres.create_database(f"{name}_{turn}")
+                runs[name].append(run_child(pythons[name], name, redis, database_url, args, log_dir))
+                print(f"round {turn + 1} {LABELS[name]}: {json.dumps(runs[name][-1])}", flush=True)
+
+    def figure(name: str, key: str) -> float | None:
+        values = [run[key] for run in runs[name]]
+        return median(values) if values else None
+
+    rows = []
+    for name in SYSTEMS:
+        if not runs[name]:
+            rows.append([LABELS[name], None, None, None, None, "skipped: no .venv-bench (`make bench` builds it)"])
+            continue
+        note = f"median of {len(runs[name])}" if len(runs[name]) > 1 else ""
+        rows.append([LABELS[name], *(figure(name, k) for k in ("enqueue_per_s", "drain_per_s", "p50_ms", "p99_ms")), note])
+    print_table(
+        f"No-op tasks, {WORKERS} worker processes each, durable PostgreSQL + Redis; "
+        f"drain of {args.drain}, latency over {args.latency} at {args.rate:g}/s",
+        ["system", "enqueue/s", "drain/s", "p50 ms", "p99 ms", ""],
+        rows,
+    )
+    parley_drain, celery_drain = figure("parley", "drain_per_s"), figure("celery", "drain_per_s")
+    ratios = [p["drain_per_s"] / c["drain_per_s"] for p, c in zip(runs["parley"], runs["celery"])]
+    print(f"\nParley/Celery drain ratio per round: {', '.join(f'{r:.2f}' for r in ratios) or '-'}; logs in {log_dir}")
+    emit({
+        "parley_drain_per_s": parley_drain,
+        "celery_drain_per_s": celery_drain,
+        "dtdb_drain_per_s": figure("dtdb", "drain_per_s"),
+        "parley_p50_ms": figure("parley", "p50_ms"),
+        "parley_p99_ms": figure("parley", "p99_ms"),
+        "celery_p50_ms": figure("celery", "p50_ms"),
+        "celery_p99_ms": figure("celery", "p99_ms"),
+        "dtdb_p50_ms": figure("dtdb", "p50_ms"),
+        "dtdb_p99_ms": figure("dtdb", "p99_ms"),
+        "ratio_vs_celery": median(ratios) if ratios else None,
+        "parley_enqueue_per_s": figure("parley", "enqueue_per_s"),
+        "celery_enqueue_per_s": figure("celery", "enqueue_per_s"),
+        "dtdb_enqueue_per_s": figure("dtdb", "enqueue_per_s"),
+        "smoke": args.smoke,
+    })  # fmt: skip
+
+
+def main() -> None:
+    parser = arg_parser(__doc__.splitlines()[0])
+    parser.add_argument("--drain", type=int, help="tasks enqueued, then drained (default 5000; smoke 200)")
+    parser.add_argument("--latency", type=int, help="tasks timed from enqueue to start (default 500; smoke 20)")
+    parser.add_argument("--rate", type=float, default=50.0, help="latency tasks enqueued per second")
+    parser.add_argument("--rounds", type=int, help="turns each system takes; the table shows medians (default 3)")
+    # A child process measuring one system (run_child):
+    parser.add_argument("--system", choices=SYSTEMS, help="measure this system only (internal)")
+    parser.add_argument("--redis-url")
+    parser.add_argument("--database-url")
+    parser.add_argument("--log-dir", type=Path)
+    args = parser.parse_args()
+    args.drain = args.drain or (200 if args.smoke else 5000)
+    args.latency = args.latency or (20 if args.smoke else 500)
+    args.rounds = args.rounds or (1 if args.smoke else 3)
+    if args.system:
+        system = SYSTEM_CLASSES[args.system](args.redis_url, args.database_url, args.log_dir)
+        emit(measure(system, args.drain, args.latency, args.rate))
+    else:
+        main_run(args)
+
+
+if __name__ == "__main__":
+    main()
