@@ -44,6 +44,14 @@ class User(AbstractUser):
     email_opted_out = models.BooleanField(default=False)
     sms_opted_out = models.BooleanField(default=False)
 
+    # The avatar as uploaded, in default_storage under avatar-originals/ (never served:
+    # it may carry GPS EXIF). accounts.avatars names it by content hash and makes the
+    # thumbnails from it on the `thumbnails` queue.
+    avatar = models.FileField(upload_to="avatar-originals/", max_length=200, blank=True, editable=False)
+    # Content hash of the original whose thumbnails exist; blank means "show the placeholder".
+    # It moves only once a new set is complete, so the old set is shown until then.
+    avatar_digest = models.CharField(max_length=64, blank=True, editable=False)
+
     @property
     def handle(self) -> str:
         return self.username

@@ -199,6 +199,22 @@ STORAGES = {
         )
     },
 }
+# Uploaded media (avatars) go to an S3-compatible bucket when one is named, else to
+# MEDIA_ROOT. Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, read by boto3.
+AWS_STORAGE_BUCKET_NAME = os.environ.get("AWS_STORAGE_BUCKET_NAME", "")
+if AWS_STORAGE_BUCKET_NAME:
+    STORAGES["default"] = {"BACKEND": "storages.backends.s3.S3Storage"}
+    AWS_S3_ENDPOINT_URL = os.environ.get("AWS_S3_ENDPOINT_URL") or None  # MinIO, R2, ...; None: AWS
+    AWS_S3_REGION_NAME = os.environ.get("AWS_S3_REGION_NAME") or None
+    AWS_S3_CUSTOM_DOMAIN = os.environ.get("AWS_S3_CUSTOM_DOMAIN") or None  # a CDN in front of the bucket
+    # Thumbnail URLs are plain and permanent (content-hashed names), not signed and expiring:
+    # the bucket policy makes avatars/ public and keeps avatar-originals/ private.
+    AWS_QUERYSTRING_AUTH = False
+    AWS_DEFAULT_ACL = None
+    AWS_S3_OBJECT_PARAMETERS = {"CacheControl": "public, max-age=31536000, immutable"}
+# Tests only: the thumbnail task sleeps this long after each file it writes, so an
+# end-to-end test can kill a worker between two files. Leave it at 0.
+THUMBNAILS_TEST_DELAY = float(os.environ.get("THUMBNAILS_TEST_DELAY", "0"))
 
 # --- Security (production) -------------------------------------------------
 if not DEBUG:
