@@ -1,0 +1,306 @@
+"""From a saved message to notifications: who was mentioned, who hears of it where, and when."""
+
+import logging
+from datetime import timedelta
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.db.models.functions import Lower
+from django.urls import reverse
+from django.utils import timezone
+
+from chat.models import Message, Presence, Room
+
+from . import content, tokens
+from .delivery import address, lock_user, usable_channel
+from .mentions import parse_mentions
+from .models import Delivery, Notification, PhoneConfirmation
+
+logger = logging.getLogger(__name__)
+
+# At most one email or SMS per user and room in any such window.
+WINDOW = timedelta(minutes=5)
+Status = Delivery.Status
+
+
+def user_group(user_id: int) -> str:
+    """The channel-layer group of a user's open pages: they hear the unread count."""
+    return f"notifications.user.{user_id}"
+
+
+def present_user_ids(room: Room) -> set[int]:
+    """Users with an open socket in `room` right now (a stale presence row is a dead process)."""
+    fresh = timezone.now() - timedelta(seconds=settings.CHAT_PRESENCE_TTL)
+    return set(Presence.objects.filter(room=room, last_seen__gte=fresh).values_list("user_id", flat=True))
+
+
+def mentioned_users(message: Message) -> list:
+    """Users `message` notifies: named or @here, never its author, only those who can see the room."""
+    handles, here = parse_mentions(message.text)
+    User = get_user_model()
+    users = {u.pk: u for u in User.objects.annotate(handle_ci=Lower("username")).filter(handle_ci__in=handles)}
+    if here:
+        users.update({u.pk: u for u in User.objects.filter(pk__in=present_user_ids(message.room))})
+    users.pop(message.user_id, None)
+    return [user for user in users.values() if user.is_active and message.room.can_view(user)]
+
+
+def notify_mentions(message_id: int) -> int:
+    """Notify everyone `message` mentions; how many new notifications. Safe to run twice."""
+    message = Message.objects.select_related("room", "user").filter(pk=message_id).first()
+    if message is None:
+        return 0
+    room = message.room
+    users = mentioned_users(message)
+    present = present_user_ids(room)
+    created = []
+    with transaction.atomic():
+        for user in users:
+            notification, new = Notification.objects.get_or_create(
+                user=user, message=message, defaults={"room": room, "kind": Notification.Kind.MENTION}
+            )
+            if not new:
+                continue
+            created.append(user.pk)
+            # Looking at the room right now: the message is in front of them.
+            if user.pk not in present and usable_channel(user):
+                gather(notification)
+        for user_id in created:
+            transaction.on_commit(lambda user_id=user_id: push_unread(user_id))
+    logger.info("event=mentions message=%s room=%s notified=%d", message.pk, room.pk, len(created))
+    return len(created)
+
+
+def gather(notification: Notification) -> Delivery:
+    """Put a mention into the user's next email/SMS for that room, creating (and scheduling) it if needed.
+
+    The first mention after a quiet window goes out at once; later ones join
+    a delivery due when the window of the last one ends.
+    """
+    from .tasks import send_delivery
+
+    lock_user(notification.user_id)
+    open_delivery = Delivery.objects.filter(
+        user_id=notification.user_id, room_id=notification.room_id, kind=Delivery.Kind.MENTION, status=Status.QUEUED
+    ).first()
+    if open_delivery is None:
+        now = timezone.now()
+        last = (
+            Delivery.objects.filter(
+                user_id=notification.user_id, room_id=notification.room_id, kind=Delivery.Kind.MENTION,
+                status__in=[Status.SENDING, Status.SENT, Status.UNCERTAIN],
+            )  # fmt: skip
+            .order_by("-send_after")
+            .first()
+        )
+        send_after = max(now, (last.started_at or last.send_after) + WINDOW) if last else now
+        open_delivery = Delivery.objects.create(
+            user_id=notification.user_id, room_id=notification.room_id, kind=Delivery.Kind.MENTION,
+            channel=usable_channel(notification.user), send_after=send_after,
+        )  # fmt: skip
+        task = send_delivery if send_after <= now else send_delivery.using(run_after=send_after)
+        task.enqueue(open_delivery.pk)
+        logger.info("event=delivery_scheduled delivery=%s user=%s room=%s at=%s", open_delivery.pk,
+                    notification.user_id, notification.room_id, send_after.isoformat())  # fmt: skip
+    notification.delivery = open_delivery
+    notification.save(update_fields=["delivery"])
+    return open_delivery
+
+
+# --- In Parley: unread count, list, read --------------------------------------------
+
+
+def unread_count(user) -> int:
+    return Notification.objects.filter(user=user, read_at__isnull=True).count()
+
+
+def push_unread(user_id: int) -> None:
+    """Tell the user's open pages their unread count. Never raises: the count is in the database."""
+    count = Notification.objects.filter(user_id=user_id, read_at__isnull=True).count()
+    try:
+        async_to_sync(get_channel_layer().group_send)(
+            user_group(user_id), {"type": "notifications.unread", "count": count}
+        )
+    except Exception as exc:
+        logger.warning("event=unread_push_failed user=%s error=%r", user_id, exc)
+
+
+def mark_read(user, ids: list[int] | None = None, room: Room | None = None) -> int:
+    """Mark the user's notifications read: these ids, those of a room, or all of them."""
+    unread = Notification.objects.filter(user=user, read_at__isnull=True)
+    if ids is not None:
+        unread = unread.filter(pk__in=ids)
+    if room is not None:
+        unread = unread.filter(room=room)
+    changed = unread.update(read_at=timezone.now())
+    if changed:
+        transaction.on_commit(lambda: push_unread(user.pk))
+    return changed
+
+
+# --- The test notification ------------------------------------------------------------
+
+
+def send_test(user_id: int) -> Delivery | None:
+    """An in-app notification, and an email or SMS on the user's channel if it is usable."""
+    from .tasks import send_delivery
+
+    user = get_user_model().objects.get(pk=user_id)
+    with transaction.atomic():
+        Notification.objects.create(user=user, kind=Notification.Kind.TEST)
+        transaction.on_commit(lambda: push_unread(user.pk))
+        channel = usable_channel(user)
+        if channel is None:
+            return None
+        delivery = Delivery(user=user, kind=Delivery.Kind.TEST, channel=channel, to=address(user, channel),
+                            send_after=timezone.now())  # fmt: skip
+        if channel == Delivery.Channel.SMS:
+            delivery.body = f"Parley: your test notification. Mentions will reach you here. {content.absolute('/')}"
+        else:
+            delivery.subject = "Parley test notification"
+            delivery.body, delivery.html = content.render_email(
+                "test", {"user": user, "unsubscribe_link": _unsubscribe_link(user)}
+            )
+        delivery.save()
+        send_delivery.enqueue(delivery.pk)
+    return delivery
+
+
+def _unsubscribe_link(user) -> str:
+    from .delivery import unsubscribe_link
+
+    return unsubscribe_link(user)
+
+
+# --- Changed addresses and their confirmation ------------------------------------------
+
+
+def change_settings(user, *, email: str, phone: str, channel: str) -> list[str]:
+    """Save a user's notification settings; a new address is unconfirmed until confirmed.
+
+    Returns what was sent to confirm ("email", "sms").
+    """
+    from .tasks import send_delivery
+
+    sent = []
+    with transaction.atomic():
+        user = lock_user(user.pk)
+        if email != user.email:
+            user.email, user.email_confirmed, user.email_opted_out = email, False, False
+            if email:
+                link = content.absolute(
+                    reverse("notifications:confirm_email", args=[tokens.confirm_email_token(user, email)])
+                )
+                text, html = content.render_email(
+                    "confirm", {"user": user, "email": email, "confirm_link": link, "days": tokens.CONFIRM_EMAIL_DAYS}
+                )
+                delivery = Delivery.objects.create(
+                    user=user, kind=Delivery.Kind.CONFIRM, channel=Delivery.Channel.EMAIL, to=email,
+                    subject="Confirm your email for Parley", body=text, html=html, send_after=timezone.now(),
+                )  # fmt: skip
+                send_delivery.enqueue(delivery.pk)
+                sent.append("email")
+        if phone != user.phone:
+            user.phone, user.phone_confirmed, user.sms_opted_out = phone, False, False
+            PhoneConfirmation.objects.filter(user=user).delete()
+            if phone:
+                code = tokens.new_code()
+                PhoneConfirmation.objects.create(
+                    user=user, phone=phone, code_hash=tokens.hash_code(phone, code), created_at=timezone.now()
+                )
+                delivery = Delivery.objects.create(
+                    user=user, kind=Delivery.Kind.CONFIRM, channel=Delivery.Channel.SMS, to=phone,
+                    body=f"Parley code: {code}. Enter it on your profile to get mentions by SMS.",
+                    send_after=timezone.now(),
+                )  # fmt: skip
+                send_delivery.enqueue(delivery.pk)
+                sent.append("sms")
+        user.mention_channel = channel
+        user.save(update_fields=["email", "email_confirmed", "email_opted_out", "phone", "phone_confirmed",
+                                 "sms_opted_out", "mention_channel"])  # fmt: skip
+    logger.info("event=notification_settings user=%s channel=%s confirm=%s", user.pk, channel, ",".join(sent))
+    return sent
+
+
+def confirm_email(token: str) -> bool:
+    """Confirm the address a link was sent to, if it is still the user's address."""
+    claim = tokens.confirm_email_claim(token)
+    if claim is None:
+        return False
+    user_id, email = claim
+    confirmed = get_user_model().objects.filter(pk=user_id, email=email).update(email_confirmed=True)
+    logger.info("event=email_confirmed user=%s ok=%s", user_id, bool(confirmed))
+    return bool(confirmed)
+
+
+PHONE_CODE_TTL = timedelta(minutes=15)
+
+
+def confirm_phone(user, code: str) -> str | None:
+    """Check a texted code; None when the phone is confirmed, else why not."""
+    with transaction.atomic():
+        pending = PhoneConfirmation.objects.select_for_update().filter(user=user).first()
+        if pending is None or pending.phone != user.phone:
+            return "There is no code waiting for this number. Save the number again to get a new one."
+        if pending.created_at < timezone.now() - PHONE_CODE_TTL or pending.attempts_left == 0:
+            pending.delete()
+            return "That code has expired. Save the number again to get a new one."
+        if not tokens.code_matches(pending.phone, code, pending.code_hash):
+            pending.attempts_left -= 1
+            pending.save(update_fields=["attempts_left"])
+            return f"That code is not right ({pending.attempts_left} tries left)."
+        pending.delete()
+        get_user_model().objects.filter(pk=user.pk, phone=pending.phone).update(phone_confirmed=True)
+    logger.info("event=phone_confirmed user=%s", user.pk)
+    return None
+
+
+# --- Opting out ---------------------------------------------------------------------------
+
+
+def unsubscribe(token: str) -> bool:
+    """One-click unsubscribe from email; True when the token was good."""
+    user_id = tokens.unsubscribe_user_id(token)
+    if user_id is None:
+        return False
+    get_user_model().objects.filter(pk=user_id).update(email_opted_out=True)
+    logger.info("event=email_unsubscribed user=%s", user_id)
+    return True
+
+
+TWILIO_STOP_WORDS = {"stop", "stopall", "unsubscribe", "cancel", "end", "quit", "optout", "revoke"}
+TWILIO_START_WORDS = {"start", "unstop", "yes"}
+
+
+def twilio_report(params: dict[str, str]) -> str:
+    """Apply what Twilio's webhook says: a message's status, or a STOP/START reply. What was done."""
+    phone = params.get("From", "")
+    opt_out = params.get("OptOutType", "").lower() or params.get("Body", "").strip().lower()
+    User = get_user_model()
+    if "SmsStatus" in params and params.get("SmsStatus") == "received":  # an inbound reply
+        if opt_out in TWILIO_STOP_WORDS:
+            count = User.objects.filter(phone=phone).update(sms_opted_out=True)
+            logger.info("event=sms_opt_out users=%d", count)
+            return "opted-out"
+        if opt_out in TWILIO_START_WORDS:
+            User.objects.filter(phone=phone).update(sms_opted_out=False)
+            return "opted-in"
+        return "ignored"
+    sid, status = params.get("MessageSid", ""), params.get("MessageStatus", "")
+    if not sid or not status:
+        return "ignored"
+    code = params.get("ErrorCode", "")
+    delivery = Delivery.objects.filter(channel=Delivery.Channel.SMS, provider_id=sid).first()
+    if delivery is None:
+        return "unknown-message"
+    changes = {"provider_status": status}
+    if status in {"failed", "undelivered"}:
+        # Accepted, then not delivered: the user should see why.
+        changes.update(status=Status.FAILED, error_code=code, error=f"not delivered by the carrier (Twilio {code})")
+        if code == "21610":
+            User.objects.filter(pk=delivery.user_id).update(sms_opted_out=True)
+    Delivery.objects.filter(pk=delivery.pk).update(**changes)
+    return status

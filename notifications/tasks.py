@@ -1,0 +1,38 @@
+"""The notifications queue: what the chat and the test view dispatch, and the sending itself."""
+
+from django.tasks import task
+
+from tasks.exceptions import RetryLater, WorkerLost
+
+from . import delivery, notify
+from .providers import TransientFailure
+
+WORKER_LOST = f"{WorkerLost.__module__}.{WorkerLost.__qualname__}"
+
+
+@task(queue_name="notifications", max_attempts=3, retry_backoff=2.0)
+def process_mentions(message_id: int) -> int:
+    """Enqueued when a chat message is saved (signals.py)."""
+    return notify.notify_mentions(message_id)
+
+
+@task(queue_name="notifications", max_attempts=3, retry_backoff=2.0)
+def send_test_notification(user_id: int) -> int | None:
+    """Enqueued by POST /notifications/test/."""
+    test = notify.send_test(user_id)
+    return test.pk if test else None
+
+
+# 6 attempts over about 2.5 minutes (5 s, 10 s, 20 s, 40 s, 80 s): a provider
+# outage longer than that is recorded as a failure the user can see.
+@task(queue_name="notifications", takes_context=True, max_attempts=6, retry_backoff=5.0)
+def send_delivery(context, delivery_id: int) -> str:
+    # Attempts lost with their worker do not count against max_attempts (tasks.runner).
+    failures = sum(1 for e in context.task_result.errors if e.exception_class_path != WORKER_LOST)
+    last_attempt = failures + 1 >= send_delivery.max_attempts
+    try:
+        return delivery.attempt(delivery_id, last_attempt)
+    except TransientFailure as exc:
+        if exc.retry_after is not None:
+            raise RetryLater(exc.retry_after, str(exc)) from exc
+        raise

@@ -1,0 +1,16 @@
+from django.urls import path
+
+from . import views
+
+app_name = "notifications"
+urlpatterns = [
+    path("", views.notification_list, name="list"),
+    path("<int:pk>/", views.notification_open, name="open"),
+    path("read/", views.mark_read, name="mark_read"),
+    path("test/", views.send_test, name="test"),
+    path("settings/", views.save_settings, name="settings"),
+    path("confirm-phone/", views.confirm_phone, name="confirm_phone"),
+    path("confirm-email/<str:token>/", views.confirm_email, name="confirm_email"),
+    path("unsubscribe/<str:token>/", views.unsubscribe, name="unsubscribe"),
+    path("twilio/", views.twilio_webhook, name="twilio_webhook"),
+]

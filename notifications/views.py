@@ -1,0 +1,132 @@
+import logging
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_not_required
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from twilio.request_validator import RequestValidator
+
+from . import content, notify
+from .forms import NotificationSettingsForm, PhoneCodeForm
+from .models import Notification
+from .tasks import send_test_notification
+
+logger = logging.getLogger(__name__)
+
+
+def _back(request: HttpRequest) -> HttpResponse:
+    """Where a settings form came from (the profile page), if it is ours; else the list."""
+    target = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
+        target = reverse("notifications:list")
+    return redirect(target)
+
+
+@require_GET
+def notification_list(request: HttpRequest) -> HttpResponse:
+    notifications = Notification.objects.filter(user=request.user).select_related("room", "message__user")
+    page = Paginator(notifications, 50).get_page(request.GET.get("page"))
+    return render(request, "notifications/list.html", {"page": page, "unread": notify.unread_count(request.user)})
+
+
+@require_GET
+def notification_open(request: HttpRequest, pk: int) -> HttpResponse:
+    """Follow a notification to its message, marking it read on the way."""
+    notification = get_object_or_404(Notification.objects.select_related("message__room"), pk=pk, user=request.user)
+    notify.mark_read(request.user, ids=[notification.pk])
+    if notification.message_id:
+        return redirect(reverse("room", args=[notification.message.room.label]) + f"#message-{notification.message_id}")
+    return redirect("notifications:list")
+
+
+@require_POST
+def mark_read(request: HttpRequest) -> HttpResponse:
+    ids = [int(i) for i in request.POST.getlist("id") if i.isdigit()] or None
+    notify.mark_read(request.user, ids=ids)
+    return _back(request)
+
+
+@require_POST
+def send_test(request: HttpRequest) -> HttpResponse:
+    """Send me a test notification: through the notifications queue, like a mention."""
+    send_test_notification.enqueue(request.user.pk)
+    messages.info(request, "A test notification is on its way.")
+    return _back(request)
+
+
+@require_POST
+def save_settings(request: HttpRequest) -> HttpResponse:
+    form = NotificationSettingsForm(request.POST)
+    if not form.is_valid():
+        # The form lives on the profile page; its errors go back there with it.
+        for field, errors in form.errors.items():
+            label = form.fields[field].label if field in form.fields else ""
+            for error in errors:
+                messages.error(request, f"{label}: {error}" if label else error)
+        return _back(request)
+    sent = notify.change_settings(
+        request.user, email=form.cleaned_data["email"], phone=form.cleaned_data["phone"],
+        channel=form.cleaned_data["mention_channel"],
+    )  # fmt: skip
+    if "email" in sent:
+        messages.info(request, "We sent a confirmation link to your new email address.")
+    if "sms" in sent:
+        messages.info(request, "We texted a code to your new number: enter it below to confirm it.")
+    messages.success(request, "Notification settings saved.")
+    return _back(request)
+
+
+@require_POST
+def confirm_phone(request: HttpRequest) -> HttpResponse:
+    form = PhoneCodeForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Enter the 6-digit code from the SMS.")
+    elif problem := notify.confirm_phone(request.user, form.cleaned_data["code"]):
+        messages.error(request, problem)
+    else:
+        messages.success(request, "Your number is confirmed.")
+    return _back(request)
+
+
+@login_not_required
+@require_http_methods(["GET", "POST"])
+def confirm_email(request: HttpRequest, token: str) -> HttpResponse:
+    """GET asks, POST confirms: link scanners fetch links, they do not press buttons."""
+    if request.method == "POST":
+        ok = notify.confirm_email(token)
+        return render(request, "notifications/confirm_email.html", {"done": True, "ok": ok}, status=200 if ok else 400)
+    return render(request, "notifications/confirm_email.html", {"done": False})
+
+
+@csrf_exempt  # RFC 8058: mail clients POST "List-Unsubscribe=One-Click" with no token but the link's.
+@login_not_required
+@require_http_methods(["GET", "POST"])
+def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
+    if request.method == "POST":
+        ok = notify.unsubscribe(token)
+        return render(request, "notifications/unsubscribe.html", {"done": True, "ok": ok}, status=200 if ok else 400)
+    return render(request, "notifications/unsubscribe.html", {"done": False})
+
+
+@csrf_exempt  # Twilio signs its requests instead.
+@login_not_required
+@require_POST
+def twilio_webhook(request: HttpRequest) -> HttpResponse:
+    """Twilio's status callbacks and inbound replies (STOP). Only requests Twilio signed."""
+    # Twilio signs the URL it called: ours as the world sees it, not as a proxy passed it on.
+    url = content.absolute(request.get_full_path())
+    validator = RequestValidator(settings.TWILIO_AUTH_TOKEN)
+    signature = request.headers.get("X-Twilio-Signature", "")
+    if not settings.TWILIO_AUTH_TOKEN or not validator.validate(url, request.POST.dict(), signature):
+        logger.warning("event=twilio_webhook_rejected reason=bad_signature")
+        return HttpResponseForbidden("bad signature")
+    outcome = notify.twilio_report(request.POST.dict())
+    logger.info("event=twilio_webhook outcome=%s", outcome)
+    # An empty TwiML answer: no automatic reply from us.
+    return HttpResponse("<Response/>", content_type="text/xml")
