@@ -6,6 +6,7 @@ SQLite, the in-memory channel layer, and a task worker inside the dev server.
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -48,6 +49,8 @@ INSTALLED_APPS = [
     "channels",
     "accounts",
     "chat",
+    "reports",
+    "notifications",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -165,6 +168,38 @@ DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = 65536
 # and expires; each socket refreshes its row every third of it.
 CHAT_PRESENCE_TTL = float(os.environ.get("CHAT_PRESENCE_TTL", "60"))
 
+# --- Reports (room exports and insights, on the compute queue) -------------------
+# A user's queued or running exports and insights at once; one more is refused.
+REPORTS_MAX_RUNNING_PER_USER = int(os.environ.get("REPORTS_MAX_RUNNING_PER_USER", "3"))
+# Export files (and insights charts) are offered this long, then removed.
+REPORTS_EXPORT_TTL = timedelta(days=float(os.environ.get("REPORTS_EXPORT_TTL_DAYS", "7")))
+# An export is written in parts of about this size, each a checkpoint a restarted
+# job resumes after; also the most an export holds in memory at once.
+REPORTS_EXPORT_PART_BYTES = int(os.environ.get("REPORTS_EXPORT_PART_BYTES", str(4 * 1024 * 1024)))
+
+# --- Notifications (@mentions by email or SMS, on the notifications queue) --------
+# Links in emails and SMS start with this: Parley's public address.
+PARLEY_BASE_URL = os.environ.get("PARLEY_BASE_URL", "http://127.0.0.1:8000")
+# Email: any django-anymail backend, e.g. EMAIL_BACKEND=anymail.backends.postmark.EmailBackend
+# with ANYMAIL_POSTMARK_SERVER_TOKEN=...; every ANYMAIL_<NAME> variable becomes ANYMAIL["<NAME>"].
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Parley <parley@localhost>")
+ANYMAIL = {name.removeprefix("ANYMAIL_"): value for name, value in os.environ.items() if name.startswith("ANYMAIL_")}
+ANYMAIL.setdefault("REQUESTS_TIMEOUT", float(os.environ.get("EMAIL_TIMEOUT", "10")))
+# SMS through Twilio. TWILIO_API_URL replaces https://api.twilio.com (tests, proxies).
+TWILIO_ACCOUNT_SID = os.environ.get("TWILIO_ACCOUNT_SID", "")
+TWILIO_AUTH_TOKEN = os.environ.get("TWILIO_AUTH_TOKEN", "")
+TWILIO_FROM_NUMBER = os.environ.get("TWILIO_FROM_NUMBER", "")
+TWILIO_API_URL = os.environ.get("TWILIO_API_URL", "")
+TWILIO_TIMEOUT = float(os.environ.get("TWILIO_TIMEOUT", "10"))
+# Ask Twilio to report delivery (and failures) to PARLEY_BASE_URL/notifications/twilio/.
+TWILIO_STATUS_CALLBACK = env_bool("TWILIO_STATUS_CALLBACK", not DEBUG)
+# Phone numbers typed without a country code are read as this region's.
+PHONE_DEFAULT_REGION = os.environ.get("PHONE_DEFAULT_REGION", "US")
+# Test-only: seconds a delivery attempt waits before calling the provider, so
+# an end-to-end test can kill the worker there. Leave at 0.
+NOTIFICATIONS_TEST_PAUSE_BEFORE_SEND = float(os.environ.get("NOTIFICATIONS_TEST_PAUSE_BEFORE_SEND", "0"))
+
 # --- Auth -----------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
 LOGIN_URL = "login"
@@ -239,6 +274,7 @@ LOGGING = {
     "loggers": {
         "accounts": {"level": LOG_LEVEL},
         "chat": {"level": LOG_LEVEL},
+        "notifications": {"level": LOG_LEVEL},
         "tasks": {"level": LOG_LEVEL},
         "django.channels.worker": {"level": LOG_LEVEL},
         "django.tasks": {"level": os.environ.get("TASKS_LOG_LEVEL", "WARNING")},

@@ -5,6 +5,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("accounts.urls")),
     path("tasks/", include("tasks.urls")),
+    path("reports/", include("reports.urls")),
+    path("notifications/", include("notifications.urls")),
     # Last: /<label>/ catches every other single path segment.
     path("", include("chat.urls")),
 ]

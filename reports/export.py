@@ -1,0 +1,273 @@
+"""Writing a room's history to a file, in chunks, resumably.
+
+write_export() streams the job's messages in id order, `BATCH_SIZE` rows per
+query (keyset pagination: `id > last`), so memory stays bounded however large
+the room. Rows are buffered into parts of about REPORTS_EXPORT_PART_BYTES, each
+saved through Django's storage; after each part the job's checkpoint (parts
+saved, last id, rows) is stored. A run that starts again after its worker died
+continues after the checkpoint. The parts are finally joined into one file.
+"""
+
+import base64
+import csv
+import io
+import json
+import logging
+from collections.abc import Callable, Iterator
+from datetime import datetime
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.files import File
+from django.core.files.storage import default_storage
+from django.db.models import QuerySet
+from django.template.loader import render_to_string
+from django.utils import timezone
+from django.utils.html import escape
+
+from accounts import avatars
+from chat.models import Message
+
+from .models import Job
+
+logger = logging.getLogger(__name__)
+
+BATCH_SIZE = 2000
+# Columns of every format, in this order.
+COLUMNS = ("id", "created_at", "user", "display_name", "text")
+# (id, created_at, user_id, handle, display_name, text)
+Row = tuple[int, datetime, int, str, str, str]
+Progress = Callable[[int, int | None, str], None]
+
+
+def job_messages(job: Job) -> QuerySet:
+    """The messages a job covers: its room, its date range, up to its snapshot id."""
+    messages = Message.objects.filter(room_id=job.room_id, id__lte=job.last_message_id)
+    if job.since is not None:
+        messages = messages.filter(created_at__gte=job.since)
+    if job.until is not None:
+        messages = messages.filter(created_at__lt=job.until)
+    return messages
+
+
+def batches(messages: QuerySet, after_id: int, size: int = BATCH_SIZE) -> Iterator[list[Row]]:
+    """Rows in id order, `size` at a time, each batch one indexed query (room, id)."""
+    columns = ("id", "created_at", "user_id", "user__username", "user__display_name", "text")
+    while True:
+        batch = list(messages.filter(id__gt=after_id).order_by("id").values_list(*columns)[:size])
+        if not batch:
+            return
+        yield batch
+        after_id = batch[-1][0]
+
+
+class JsonLinesWriter:
+    extension = "jsonl"
+    content_type = "application/jsonl"
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def head(self) -> str:
+        return ""
+
+    def rows(self, rows: list[Row]) -> str:
+        dumps = json.dumps
+        return "".join(
+            dumps(
+                {"id": id_, "created_at": at.isoformat(), "user": handle, "display_name": name, "text": text},
+                ensure_ascii=False,
+            )
+            + "\n"
+            for id_, at, _, handle, name, text in rows
+        )
+
+    def foot(self) -> str:
+        return ""
+
+
+class CsvWriter:
+    """RFC 4180 CSV (csv module: quotes, commas and newlines in text are quoted)."""
+
+    extension = "csv"
+    content_type = "text/csv; charset=utf-8"
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.buffer = io.StringIO()
+        self.writer = csv.writer(self.buffer)
+
+    def _take(self) -> str:
+        text = self.buffer.getvalue()
+        self.buffer.seek(0)
+        self.buffer.truncate()
+        return text
+
+    def head(self) -> str:
+        self.writer.writerow(COLUMNS)
+        return self._take()
+
+    def rows(self, rows: list[Row]) -> str:
+        self.writer.writerows((id_, at.isoformat(), handle, name, text) for id_, at, _, handle, name, text in rows)
+        return self._take()
+
+    def foot(self) -> str:
+        return ""
+
+
+class HtmlWriter:
+    """One self-contained page: styles and avatars inline, every message escaped.
+
+    Each poster's avatar appears once, as a CSS class holding a data: image, not
+    once per message.
+    """
+
+    extension = "html"
+    content_type = "text/html; charset=utf-8"
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def head(self) -> str:
+        poster_ids = job_messages(self.job).order_by().values_list("user_id", flat=True).distinct()
+        return render_to_string(
+            "reports/export_head.html",
+            {
+                "job": self.job,
+                "room": self.job.room,
+                "generated_at": timezone.now(),
+                "avatars": avatar_data_uris(poster_ids),
+            },
+        )
+
+    def rows(self, rows: list[Row]) -> str:
+        return "".join(
+            f'<article id="m{id_}"><i class="av a{uid}"></i><div><header><b>{escape(name or handle)}</b> '
+            f'<span>@{escape(handle)}</span> <time datetime="{at.isoformat()}">{at:%Y-%m-%d %H:%M}</time></header>'
+            f"<p>{escape(text)}</p></div></article>\n"
+            for id_, at, uid, handle, name, text in rows
+        )
+
+    def foot(self) -> str:
+        return render_to_string("reports/export_foot.html", {"job": self.job})
+
+
+WRITERS = {Job.Format.JSONL: JsonLinesWriter, Job.Format.CSV: CsvWriter, Job.Format.HTML: HtmlWriter}
+# An export inlines each poster's 32 px thumbnail; anything bigger is not one.
+MAX_INLINE_AVATAR_BYTES = 32 * 1024
+
+
+def avatar_data_uris(user_ids) -> Iterator[tuple[int, str]]:
+    """(user id, data: URI) of each user's small avatar, or of their initials placeholder."""
+    users = get_user_model().objects.filter(pk__in=user_ids).only("pk", "username", "display_name", "avatar_digest")
+    for user in users.iterator(chunk_size=500):
+        data = None
+        if user.avatar_digest:
+            name = avatars.thumbnail_name(user.pk, user.avatar_digest, "32.png")
+            try:
+                with default_storage.open(name, "rb") as fh:
+                    data = fh.read(MAX_INLINE_AVATAR_BYTES + 1)
+            except OSError:
+                logger.warning("event=avatar_missing user=%s name=%s", user.pk, name)
+        if data and len(data) <= MAX_INLINE_AVATAR_BYTES:
+            yield user.pk, f"data:image/png;base64,{base64.b64encode(data).decode()}"
+        else:
+            svg = avatars.placeholder_svg(user).encode()
+            yield user.pk, f"data:image/svg+xml;base64,{base64.b64encode(svg).decode()}"
+
+
+class PartsReader(io.RawIOBase):
+    """The saved parts, read one after another as one stream (for storage.save)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = list(names)
+        self.current = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while True:
+            if self.current is None:
+                if not self.names:
+                    return 0
+                self.current = default_storage.open(self.names.pop(0), "rb")
+            data = self.current.read(len(buffer))
+            if data:
+                buffer[: len(data)] = data
+                return len(data)
+            self.current.close()
+            self.current = None
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.close()
+        super().close()
+
+
+def part_size() -> int:
+    return settings.REPORTS_EXPORT_PART_BYTES
+
+
+def write_export(job: Job, progress: Progress) -> None:
+    """Write (or go on writing) the job's file; the job ends with `file` set.
+
+    `progress(done, total, note)` is called after every batch; it is where the
+    task runner stops a cancelled job.
+    """
+    writer = WRITERS[job.format](job)
+    messages = job_messages(job)
+    total = messages.count()
+    note_suffix = f" (resumed after message {job.last_id})" if job.parts else ""
+    if not job.parts_complete:
+        # A part saved after the last checkpoint was cut short, or written again below.
+        default_storage.delete(job.part_name(job.parts + 1))
+        done = job.rows_done
+        chunks = [] if job.parts else [writer.head()]
+        size = sum(map(len, chunks))
+        last_id = job.last_id
+        for batch in batches(messages, after_id=job.last_id):
+            text = writer.rows(batch)
+            chunks.append(text)
+            size += len(text)
+            done += len(batch)
+            last_id = batch[-1][0]
+            if size >= part_size():
+                save_part(job, chunks, last_id=last_id, rows_done=done)
+                chunks, size = [], 0
+            progress(done, max(total, done), f"{done:,} of {max(total, done):,} messages{note_suffix}")
+        job.rows_done = done  # the footer counts them
+        chunks.append(writer.foot())
+        save_part(job, chunks, last_id=last_id, rows_done=done, complete=True)
+    progress(job.rows_done, job.rows_done, "joining the parts")
+    finish_export(job, writer)
+
+
+def save_part(job: Job, chunks: list[str], *, last_id: int, rows_done: int, complete: bool = False) -> None:
+    """Save the next part, then record the checkpoint that includes it."""
+    data = "".join(chunks).encode()
+    number = job.parts + 1
+    saved = default_storage.save(job.part_name(number), io.BytesIO(data))
+    if saved != job.part_name(number):  # the checkpoint would name the wrong file
+        raise RuntimeError(f"storage saved part {number} of job {job.pk} as {saved!r}")
+    job.parts, job.last_id, job.rows_done = number, last_id, rows_done
+    job.bytes_written += len(data)
+    job.parts_complete = complete
+    Job.objects.filter(pk=job.pk).update(
+        parts=number, last_id=last_id, rows_done=rows_done, bytes_written=job.bytes_written, parts_complete=complete
+    )
+
+
+def finish_export(job: Job, writer) -> None:
+    """Join the parts into the final file, and offer it until it expires."""
+    name = f"{job.storage_dir}/{job.room.label}-{job.created_at:%Y%m%d-%H%M}.{writer.extension}"
+    default_storage.delete(name)  # a join cut short by a dead worker
+    with io.BufferedReader(PartsReader([job.part_name(n) for n in range(1, job.parts + 1)]), 1 << 20) as stream:
+        job.file.name = default_storage.save(name, File(stream))
+    now = timezone.now()
+    job.finished_at = now
+    job.expires_at = now + settings.REPORTS_EXPORT_TTL
+    Job.objects.filter(pk=job.pk).update(file=job.file.name, finished_at=now, expires_at=job.expires_at)
+    for number in range(1, job.parts + 1):
+        default_storage.delete(job.part_name(number))
+    logger.info("event=export_finished job=%s rows=%d bytes=%d", job.pk, job.rows_done, job.bytes_written)

@@ -1,0 +1,92 @@
+"""The jobs' tasks, on the `compute` queue; they report progress, so they can be watched and cancelled.
+
+A worker that dies mid-job is replaced by another within the runner's lease;
+the export then resumes from its last checkpoint, insights start over (one pass).
+"""
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from django.db import DatabaseError
+from django.tasks import task
+
+from tasks.exceptions import TaskCancelled
+from tasks.runner import HandedBack, ProgressContext
+
+from .cleanup import expire
+from .export import write_export
+from .models import Job
+
+logger = logging.getLogger(__name__)
+
+
+def describe(exc: Exception) -> str:
+    """A failure in words for the user; the traceback stays in the task's record."""
+    if isinstance(exc, OSError):
+        return "the file could not be written (storage error)"
+    if isinstance(exc, DatabaseError):
+        return "the database could not be read"
+    return "an unexpected error"
+
+
+@contextmanager
+def reported_failures(job: Job, what: str) -> Iterator[None]:
+    """Tell the user why a job failed, and leave no partial files behind it.
+
+    A worker that is shutting down hands the job back: its checkpoint is kept
+    for whichever worker takes it next.
+    """
+    try:
+        yield
+    except HandedBack:
+        raise
+    except TaskCancelled:
+        logger.info("event=report_cancelled job=%s", job.pk)
+        job.delete_files()
+        raise
+    except Exception as exc:
+        logger.exception("event=report_failed job=%s", job.pk)
+        Job.objects.filter(pk=job.pk).update(error=f"{what} failed: {describe(exc)}. Please try again.")
+        job.delete_files()
+        raise
+
+
+@task(queue_name="compute", takes_context=True)
+def export_room(context: ProgressContext, job_id: int) -> dict[str, Any]:
+    job = Job.objects.select_related("room").get(pk=job_id)
+    if job.finished_at is None:  # else: done by an attempt whose worker died just after
+        if job.parts:
+            logger.info("event=export_resumed job=%s after_id=%d parts=%d", job.pk, job.last_id, job.parts)
+        with reported_failures(job, "The export"):
+            write_export(job, context.progress)
+    schedule_expiry(job)
+    return {"job": job.pk, "rows": job.rows_done, "bytes": job.bytes_written, "file": job.file.name}
+
+
+@task(queue_name="compute", takes_context=True)
+def compute_insights(context: ProgressContext, job_id: int) -> dict[str, Any]:
+    # Imported here: only workers need matplotlib, web processes enqueue only.
+    from .insights import compute, save_charts
+
+    job = Job.objects.select_related("room").get(pk=job_id)
+    if job.finished_at is None:
+        with reported_failures(job, "The insights"):
+            data = compute(job, context.progress)
+            save_charts(job, data, context.progress)
+    schedule_expiry(job)
+    return {"job": job.pk}
+
+
+@task(queue_name="default")
+def remove_expired(job_id: int) -> None:
+    """Deferred to a job's expiry when it finishes; `manage.py reports_cleanup` sweeps too."""
+    job = Job.objects.filter(pk=job_id).first()
+    if job is not None:
+        expire(job)
+
+
+def schedule_expiry(job: Job) -> None:
+    """Have the job's files removed when it expires (idempotent: a rerun may schedule it twice)."""
+    remove_expired.using(run_after=job.expires_at).enqueue(job.pk)
