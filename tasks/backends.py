@@ -9,8 +9,11 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.core import checks
+from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.tasks import task_backends
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.base import Task, TaskError, TaskResult
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
@@ -88,14 +91,14 @@ class ChannelsBackend(BaseTaskBackend):
     def get_result(self, result_id: str) -> TaskResult:
         try:
             record = TaskRecord.objects.get(pk=result_id)
-        except (TaskRecord.DoesNotExist, ValueError, TypeError) as exc:  # ValueError: not a UUID
+        except (TaskRecord.DoesNotExist, ValidationError) as exc:  # ValidationError: not a UUID
             raise TaskResultDoesNotExist(result_id) from exc
         return to_task_result(record)
 
     async def aget_result(self, result_id: str) -> TaskResult:
         try:
             record = await TaskRecord.objects.aget(pk=result_id)
-        except (TaskRecord.DoesNotExist, ValueError, TypeError) as exc:
+        except (TaskRecord.DoesNotExist, ValidationError) as exc:
             raise TaskResultDoesNotExist(result_id) from exc
         return to_task_result(record)
 
@@ -124,13 +127,31 @@ class ChannelsBackend(BaseTaskBackend):
     def _serializable(task: Task, args: Any, kwargs: Any) -> tuple[list, dict]:
         """Arguments as they will reach the worker, or a clear error now rather than there."""
         try:
-            args, kwargs = normalize_json(args), normalize_json(kwargs)
-            json.dumps([args, kwargs])
+            return to_json(args), to_json(kwargs)
         except (TypeError, ValueError) as exc:
             raise InvalidTask(
                 f"Arguments of task {task.module_path} must be JSON-serializable: {exc}"
             ) from exc
-        return args, kwargs
+
+
+def to_json(value: Any) -> Any:
+    """`value` as the database will store it; TypeError/ValueError if it cannot be.
+
+    NaN and infinities are refused too: PostgreSQL's jsonb has no place for them.
+    """
+    value = normalize_json(value)
+    json.dumps(value, allow_nan=False)
+    return value
+
+
+def task_queues() -> set[str]:
+    """Every queue name of every ChannelsBackend: the channels that carry bells."""
+    return {
+        queue
+        for alias in settings.TASKS
+        if isinstance(backend := task_backends[alias], ChannelsBackend)
+        for queue in backend.queues
+    }
 
 
 def to_task_result(record: TaskRecord, task: Task | None = None) -> TaskResult:

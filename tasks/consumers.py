@@ -1,13 +1,15 @@
-"""Consumers for the worker channels: a bell on a queue's channel runs that queue's tasks."""
+"""Consumers: a bell on a queue's channel runs that queue's tasks; /tasks/live/ feeds the monitor page."""
 
 import asyncio
 import logging
 
 from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.utils import timezone
 
 from . import runner
+from .monitor import overview
 
 logger = logging.getLogger(__name__)
 
@@ -20,18 +22,66 @@ class TaskConsumer(AsyncConsumer):
     falls due. One task per queue at a time in each worker process.
     """
 
+    # No channel of its own: it only hears bells through the worker, and a
+    # Redis outage must not kill it while it has a bell to answer.
+    channel_layer_alias = None
+
     async def task_ready(self, message: dict) -> None:
         state = self.scope["parley.queue"]
         queues = [state.name]
         try:
             while not runner.shutting_down.is_set():
-                if not await runner.run_next(queues, state.worker_id):
+                record = await database_sync_to_async(runner.claim)(queues, state.worker_id)
+                if record is None:
                     break
+                state.running = record.pk  # the worker's heartbeat renews its lease
+                try:
+                    await runner.execute(record, state.worker_id)
+                finally:
+                    state.running = None
             due = await database_sync_to_async(runner.next_due)(queues)
             state.next_due = None if due is None else asyncio.get_running_loop().time() + (due - timezone.now()).total_seconds()
         finally:
             state.idle.set()
 
 
-class TaskMonitorConsumer(AsyncConsumer):
-    pass
+class TaskMonitorConsumer(AsyncJsonWebsocketConsumer):
+    """The /tasks/ page's live feed, staff only: tasks.monitor.overview() every few seconds.
+
+    Frames out: {"type": "overview", "overview": {...}} and {"type": "error", "error": "..."}.
+    It takes no frames in: each one is answered with an error, and a client
+    that keeps sending is closed (4429).
+    """
+
+    interval = 2.0
+    max_bad_frames = 10
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=4401)
+            return
+        if not (user.is_active and user.is_staff):
+            await self.close(code=4403)
+            return
+        await self.accept()
+        self.bad_frames = 0
+        self.feed = asyncio.create_task(self.send_overviews())
+
+    async def disconnect(self, code: int) -> None:
+        if feed := getattr(self, "feed", None):
+            feed.cancel()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        self.bad_frames += 1
+        await self.send_json({"type": "error", "error": "This socket only sends updates; it takes no messages."})
+        if self.bad_frames >= self.max_bad_frames:
+            await self.close(code=4429)
+
+    async def send_overviews(self) -> None:
+        while True:
+            try:
+                await self.send_json({"type": "overview", "overview": await database_sync_to_async(overview)()})
+            except Exception:  # the database is away: say nothing new, try again next time
+                logger.exception("event=monitor_overview_failed")
+            await asyncio.sleep(self.interval)

@@ -26,11 +26,11 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.tasks.base import Task, TaskContext, TaskResultStatus
+from django.tasks.exceptions import InvalidTask
 from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
-from django.utils.json import normalize_json
 
-from .backends import ChannelsBackend, aring, load_task, to_task_result
+from .backends import ChannelsBackend, aring, load_task, to_json, to_task_result
 from .exceptions import RetryLater, TaskCancelled, WorkerLost
 from .models import TaskRecord
 
@@ -73,15 +73,24 @@ def error_entry(exc: BaseException) -> dict[str, str]:
 
 
 def claim(queue_names: list[str], worker_id: str) -> TaskRecord | None:
-    """Take the next due READY task of these queues for `worker_id`, or None."""
+    """Take the next due READY task of these queues for `worker_id`, or None.
+
+    Highest priority first, then the longest due. A READY task whose cancel
+    came too late to stop it (its worker died, or handed it back, meanwhile)
+    is failed here instead of being run.
+    """
     now = timezone.now()
     with transaction.atomic():
-        record = (
+        ready = (
             TaskRecord.objects.select_for_update(skip_locked=True)
             .filter(status=READY, queue_name__in=queue_names, available_at__lte=now)
             .order_by("-priority", "available_at", "enqueued_at")
-            .first()
         )
+        while (record := ready.first()) is not None and record.cancel_requested:
+            record.status = FAILED
+            record.finished_at = now
+            record.errors = [*record.errors, error_entry(TaskCancelled("cancelled before it could run again"))]
+            record.save(update_fields=["status", "finished_at", "errors"])
         if record is None:
             return None
         record.status = RUNNING
@@ -154,8 +163,18 @@ def hand_back(worker_id: str, record: TaskRecord | None = None) -> list[str]:
     return queues
 
 
-def heartbeat(worker_id: str) -> int:
-    return TaskRecord.objects.filter(status=RUNNING, worker_id=worker_id).update(heartbeat_at=timezone.now())
+def heartbeat(worker_id: str, task_ids: list[Any]) -> int:
+    """Renew the lease on the tasks this worker is running right now.
+
+    Only tasks actually executing are renewed: if the code running a task
+    fails before recording its outcome, the lease runs out and the sweep
+    gives the task to another worker instead of it staying RUNNING for ever.
+    """
+    if not task_ids:
+        return 0
+    return TaskRecord.objects.filter(pk__in=task_ids, status=RUNNING, worker_id=worker_id).update(
+        heartbeat_at=timezone.now()
+    )
 
 
 def reclaim_lost() -> list[str]:
@@ -288,26 +307,18 @@ def _call_sync(task: Task, args: list, kwargs: dict) -> Any:
         close_old_connections()
 
 
-async def run_next(queue_names: list[str], worker_id: str) -> bool:
-    """Claim and run one task of these queues. False when none is due."""
-    record = await database_sync_to_async(claim)(queue_names, worker_id)
-    if record is None:
-        return False
-    await execute(record, worker_id)
-    return True
-
-
 async def execute(record: TaskRecord, worker_id: str) -> None:
     """Run a claimed task to an outcome, and record it."""
     log = "task=%s path=%s queue=%s attempt=%d worker=%s"
     log_args = (record.pk, record.task_path, record.queue_name, record.attempts, worker_id)
     try:
-        task = load_task(record.task_path)
-    except ImportError as exc:
+        task = load_task(record.task_path).using(
+            priority=record.priority, queue_name=record.queue_name, run_after=record.run_after
+        )
+    except (ImportError, InvalidTask) as exc:  # deployed code no longer has it, or no longer allows it
         logger.error("event=task_import_failed " + log + " error=%s", *log_args, exc)
         await database_sync_to_async(record_failure)(record, worker_id, exc)
         return
-    task = task.using(priority=record.priority, queue_name=record.queue_name, run_after=record.run_after)
     result = to_task_result(record, task)
     await task_started.asend(sender=ChannelsBackend, task_result=result)
     args = list(record.args)
@@ -319,7 +330,6 @@ async def execute(record: TaskRecord, worker_id: str) -> None:
             value = await task.func(*args, **record.kwargs)
         else:
             value = await sync_to_async(_call_sync, thread_sensitive=False)(task, args, record.kwargs)
-        value = normalize_json(value)
     except HandedBack:
         queues = await database_sync_to_async(hand_back)(worker_id, record)
         logger.info("event=task_handed_back " + log, *log_args)
@@ -328,15 +338,22 @@ async def execute(record: TaskRecord, worker_id: str) -> None:
         return
     except Exception as exc:
         outcome = exc
+    else:
+        try:
+            value = to_json(value)
+        except (TypeError, ValueError) as exc:
+            outcome = TypeError(f"Return value of task {record.task_path} is not JSON-serializable: {exc}")
     if outcome is None:
-        await database_sync_to_async(record_success)(record, worker_id, value)
+        held = await database_sync_to_async(record_success)(record, worker_id, value)
         logger.info("event=task_succeeded " + log, *log_args)
     else:
-        await database_sync_to_async(record_failure)(record, worker_id, outcome)
+        held = await database_sync_to_async(record_failure)(record, worker_id, outcome)
         logger.info("event=task_failed " + log + " status=%s error=%r", *log_args, record.status, outcome)
-    result = to_task_result(record, task)
+    if not held:  # the sweep gave it to another worker, whose outcome counts
+        return
     if record.status != READY:
-        await task_finished.asend(sender=ChannelsBackend, task_result=result)
+        await task_finished.asend(sender=ChannelsBackend, task_result=to_task_result(record, task))
     if task.takes_context:
+        await record.arefresh_from_db()  # progress was written by the context, not on this copy
         await abroadcast(record)
 

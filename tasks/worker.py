@@ -5,28 +5,19 @@ import logging
 import os
 import signal
 import socket
+import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.worker import Worker
 from django.conf import settings
-from django.tasks import task_backends
 from django.utils.crypto import get_random_string
 
 from . import runner
-from .backends import ChannelsBackend, aring
+from .backends import aring, ring, task_queues
 
 logger = logging.getLogger(__name__)
-
-
-def task_queues() -> set[str]:
-    """Every queue name of every ChannelsBackend: the channels that carry bells."""
-    return {
-        queue
-        for alias in settings.TASKS
-        if isinstance(backend := task_backends[alias], ChannelsBackend)
-        for queue in backend.queues
-    }
 
 
 @dataclass
@@ -36,6 +27,7 @@ class QueueState:
     name: str
     worker_id: str
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    running: Any = None  # id of the task being run, whose lease the heartbeat renews
     next_due: float | None = None  # loop time of the earliest deferred task
 
 
@@ -84,10 +76,20 @@ class TaskWorker(Worker):
             runner.shutting_down.set()
             return
         logger.warning("event=worker_forced_exit worker=%s signal=%s", self.worker_id, signum)
+        # Database calls are not allowed on the event loop's thread, and the
+        # loop must not run on: hand back from a thread, bounded, then go.
+        handing_back = threading.Thread(target=self.hand_back_all, daemon=True)
+        handing_back.start()
+        handing_back.join(timeout=5)
+        os._exit(1)
+
+    def hand_back_all(self) -> None:
+        """Give every task this worker holds back to its queue (not failed), and ring."""
         try:
-            runner.hand_back(self.worker_id)  # quick, and in this thread: the loop must not wait
-        finally:
-            os._exit(1)
+            for queue in runner.hand_back(self.worker_id):
+                ring(queue)
+        except Exception:
+            logger.exception("event=hand_back_failed worker=%s", self.worker_id)
 
     async def handle(self) -> None:
         self.stopping = asyncio.Event()
@@ -132,12 +134,20 @@ class TaskWorker(Worker):
             state.idle.clear()
             await self.get_or_create_application_instance(channel, scope).put(message)
 
+    async def application_exception(self, exception: BaseException, application_details: dict) -> None:
+        """A queue's consumer died (channels logs why): let its listener go on."""
+        await super().application_exception(exception, application_details)
+        state = application_details["scope"].get("parley.queue")
+        if state is not None:
+            state.idle.set()
+
     async def maintain(self) -> None:
         """Heartbeat our tasks; rescue those of workers that stopped beating."""
         interval = runner.heartbeat_interval()
         while True:
             try:
-                await database_sync_to_async(runner.heartbeat)(self.worker_id)
+                running = [state.running for state in self.states.values() if state.running is not None]
+                await database_sync_to_async(runner.heartbeat)(self.worker_id, running)
                 for queue in await database_sync_to_async(runner.reclaim_lost)():
                     await aring(queue)
             except Exception:

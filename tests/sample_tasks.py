@@ -61,3 +61,22 @@ def counted(context, path: str, steps: int, seconds: float) -> int:
 @task(queue_name="compute")
 async def async_add(a: int, b: int) -> int:
     return a + b
+
+
+@task(queue_name="compute")
+def pair(a: int, b: int) -> tuple:
+    """Returns a tuple and an int-keyed dict: stored as JSON (a list, a str key)."""
+    return (a, b), {1: "one"}
+
+
+@task(queue_name="compute")
+def unserializable() -> object:
+    return object()
+
+
+@task(queue_name="compute", takes_context=True)
+async def acounted(context, steps: int) -> int:
+    """Async twin of counted(): reports progress with aprogress()."""
+    for step in range(steps):
+        await context.aprogress(step + 1, steps, f"step {step + 1}")
+    return steps

@@ -6,7 +6,8 @@ from channels.routing import get_default_application
 from daphne.management.commands.runserver import Command as DaphneRunserverCommand
 from django.conf import settings
 
-from tasks.worker import TaskWorker, task_queues
+from tasks.backends import task_queues
+from tasks.worker import TaskWorker
 
 logger = logging.getLogger(__name__)
 
