@@ -1,5 +1,181 @@
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
+"""The room socket: /chat/<label>/. The protocol is documented in README.md and chat/protocol.py."""
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from . import presence
+from .models import RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW, Message, RateLimited, Room, is_valid_label
+from .protocol import SYNC_LIMIT, FrameError, encode, message_frame, parse_frame
+
+logger = logging.getLogger(__name__)
+
+CLOSE_NOT_LOGGED_IN = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+TYPING_INTERVAL = 2.0
+
+# (room pk, user pk) -> when a typing frame was last relayed. Per process: two
+# tabs of one user on two daphnes may each relay once per interval.
+_typing_relayed: dict[tuple[int, int], float] = {}
 
 
-class ChatConsumer(AsyncJsonWebsocketConsumer):
-    pass
+def find_room(label: str, user) -> tuple[Room | None, int | None]:
+    """The room to join, or the close code that refuses the socket."""
+    room = Room.objects.filter(label=label).first() if is_valid_label(label) else None
+    if room is None:
+        return None, CLOSE_NOT_FOUND
+    if not room.can_view(user):
+        return None, CLOSE_FORBIDDEN
+    return room, None
+
+
+def messages_after(room: Room, after: int) -> tuple[list[dict[str, Any]], bool]:
+    rows = list(room.messages.filter(id__gt=after).select_related("user", "room").order_by("id")[: SYNC_LIMIT + 1])
+    return [message_frame(m) for m in rows[:SYNC_LIMIT]], len(rows) > SYNC_LIMIT
+
+
+def post_message(room: Room, user, text: str, client_id: str) -> tuple[str, bool]:
+    message, created = room.post(user, text, client_id)
+    if not created:
+        message = Message.objects.select_related("room", "user").get(pk=message.pk)
+    return encode(message_frame(message)), created
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    room: Room | None = None
+    heartbeat_task: asyncio.Task | None = None
+    closing = False
+
+    async def connect(self) -> None:
+        # Accept first so the browser sees our close code (a handshake refusal is a bare 403).
+        await self.accept()
+        self.user = self.scope["user"]
+        if not self.user.is_authenticated:
+            await self.close(code=CLOSE_NOT_LOGGED_IN)
+            return
+        label = self.scope["url_route"]["kwargs"]["label"]
+        room, refusal = await database_sync_to_async(find_room)(label, self.user)
+        if refusal:
+            logger.info("event=ws_refused room=%s user=%s code=%s", label[:60], self.user.pk, refusal)
+            await self.close(code=refusal)
+            return
+        self.room = room
+        self.sent_at: deque[float] = deque(maxlen=RATE_LIMIT_COUNT)
+        # Join the group before reading presence, so no join or leave falls in between.
+        await self.channel_layer.group_add(room.group_name, self.channel_name)
+        first = await database_sync_to_async(presence.join)(room, self.user, self.channel_name)
+        handles = await database_sync_to_async(presence.handles)(room)
+        await self.send_frame({"type": "presence", "handles": handles})
+        if first:
+            await self.broadcast({"type": "join", "handle": self.user.username})
+        self.heartbeat_task = asyncio.create_task(self.heartbeat())
+        logger.info("event=ws_connect room=%s user=%s channel=%s", room.label, self.user.pk, self.channel_name)
+
+    async def disconnect(self, code: int) -> None:
+        if self.room is None:
+            return
+        # Database calls run one at a time on one thread, in order: once this is
+        # set no heartbeat can queue a join behind the leave below.
+        self.closing = True
+        if self.heartbeat_task:
+            self.heartbeat_task.cancel()
+        _typing_relayed.pop((self.room.pk, self.user.pk), None)
+        await self.channel_layer.group_discard(self.room.group_name, self.channel_name)
+        last = await database_sync_to_async(presence.leave)(self.room, self.user, self.channel_name)
+        if last:
+            await self.broadcast({"type": "leave", "handle": self.user.username})
+        logger.info("event=ws_disconnect room=%s user=%s code=%s", self.room.label, self.user.pk, code)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.room is None:
+            return
+        try:
+            frame = parse_frame(text_data, bytes_data)
+            await self.handlers[frame["type"]](self, frame)
+        except FrameError as error:
+            await self.send_frame(error.frame())
+
+    # --- inbound frames ---------------------------------------------------------
+
+    async def on_message(self, frame: dict[str, Any]) -> None:
+        client_id = frame["client_id"]
+        # A per-socket window stops a client hammering the database with retries;
+        # the database count inside Room.post holds across sockets and processes.
+        now = time.monotonic()
+        if len(self.sent_at) == RATE_LIMIT_COUNT and now - self.sent_at[0] < RATE_LIMIT_WINDOW.total_seconds():
+            raise FrameError("rate_limited", self.rate_limit_detail(), client_id)
+        self.sent_at.append(now)
+        try:
+            text, created = await database_sync_to_async(post_message)(self.room, self.user, frame["text"], client_id)
+        except RateLimited:
+            raise FrameError("rate_limited", self.rate_limit_detail(), client_id) from None
+        # Persisted; now everyone (the sender too) gets it. A retry is broadcast
+        # again: its first broadcast may have died with another process, and
+        # clients drop ids they already have.
+        await self.channel_layer.group_send(self.room.group_name, {"type": "chat.frame", "text": text})
+
+    async def on_sync(self, frame: dict[str, Any]) -> None:
+        frames, more = await database_sync_to_async(messages_after)(self.room, frame["after"])
+        for message in frames:
+            await self.send_frame(message)
+        last_id = frames[-1]["id"] if frames else frame["after"]
+        await self.send_frame({"type": "synced", "last_id": last_id, "more": more})
+
+    async def on_typing(self, frame: dict[str, Any]) -> None:
+        key = (self.room.pk, self.user.pk)
+        now = time.monotonic()
+        if now - _typing_relayed.get(key, -TYPING_INTERVAL) < TYPING_INTERVAL:
+            return  # relayed moments ago: drop quietly, it is only a hint
+        _typing_relayed[key] = now
+        await self.broadcast({"type": "typing", "handle": self.user.username}, skip_user=self.user.pk)
+
+    handlers: dict[str, Callable[["ChatConsumer", dict[str, Any]], Awaitable[None]]] = {
+        "message": on_message,
+        "sync": on_sync,
+        "typing": on_typing,
+    }
+
+    # --- outbound -----------------------------------------------------------------
+
+    async def send_frame(self, frame: dict[str, Any]) -> None:
+        await self.send(text_data=encode(frame))
+
+    async def broadcast(self, frame: dict[str, Any], skip_user: int | None = None) -> None:
+        """Send a frame to every socket in the room, encoded once for all of them."""
+        await self.channel_layer.group_send(
+            self.room.group_name, {"type": "chat.frame", "text": encode(frame), "skip_user": skip_user}
+        )
+
+    async def chat_frame(self, event: dict[str, Any]) -> None:
+        if event.get("skip_user") is not None and event["skip_user"] == self.user.pk:
+            return
+        await self.send(text_data=event["text"])
+
+    async def heartbeat(self) -> None:
+        """Keep this socket's presence row fresh and expire rows of dead processes."""
+        while True:
+            await asyncio.sleep(presence.heartbeat_interval())
+            try:
+                refreshed, left = await database_sync_to_async(presence.heartbeat)(self.room, self.channel_name)
+                if not refreshed and not self.closing:
+                    # This process stalled past the TTL and was swept: come back.
+                    if await database_sync_to_async(presence.join)(self.room, self.user, self.channel_name):
+                        await self.broadcast({"type": "join", "handle": self.user.username})
+                for handle in left:
+                    logger.info("event=presence_expired room=%s handle=%s", self.room.label, handle)
+                    await self.broadcast({"type": "leave", "handle": handle})
+            except Exception:
+                # A database or Redis hiccup must not end presence for this socket.
+                logger.exception("event=presence_heartbeat_failed room=%s", self.room.label)
+
+    @staticmethod
+    def rate_limit_detail() -> str:
+        seconds = int(RATE_LIMIT_WINDOW.total_seconds())
+        return f"More than {RATE_LIMIT_COUNT} messages in {seconds} seconds; wait a moment."

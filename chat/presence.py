@@ -61,12 +61,13 @@ def leave(room: Room, user, channel_name: str) -> bool:
         return bool(deleted) and not _fresh(room).filter(user=user).exists()
 
 
-def heartbeat(room: Room, user, channel_name: str) -> tuple[bool, list[str]]:
+def heartbeat(room: Room, channel_name: str) -> tuple[bool, list[str]]:
     """Refresh this socket's row and sweep the room's expired rows.
 
-    Returns (rejoined, left): rejoined is True when this socket's row had been
-    swept (the process stalled past the TTL) and the user needs announcing
-    again; left lists the handles whose last socket just expired.
+    Returns (refreshed, left): refreshed is False when this socket's row was
+    gone (swept after the process stalled past the TTL, and announced as a
+    leave), so the caller joins again; left lists the handles whose last socket
+    just expired.
     """
     now = timezone.now()
     with transaction.atomic():
@@ -77,7 +78,4 @@ def heartbeat(room: Room, user, channel_name: str) -> tuple[bool, list[str]]:
         stale.delete()
         still_here = set(_fresh(room).filter(user_id__in=stale_users).values_list("user_id", flat=True))
         left = sorted(handle for user_id, handle in stale_users.items() if user_id not in still_here)
-    rejoined = False
-    if not refreshed:
-        rejoined = join(room, user, channel_name)
-    return rejoined, left
+    return bool(refreshed), left
