@@ -17,6 +17,7 @@ its URL: it can be cached for a year.
 import hashlib
 import io
 import logging
+import re
 import time
 from typing import IO
 
@@ -45,6 +46,8 @@ OUTPUTS = ("256.webp", "64.webp", "32.webp", "32.png")
 ORIGINALS_DIR = "avatar-originals"
 THUMBNAILS_DIR = "avatars"
 CACHE_FOREVER = "public, max-age=31536000, immutable"
+# A thumbnail's path under THUMBNAILS_DIR; nothing else there is ever served.
+THUMBNAIL_PATH = re.compile(r"\d+/[0-9a-f]{64}-(?:(?:256|64|32)\.webp|32\.png)")
 
 _SRGB = ImageCms.createProfile("sRGB")
 
@@ -68,7 +71,6 @@ def open_image(fp: IO[bytes]) -> Image.Image:
             "This file is not a JPEG, PNG, WebP or GIF image.", code="not_an_image"
         ) from exc
     if image.width * image.height > MAX_PIXELS:
-        image.close()
         raise too_many_pixels(image.width, image.height)
     return image
 
@@ -244,16 +246,16 @@ def store_avatar(user, upload: IO[bytes], image_format: str) -> TaskResult:
     data = upload.read()
     name = original_name(user.pk, content_digest(data), image_format)
     User = get_user_model()
-    written = False
+    existed = default_storage.exists(name)  # the same picture again: nothing new to clean up
     try:
         with transaction.atomic():
             User.objects.select_for_update().filter(pk=user.pk).values_list("pk").first()
-            written = write_exactly(default_storage, name, data)
+            write_exactly(default_storage, name, data)
             User.objects.filter(pk=user.pk).update(avatar=name)
             user.avatar.name = name
             result = request_thumbnails(user)
     except BaseException:
-        if written:
+        if not existed and default_storage.exists(name):
             default_storage.delete(name)
         raise
     logger.info("event=avatar_uploaded user=%s original=%s bytes=%d", user.pk, name, len(data))
@@ -334,6 +336,11 @@ def avatar_urls(user) -> dict[str, str]:
         return {"256": url("256.webp"), "64": url("64.webp"), "32": url("32.webp"), "32png": url("32.png")}
     placeholder = reverse("avatar_placeholder", args=[user.username])
     return {"256": placeholder, "64": placeholder, "32": placeholder, "32png": placeholder}
+
+
+def thumbnails_pending(user) -> bool:
+    """True while the user's latest upload has no thumbnails yet."""
+    return bool(user.avatar) and not (user.avatar_digest and user.avatar_digest in user.avatar.name)
 
 
 def broadcast_avatar(user) -> None:

@@ -1,5 +1,7 @@
+from django import forms
 from django.contrib.auth.forms import UserCreationForm
 
+from . import avatars
 from .models import User
 
 
@@ -10,3 +12,29 @@ class SignUpForm(UserCreationForm):
     class Meta(UserCreationForm.Meta):
         model = User
         fields = ("username",)
+
+
+class ProfileForm(forms.ModelForm):
+    """Display name and a new avatar. The avatar is checked here, before anything is stored."""
+
+    avatar = forms.FileField(
+        required=False,
+        help_text="JPEG, PNG, WebP or GIF; at most 10 MB and 40 megapixels.",
+        widget=forms.FileInput(attrs={"accept": "image/jpeg,image/png,image/webp,image/gif"}),
+    )
+
+    class Meta:
+        model = User
+        fields = ("display_name",)
+
+    def clean_avatar(self):
+        upload = self.cleaned_data.get("avatar")
+        if upload:
+            self.avatar_format = avatars.validate_upload(upload)
+        return upload
+
+    def save(self, commit: bool = True) -> User:
+        user = super().save(commit)
+        if commit and self.cleaned_data.get("avatar"):
+            avatars.store_avatar(user, self.cleaned_data["avatar"], self.avatar_format)
+        return user

@@ -1,12 +1,16 @@
 import logging
 
+from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_not_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
-from django.views.decorators.http import require_http_methods
+from django.core.files.storage import default_storage
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_http_methods, require_safe
 
-from .forms import SignUpForm
+from . import avatars
+from .forms import ProfileForm, SignUpForm
+from .models import User
 
 logger = logging.getLogger(__name__)
 
@@ -24,3 +28,50 @@ def signup(request: HttpRequest) -> HttpResponse:
         logger.info("event=signup user=%s", user.pk)
         return redirect("home")
     return render(request, "accounts/signup.html", {"form": form})
+
+
+@require_http_methods(["GET", "POST"])
+def profile(request: HttpRequest) -> HttpResponse:
+    """/me/: display name, avatar (thumbnailed on the worker pool), notification settings."""
+    form = ProfileForm(request.POST or None, request.FILES or None, instance=request.user)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        if form.cleaned_data.get("avatar"):
+            messages.success(request, "Avatar uploaded: it shows everywhere as soon as it is ready.")
+        return redirect("profile")
+    context = {
+        "form": form,
+        "avatar": avatars.avatar_urls(request.user),
+        "avatar_pending": avatars.thumbnails_pending(request.user),
+    }
+    return render(request, "accounts/profile.html", context)
+
+
+@require_safe
+def avatar_placeholder(request: HttpRequest, handle: str) -> HttpResponse:
+    """Initials on a colour of the handle's, for users whose thumbnails do not exist (yet)."""
+    user = get_object_or_404(User, username=handle)
+    response = HttpResponse(avatars.placeholder_svg(user), content_type="image/svg+xml")
+    # Short: the initials follow the display name. The CSP stops an SVG opened as a page running anything.
+    response["Cache-Control"] = "private, max-age=300"
+    response["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
+    return response
+
+
+@login_not_required
+@require_safe
+def avatar_file(request: HttpRequest, name: str) -> FileResponse:
+    """A thumbnail from local media storage, cacheable for a year (its name is its content's hash).
+
+    Only thumbnails: originals keep their EXIF and are never served. With a
+    bucket configured the thumbnail URLs point at the bucket and this is unused.
+    """
+    if not avatars.THUMBNAIL_PATH.fullmatch(name):
+        raise Http404("No such avatar.")
+    try:
+        fh = default_storage.open(f"{avatars.THUMBNAILS_DIR}/{name}", "rb")
+    except FileNotFoundError:
+        raise Http404("No such avatar.") from None
+    response = FileResponse(fh, content_type="image/png" if name.endswith(".png") else "image/webp")
+    response["Cache-Control"] = avatars.CACHE_FOREVER
+    return response
