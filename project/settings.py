@@ -182,7 +182,8 @@ REPORTS_EXPORT_PART_BYTES = int(os.environ.get("REPORTS_EXPORT_PART_BYTES", str(
 PARLEY_BASE_URL = os.environ.get("PARLEY_BASE_URL", "http://127.0.0.1:8000")
 # Email: any django-anymail backend, e.g. EMAIL_BACKEND=anymail.backends.postmark.EmailBackend
 # with ANYMAIL_POSTMARK_SERVER_TOKEN=...; every ANYMAIL_<NAME> variable becomes ANYMAIL["<NAME>"].
-EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+# The console backend (mail printed to the terminal) by default.
+MAILERS = {"default": {"BACKEND": os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")}}
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Parley <parley@localhost>")
 ANYMAIL = {name.removeprefix("ANYMAIL_"): value for name, value in os.environ.items() if name.startswith("ANYMAIL_")}
 ANYMAIL.setdefault("REQUESTS_TIMEOUT", float(os.environ.get("EMAIL_TIMEOUT", "10")))
@@ -275,6 +276,7 @@ LOGGING = {
         "accounts": {"level": LOG_LEVEL},
         "chat": {"level": LOG_LEVEL},
         "notifications": {"level": LOG_LEVEL},
+        "reports": {"level": LOG_LEVEL},
         "tasks": {"level": LOG_LEVEL},
         "django.channels.worker": {"level": LOG_LEVEL},
         "django.tasks": {"level": os.environ.get("TASKS_LOG_LEVEL", "WARNING")},

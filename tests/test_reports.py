@@ -1,0 +1,424 @@
+"""Room exports and insights: the files, the numbers, access, limits, progress and cancel.
+
+Jobs run on the real task runner in this process (tasks.runner.run_next, as a
+worker's consumer calls it); the e2e tests in test_reports_e2e.py use real workers.
+"""
+
+import asyncio
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.core.exceptions import PermissionDenied
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.core.management import call_command
+from django.tasks.base import TaskResultStatus
+from django.urls import reverse
+
+from accounts import avatars
+from accounts.models import User
+from chat.models import Membership, Message, Room
+from project.asgi import application
+from reports.export import job_messages
+from reports.forms import parse_export_command
+from reports.jobs import TooManyJobs, start_export, start_insights
+from reports.models import Job
+from tasks import runner
+from tasks.models import TaskRecord
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TRICKY = [
+    "plain",
+    "commas, and more, commas",
+    'She said "hi" and \'bye\'',
+    "two\nlines\r\nand a CRLF",
+    "<script>alert('x')</script> & <b>bold</b>",
+    "unicode: ünïcödé 🎉 — ok",
+    "",
+]
+
+
+async def run_one(worker_id: str = "test-worker") -> bool:
+    """Claim and run one due compute task on the real runner, as a worker's consumer does."""
+    record = await sync_to_async(runner.claim)(["compute"], worker_id)
+    if record is None:
+        return False
+    await runner.execute(record, worker_id)
+    return True
+
+
+def run_jobs(limit: int = 10) -> int:
+    """Run due compute tasks, here; how many ran."""
+    ran = 0
+    while ran < limit and async_to_sync(run_one)():
+        ran += 1
+    return ran
+
+
+def make_room(label: str = "lobby", private: bool = True, members=()) -> Room:
+    room = Room.objects.create(label=label, is_private=private)
+    for user in members:
+        Membership.objects.create(room=room, user=user)
+    return room
+
+
+def post(room: Room, user: User, text: str, at: datetime | None = None) -> Message:
+    message = Message.objects.create(room=room, user=user, text=text, client_id=f"c{Message.objects.count()}-{text[:8]}")
+    if at is not None:
+        Message.objects.filter(pk=message.pk).update(created_at=at)
+        message.created_at = at
+    return message
+
+
+def bulk_messages(room: Room, users: list[User], count: int) -> None:
+    for start in range(0, count, 5000):
+        Message.objects.bulk_create(
+            Message(room=room, user=users[i % len(users)], text=f"message {i}, with a comma", client_id=f"b{room.pk}-{i}")
+            for i in range(start, min(count, start + 5000))
+        )
+
+
+def read(job: Job) -> str:
+    job.refresh_from_db()
+    with default_storage.open(job.file.name, "rb") as fh:
+        return fh.read().decode()
+
+
+@pytest.fixture
+def alice(db):
+    return User.objects.create_user("alice", display_name="Alice <A>")
+
+
+@pytest.fixture
+def bob(db):
+    return User.objects.create_user("bob")
+
+
+@pytest.fixture
+def mallory(db):
+    return User.objects.create_user("mallory")
+
+
+@pytest.fixture
+def room(alice, bob):
+    room = make_room(members=[alice, bob])
+    for i, text in enumerate(TRICKY):
+        post(room, alice if i % 2 else bob, text)
+    return room
+
+
+def expected_rows(room: Room) -> list[tuple]:
+    return list(room.messages.order_by("id").values_list("id", "user__username", "text"))
+
+
+def test_jsonl_export_round_trips(room, alice):
+    job, created = start_export(alice, room, "jsonl")
+    assert created and run_jobs() == 1
+    lines = read(job).splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [(r["id"], r["user"], r["text"]) for r in records] == expected_rows(room)
+    assert records[1]["display_name"] == "Alice <A>"
+    first = room.messages.order_by("id").first()
+    assert datetime.fromisoformat(records[0]["created_at"]) == first.created_at
+    job.refresh_from_db()
+    assert job.status == Job.Status.DONE and job.rows_done == len(TRICKY)
+    assert job.expires_at - job.finished_at == timedelta(days=7)
+    assert not default_storage.exists(job.part_name(1))  # parts are joined and removed
+
+
+def test_csv_export_escapes_commas_quotes_and_newlines(room, alice):
+    job, _ = start_export(alice, room, "csv")
+    run_jobs()
+    text = read(job)
+    assert '"She said ""hi"" and \'bye\'"' in text
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert rows[0] == ["id", "created_at", "user", "display_name", "text"]
+    assert [(int(r[0]), r[2], r[4]) for r in rows[1:]] == expected_rows(room)
+
+
+def test_html_export_escapes_messages_and_inlines_avatars(room, alice, bob):
+    # Alice has a thumbnail; Bob gets the initials placeholder.
+    png = b"\x89PNG\r\n\x1a\n" + b"0" * 50
+    User.objects.filter(pk=alice.pk).update(avatar_digest="d" * 64)
+    default_storage.save(avatars.thumbnail_name(alice.pk, "d" * 64, "32.png"), ContentFile(png))
+    job, _ = start_export(alice, room, "html")
+    run_jobs()
+    page = read(job)
+    assert "<script>alert" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in page
+    assert "Alice &lt;A&gt;" in page and "Alice <A>" not in page
+    assert "data:image/png;base64," in page and "data:image/svg+xml;base64," in page
+    assert f".a{alice.pk} " in page and f".a{bob.pk} " in page
+    assert page.count("<article") == len(TRICKY)
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")  # self-contained
+    assert page.rstrip().endswith("</html>")
+
+
+def test_date_range_export(alice, bob):
+    room = make_room(members=[alice, bob])
+    days = [datetime(2026, 3, d, 12, tzinfo=UTC) for d in (1, 2, 3, 4, 5)]
+    for day in days:
+        post(room, alice, f"on {day:%d}", at=day)
+    since, until = parse_export_command("/export json 2026-03-02 2026-03-04")[1:]
+    job, _ = start_export(alice, room, "jsonl", since, until)
+    run_jobs()
+    assert [json.loads(line)["text"] for line in read(job).splitlines()] == ["on 02", "on 03", "on 04"]
+
+
+def test_parse_export_command():
+    assert parse_export_command("/export") == ("jsonl", None, None)
+    assert parse_export_command("/export CSV")[0] == "csv"
+    assert parse_export_command("/export html 2026-01-01") == ("html", datetime(2026, 1, 1, tzinfo=UTC), None)
+    for bad in ("/export pdf", "/export csv 2026-13-01", "/export csv 2026-02-02 2026-02-01", "/export a b c d"):
+        with pytest.raises(ValueError, match="Usage"):
+            parse_export_command(bad)
+
+
+def test_export_resumes_after_its_checkpoint(settings, alice, bob):
+    """An attempt that dies mid-way leaves a checkpoint; the next writes each row exactly once."""
+    settings.REPORTS_EXPORT_PART_BYTES = 2000
+    room = make_room(members=[alice, bob])
+    bulk_messages(room, [alice, bob], 5000)
+    job, _ = start_export(alice, room, "jsonl")
+    job = Job.objects.select_related("room").get(pk=job.pk)
+
+    class WorkerDied(Exception):
+        pass
+
+    def dies_on_second_report(done, total, note, calls=[]):
+        calls.append(done)
+        if len(calls) == 2:
+            raise WorkerDied
+
+    from reports.export import write_export
+
+    with pytest.raises(WorkerDied):
+        write_export(job, dies_on_second_report)
+    job.refresh_from_db()
+    assert 0 < job.rows_done < 5000 and job.parts >= 1 and not job.finished_at
+    resumed_after = job.last_id
+    # An orphan part saved after the checkpoint (the worker died before recording it) is replaced.
+    default_storage.save(job.part_name(job.parts + 1), ContentFile(b"garbage\n"))
+
+    notes = []
+    write_export(job, lambda done, total, note: notes.append(note))
+    assert f"resumed after message {resumed_after}" in notes[0]
+    ids = [json.loads(line)["id"] for line in read(job).splitlines()]
+    assert ids == list(room.messages.order_by("id").values_list("id", flat=True))
+
+
+def test_non_member_cannot_start_watch_or_download(client, room, alice, mallory):
+    job, _ = start_export(alice, room, "csv")
+    run_jobs()
+    with pytest.raises(PermissionDenied):
+        start_export(mallory, room, "csv")
+    with pytest.raises(PermissionDenied):
+        start_insights(mallory, room)
+    client.force_login(mallory)
+    assert client.post(reverse("reports:export", args=[room.label]), {"format": "csv"}).status_code == 404
+    assert client.get(reverse("reports:insights", args=[room.label])).status_code == 404
+    assert client.get(reverse("reports:job", args=[job.pk])).status_code == 404
+    assert client.get(reverse("reports:download", args=[job.pk])).status_code == 404
+    assert client.post(reverse("reports:cancel", args=[job.pk])).status_code == 404
+    assert Job.objects.filter(requested_by=mallory).count() == 0
+
+    connected, code = async_to_sync(ws_connect)(mallory, job)
+    assert not connected
+
+    # Alice downloads her file; Bob, a member, may not download Alice's export.
+    client.force_login(alice)
+    response = client.get(reverse("reports:download", args=[job.pk]))
+    assert response.status_code == 200 and response["Content-Disposition"].startswith("attachment")
+    assert b"".join(response.streaming_content).decode().startswith("id,created_at")
+    client.force_login(User.objects.get(username="bob"))
+    assert client.get(reverse("reports:download", args=[job.pk])).status_code == 404
+    # A member who leaves the room loses the download too.
+    Membership.objects.filter(room=room, user=alice).delete()
+    client.force_login(alice)
+    assert client.get(reverse("reports:download", args=[job.pk])).status_code == 404
+
+
+async def ws_connect(user, job):
+    communicator = await sync_to_async(authenticated)(user, f"/reports/{job.pk}/live/")
+    connected, code = await communicator.connect(timeout=5)
+    await communicator.disconnect()
+    return connected, code
+
+
+def authenticated(user, path: str) -> WebsocketCommunicator:
+    """A communicator whose scope carries `user`'s session cookie, as a browser's would."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    headers = [(b"cookie", cookie.encode()), (b"origin", b"http://localhost")]
+    return WebsocketCommunicator(application, path, headers=headers)
+
+
+def test_start_attaches_to_the_running_export_and_limits_to_three(client, room, alice):
+    first, created = start_export(alice, room, "jsonl")
+    again, created_again = start_export(alice, room, "jsonl")
+    assert created and not created_again and again.pk == first.pk
+    start_export(alice, room, "csv")
+    start_insights(alice, room)
+    with pytest.raises(TooManyJobs, match="already have 3"):
+        start_export(alice, room, "html")
+    client.force_login(alice)
+    response = client.post(reverse("reports:export", args=[room.label]), {"format": "html"})
+    assert response.status_code == 429 and b"already have 3" in response.content
+    # The same export as a running one still attaches at the limit.
+    response = client.post(reverse("reports:export", args=[room.label]), {"format": "jsonl"})
+    assert response.status_code == 302 and response["Location"] == first.get_absolute_url()
+    assert Job.objects.count() == 3
+    run_jobs()
+    assert start_export(alice, room, "html")[1]  # room again once they finished
+
+
+async def test_progress_over_websocket_is_monotonic_and_ends_with_download(channel_layer, alice, bob):
+    room = await sync_to_async(make_room)(members=[alice, bob])
+    await sync_to_async(bulk_messages)(room, [alice, bob], 30000)
+    job, _ = await sync_to_async(start_export)(alice, room, "html")
+    communicator = await sync_to_async(authenticated)(alice, f"/reports/{job.pk}/live/")
+    connected, _ = await communicator.connect(timeout=5)
+    assert connected
+    first = await communicator.receive_json_from(timeout=5)
+    assert first["status"] == "queued" and first["percent"] == 0.0
+    worker = asyncio.create_task(run_one())
+    frames = []
+    while not frames or frames[-1]["status"] in ("queued", "running"):
+        frames.append(await communicator.receive_json_from(timeout=10))
+    await worker
+    await communicator.disconnect()
+    percents = [f["percent"] for f in frames]
+    assert percents == sorted(percents) and len([f for f in frames if f["status"] == "running"]) >= 2
+    running = [f for f in frames if f["status"] == "running" and f["done"] < 30000]
+    assert running and all(f["total"] == 30000 for f in running)
+    assert any(f["rate"] for f in running) and any(f["eta"] is not None for f in running)
+    last = frames[-1]
+    assert last["status"] == "done" and last["percent"] == 100.0 and last["url"] == f"/reports/{job.pk}/download/"
+
+
+async def test_cancel_over_websocket_stops_the_export(channel_layer, alice, bob):
+    room = await sync_to_async(make_room)(members=[alice, bob])
+    await sync_to_async(bulk_messages)(room, [alice, bob], 30000)
+    job, _ = await sync_to_async(start_export)(alice, room, "html")
+    communicator = await sync_to_async(authenticated)(alice, f"/reports/{job.pk}/live/")
+    assert (await communicator.connect(timeout=5))[0]
+    await communicator.receive_json_from(timeout=5)
+    worker = asyncio.create_task(run_one())
+    frame = await communicator.receive_json_from(timeout=10)
+    while frame["status"] != "running":
+        frame = await communicator.receive_json_from(timeout=10)
+    await communicator.send_json_to({"action": "cancel"})
+    sent_at = asyncio.get_running_loop().time()
+    while frame["status"] == "running":
+        frame = await communicator.receive_json_from(timeout=5)
+    assert asyncio.get_running_loop().time() - sent_at < 2.0
+    await asyncio.wait_for(worker, 5)
+    assert frame["status"] == "cancelled" and frame["error"] == "Cancelled." and frame["done"] < 30000
+    await communicator.send_to(text_data="not json")
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "error"
+    await communicator.disconnect()
+    record = await TaskRecord.objects.aget(pk=job.task_id)
+    assert record.status == TaskResultStatus.FAILED and record.cancel_requested
+    job = await Job.objects.aget(pk=job.pk)
+    assert not job.file and not await sync_to_async(default_storage.exists)(job.part_name(1))
+
+
+def test_failure_is_shown_to_the_user_without_a_traceback(settings, tmp_path, client, room, alice):
+    (tmp_path / "not-a-directory").write_text("")
+    settings.MEDIA_ROOT = tmp_path / "not-a-directory" / "media"  # every write fails
+    job, _ = start_export(alice, room, "csv")
+    run_jobs()
+    job = Job.objects.select_related("task").get(pk=job.pk)
+    assert job.status == Job.Status.FAILED
+    assert job.user_error == "The export failed: the file could not be written (storage error). Please try again."
+    assert "Traceback" in job.task.errors[-1]["traceback"]  # kept for the operators
+    client.force_login(alice)
+    page = client.get(reverse("reports:job", args=[job.pk])).content.decode()
+    assert "could not be written" in page and "Traceback" not in page
+
+
+def test_insights_numbers(alice, bob):
+    carol = User.objects.create_user("Carol")
+    room = make_room(members=[alice, bob, carol])
+    monday = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday
+    posts = [
+        (alice, "hi @bob and @Carol", monday),
+        (bob, "@alice hello @bob @bob", monday + timedelta(minutes=4)),
+        (alice, "mail me at x@bob.com or @nobody", monday + timedelta(minutes=8)),
+        (carol, "late @BOB", monday + timedelta(minutes=30)),  # a new thread: 22 min gap
+        (carol, "still me", monday + timedelta(minutes=31)),
+        (bob, "next day, @carol", monday + timedelta(days=1, hours=5)),  # Tuesday 14:00
+    ]
+    for user, text, at in posts:
+        post(room, user, text, at=at)
+    job, created = start_insights(alice, room)
+    assert created and run_jobs() == 1
+    job.refresh_from_db()
+    data = job.result
+    assert data["messages"] == 6
+    assert data["per_day"] == [["2026-03-02", 5], ["2026-03-03", 1]]
+    assert data["heatmap"][0][9] == 5  # Monday, 09:00-09:59
+    assert data["heatmap"][1][14] == 1 and sum(map(sum, data["heatmap"])) == 6
+    assert sorted(data["top_posters"]) == sorted([["alice", 2], ["bob", 2], ["Carol", 2]])
+    # One mention per message per user; unknown handles and e-mail addresses do not count.
+    assert data["mentions"] == [["bob", 3], ["Carol", 2], ["alice", 1]]
+    threads = data["threads"]
+    assert [(t["messages"], t["participants"]) for t in threads] == [(3, 2), (2, 1), (1, 1)]
+    assert threads[0]["minutes"] == 8.0
+    for name in ("per_day", "heatmap", "top_posters", "mentions"):
+        with default_storage.open(data["charts"][name], "rb") as fh:
+            assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    # Cached until a new message arrives.
+    cached, created = start_insights(bob, room)
+    assert not created and cached.pk == job.pk
+    post(room, bob, "news")
+    fresh, created = start_insights(bob, room)
+    assert created and fresh.pk != job.pk
+
+
+def test_insights_page_and_charts(client, room, alice, mallory):
+    client.force_login(alice)
+    page = client.get(reverse("reports:insights", args=[room.label]))
+    assert page.status_code == 200 and b'id="job"' in page.content  # computing: the progress page
+    run_jobs()
+    page = client.get(reverse("reports:insights", args=[room.label]))
+    assert b"Busiest threads" in page.content
+    job = Job.objects.get(kind="insights")
+    chart = client.get(reverse("reports:chart", args=[job.pk, "heatmap"]))
+    assert chart.status_code == 200 and chart["Content-Type"] == "image/png"
+    client.force_login(mallory)
+    assert client.get(reverse("reports:chart", args=[job.pk, "heatmap"])).status_code == 404
+
+
+def test_expired_exports_are_refused_and_cleaned_up(client, room, alice):
+    job, _ = start_export(alice, room, "csv")
+    run_jobs()
+    job.refresh_from_db()
+    name = job.file.name
+    assert default_storage.exists(name)
+    # The removal was deferred to the expiry, on the default queue.
+    deferred = TaskRecord.objects.get(task_path="reports.tasks.remove_expired")
+    assert deferred.available_at == job.expires_at and deferred.args == [job.pk]
+    Job.objects.filter(pk=job.pk).update(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    client.force_login(alice)
+    assert client.get(reverse("reports:download", args=[job.pk])).status_code == 410
+    out = io.StringIO()
+    call_command("reports_cleanup", stdout=out)
+    assert "Cleaned up 1 job" in out.getvalue() and not default_storage.exists(name)
+    assert Job.objects.get(pk=job.pk).status == Job.Status.EXPIRED
+
+
+def test_job_messages_is_a_snapshot(room, alice):
+    job, _ = start_export(alice, room, "jsonl")
+    post(room, alice, "after the export was asked for")
+    assert job_messages(job).count() == len(TRICKY)
