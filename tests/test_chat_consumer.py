@@ -19,12 +19,12 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 
 @pytest.fixture
 def ann():
-    return User.objects.create_user("ann", password="x")
+    return User.objects.create_user("ann")
 
 
 @pytest.fixture
 def bob():
-    return User.objects.create_user("bob", password="x")
+    return User.objects.create_user("bob")
 
 
 @pytest.fixture
@@ -371,7 +371,7 @@ async def test_private_room_members_chat_and_nothing_reaches_other_rooms(ann, bo
         Room.objects.create(label="public")
 
     await database_sync_to_async(setup)()
-    carol = await database_sync_to_async(User.objects.create_user)("carol", password="x")
+    carol = await database_sync_to_async(User.objects.create_user)("carol")
     carol_cookie = await database_sync_to_async(session_cookie)(carol)
     outsider, _ = await join("public", carol_cookie)
     await next_of(outsider, "join")
