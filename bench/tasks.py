@@ -227,7 +227,10 @@ def run_child(python: Path, system: str, redis: Any, database_url: str, args: An
         "--drain", str(args.drain), "--latency", str(args.latency), "--rate", str(args.rate),
     ]  # fmt: skip
     timeout = 180 + args.drain / 20 + args.latency / args.rate
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    # Each system brings its own settings: none inherits ours (Celery, say, sets
+    # Django up by itself whenever DJANGO_SETTINGS_MODULE is in its environment).
+    env = {k: v for k, v in os.environ.items() if k not in {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL"}}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     (log_dir / f"{system}-child.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode:
         raise RuntimeError(f"measuring {system} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")

@@ -1,0 +1,62 @@
+"""Every benchmark in bench/ still runs: `--smoke` in a subprocess, its last line the JSON the issue names.
+
+The benchmarks start their own Redis and PostgreSQL (and real worker processes),
+so the suite's servers are left alone. Peers run only where .venv-bench exists
+(`make bench` builds it); Parley itself always runs.
+"""
+
+import functools
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = sorted(p.name for p in (ROOT / "bench").glob("*.py") if p.name != "common.py")
+
+# The keys each benchmark's issue asks for in its JSON line.
+EXPECTED_KEYS = {
+    "tasks.py": {
+        "parley_drain_per_s", "celery_drain_per_s", "dtdb_drain_per_s", "parley_p50_ms", "parley_p99_ms",
+        "celery_p50_ms", "celery_p99_ms", "ratio_vs_celery",
+    },
+}  # fmt: skip
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+
+@functools.cache  # one run per script serves every test below
+def run_smoke(script: str) -> tuple[subprocess.CompletedProcess, dict]:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    proc = subprocess.run(
+        [sys.executable, f"bench/{script}", "--smoke"], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=200,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"bench/{script} --smoke exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    last_line = proc.stdout.strip().splitlines()[-1]
+    result = json.loads(last_line)
+    assert isinstance(result, dict), f"last line of bench/{script} is not a JSON object: {last_line}"
+    return proc, result
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmark_smoke_ends_with_its_json_line(script):
+    proc, result = run_smoke(script)
+    missing = EXPECTED_KEYS.get(script, set()) - result.keys()
+    assert not missing, f"bench/{script} JSON lacks {sorted(missing)}: {result}"
+    # A readable table comes before the JSON line.
+    assert len(proc.stdout.strip().splitlines()) > 3
+
+
+def test_tasks_benchmark_measures_parley():
+    """Parley's own figures are real measurements, whether or not the peers' venv exists."""
+    _, result = run_smoke("tasks.py")
+    for key in ("parley_drain_per_s", "parley_p50_ms", "parley_p99_ms", "parley_enqueue_per_s"):
+        assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, (key, result)
+    assert result["parley_p50_ms"] <= result["parley_p99_ms"]
+    peers = (ROOT / ".venv-bench" / "bin" / "python").exists()
+    assert (result["ratio_vs_celery"] is not None) == peers
