@@ -43,6 +43,8 @@ class NotificationConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         self.user = self.scope.get("user")
         if self.user is None or not self.user.is_authenticated:
+            # Accept first: a browser only sees close codes after an accept.
+            await self.accept()
             await self.close(code=4401)
             return
         self.group = notify.user_group(self.user.pk)

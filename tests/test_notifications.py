@@ -78,12 +78,12 @@ def render_settings(user) -> str:
 
 @pytest.fixture
 def ann():
-    return get_user_model().objects.create_user("ann", password="pw-ann-123456")
+    return get_user_model().objects.create_user("ann")  # no password: hashing one costs a second
 
 
 @pytest.fixture
 def bob():
-    return get_user_model().objects.create_user("Bob", password="pw-bob-123456")
+    return get_user_model().objects.create_user("Bob")
 
 
 @pytest.fixture
