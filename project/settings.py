@@ -42,10 +42,11 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]" if DEBUG e
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
-    # daphne first: its runserver serves ASGI (HTTP and WebSockets). tasks second:
-    # its runserver adds the embedded worker and its runworker the durable one.
-    "daphne",
+    # An app's command overrides those of the apps after it. tasks first: its
+    # runserver (daphne's, serving ASGI, plus the embedded worker) and its
+    # runworker (the durable one) win over daphne's and channels'.
     "tasks",
+    "daphne",
     "channels",
     "accounts",
     "chat",

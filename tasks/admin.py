@@ -1,0 +1,47 @@
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from . import runner
+from .models import TaskRecord
+
+
+@admin.register(TaskRecord)
+class TaskRecordAdmin(admin.ModelAdmin):
+    """Task results, read-only: the runner alone writes them. Staff may cancel."""
+
+    list_display = ["id", "task_path", "queue_name", "status", "attempts", "enqueued_at", "finished_at", "worker_id"]
+    list_filter = ["status", "queue_name"]
+    search_fields = ["task_path", "id"]
+    date_hierarchy = "enqueued_at"
+    actions = ["cancel_tasks"]
+    fieldsets = [
+        (None, {"fields": ["id", "task_path", "backend", "queue_name", "priority", "status", "args", "kwargs"]}),
+        ("Timing", {"fields": ["enqueued_at", "run_after", "available_at", "started_at", "last_attempted_at",
+                               "finished_at"]}),  # fmt: skip
+        ("Attempts", {"fields": ["max_attempts", "retry_backoff", "retry_backoff_max", "worker_ids", "errors",
+                                 "return_value"]}),  # fmt: skip
+        ("Now", {"fields": ["worker_id", "heartbeat_at", "cancel_requested", "progress_done", "progress_total",
+                            "progress_note", "progress_at"]}),  # fmt: skip
+    ]
+    readonly_fields = [field for _, options in fieldsets for field in options["fields"]]
+
+    @admin.display(description="attempts")
+    def attempts(self, record: TaskRecord) -> int:
+        return record.attempts
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # tasks come from .enqueue(), with a backend's checks
+
+    @admin.action(description="Cancel selected tasks", permissions=["change"])
+    def cancel_tasks(self, request: HttpRequest, queryset: QuerySet[TaskRecord]) -> None:
+        unfinished = list(queryset.filter(status__in=[runner.READY, runner.RUNNING]).values_list("pk", flat=True))
+        for pk in unfinished:
+            runner.cancel(pk)
+        skipped = queryset.count() - len(unfinished)
+        self.message_user(
+            request,
+            f"Cancelled {len(unfinished)} task(s): ready ones will not start, running ones stop at their next "
+            f"progress report." + (f" {skipped} had already finished." if skipped else ""),
+            messages.SUCCESS,
+        )

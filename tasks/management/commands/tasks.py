@@ -1,0 +1,62 @@
+import re
+from datetime import timedelta
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from tasks.monitor import overview, prune
+
+AGE = re.compile(r"^(\d+)([smhd])$")
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_age(text: str) -> timedelta:
+    """'90s', '15m', '12h', '7d' as a timedelta; CommandError for anything else."""
+    match = AGE.match(text.strip())
+    if not match:
+        raise CommandError(f"--older-than takes a number and a unit (s, m, h or d), like 7d or 12h; got {text!r}.")
+    return timedelta(**{UNITS[match[2]]: int(match[1])})
+
+
+class Command(BaseCommand):
+    help = (
+        "Show the task queues: depths, running tasks with their workers, recent failures. "
+        "`tasks prune --older-than 7d` deletes finished tasks."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        actions = parser.add_subparsers(dest="action", title="actions")
+        pruning = actions.add_parser("prune", help="Delete SUCCESSFUL and FAILED tasks finished before a given age.")
+        pruning.add_argument("--older-than", required=True, help="Age like 90s, 15m, 12h or 7d.")
+
+    def handle(self, *args, **options) -> None:
+        if options["action"] == "prune":
+            deleted = prune(parse_age(options["older_than"]))
+            self.stdout.write(f"Deleted {deleted} finished task(s) older than {options['older_than']}.")
+            return
+        self.show(overview())
+
+    def show(self, data: dict) -> None:
+        self.stdout.write(f"Queues (at {data['at']})")
+        self.table(["queue", "ready", "deferred", "running"], [
+            [q["queue"], q["ready"], q["deferred"], q["running"]] for q in data["queues"]
+        ])  # fmt: skip
+        self.stdout.write(f"\nRunning ({len(data['running'])})")
+        self.table(["id", "task", "queue", "worker", "heartbeat", "attempt", "progress"], [
+            [r["id"], r["task"], r["queue"], r["worker"],
+             "-" if r["heartbeat_age"] is None else f"{r['heartbeat_age']:.1f}s ago", r["attempts"],
+             "" if r["done"] is None else f"{r['done']}/{r['total'] if r['total'] is not None else '?'} {r['note']}"]
+            for r in data["running"]
+        ])  # fmt: skip
+        self.stdout.write(f"\nRecent failures ({len(data['failures'])})")
+        self.table(["id", "task", "queue", "finished", "attempts", "error"], [
+            [f["id"], f["task"], f["queue"], f["finished_at"], f["attempts"], f["error"]] for f in data["failures"]
+        ])  # fmt: skip
+
+    def table(self, header: list[str], rows: list[list]) -> None:
+        if not rows:
+            self.stdout.write("  (none)")
+            return
+        cells = [header, *([str(cell) for cell in row] for row in rows)]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+        for row in cells:
+            self.stdout.write("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -1,0 +1,56 @@
+// Follows /tasks/live/: the server sends the whole overview every few seconds,
+// and the tables are rebuilt from it. Text only (textContent): nothing is parsed as HTML.
+(function () {
+  "use strict";
+  const status = document.getElementById("tasks-live");
+  const columns = {
+    "tasks-queues": [(q) => q.queue, (q) => q.ready, (q) => q.deferred, (q) => q.running],
+    "tasks-running": [
+      (r) => r.task, (r) => r.queue, (r) => r.worker,
+      (r) => (r.heartbeat_age === null ? "" : r.heartbeat_age + "s ago"), (r) => r.attempts,
+      (r) => (r.done === null ? "" : r.done + "/" + (r.total === null ? "?" : r.total) + " " + r.note),
+    ],
+    "tasks-failures": [(f) => f.task, (f) => f.queue, (f) => f.finished_at, (f) => f.attempts, (f) => f.error],
+  };
+  const empty = { "tasks-running": "Nothing running.", "tasks-failures": "No failures." };
+
+  function fill(id, rows) {
+    const body = document.getElementById(id);
+    const cells = columns[id];
+    body.replaceChildren();
+    if (rows.length === 0 && empty[id]) {
+      const td = document.createElement("td");
+      td.colSpan = cells.length;
+      td.textContent = empty[id];
+      body.appendChild(document.createElement("tr")).appendChild(td);
+      return;
+    }
+    for (const row of rows) {
+      const tr = body.appendChild(document.createElement("tr"));
+      if (row.id) tr.title = row.id;
+      for (const cell of cells) tr.appendChild(document.createElement("td")).textContent = String(cell(row));
+    }
+  }
+
+  let delay = 1000;
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    const socket = new WebSocket(scheme + location.host + "/tasks/live/");
+    socket.onopen = () => { delay = 1000; status.textContent = "live"; };
+    socket.onmessage = (event) => {
+      const frame = JSON.parse(event.data);
+      if (frame.type !== "overview") return;
+      document.getElementById("tasks-at").textContent = frame.overview.at;
+      fill("tasks-queues", frame.overview.queues);
+      fill("tasks-running", frame.overview.running);
+      fill("tasks-failures", frame.overview.failures);
+    };
+    socket.onclose = (event) => {
+      if (event.code === 4401 || event.code === 4403) { status.textContent = "not allowed: reload to log in"; return; }
+      status.textContent = "reconnecting…";
+      setTimeout(connect, delay);
+      delay = Math.min(delay * 2, 30000);
+    };
+  }
+  connect();
+})();
