@@ -537,3 +537,18 @@ def test_notification_list_and_reading(room, ann, bob):
     other = Client()
     other.force_login(ann)
     assert other.get(f"/notifications/{first.pk}/").status_code == 404
+
+
+def test_profile_page_has_the_settings_section_and_errors_come_back_to_it(bob):
+    client = Client()
+    client.force_login(bob)
+    page = client.get("/me/").content.decode()
+    assert 'action="/notifications/settings/"' in page and 'name="mention_channel"' in page
+    assert 'value="/me/"' in page and "Send me a test notification" in page
+    response = client.post("/notifications/settings/", {"mention_channel": "sms", "phone": "+44 20", "next": "/me/"},
+                           follow=True)  # fmt: skip
+    assert response.redirect_chain == [("/me/", 302)]
+    assert "+44 20 is not a valid phone number" in response.content.decode()
+    response = client.post("/notifications/settings/", {"mention_channel": "email", "email": "", "next": "//evil.example/"})
+    assert response["Location"] == "/notifications/"  # never a redirect off-site
+    assert client.get("/").status_code == 200 and 'class="bell"' in client.get("/").content.decode()

@@ -13,8 +13,9 @@ RECENT = 5
 @register.inclusion_tag("notifications/bell.html", takes_context=True)
 def notification_bell(context) -> dict:
     """The bell with the unread count; static/notifications/bell.js keeps it live."""
-    user = context["request"].user
-    return {"count": notify.unread_count(user) if user.is_authenticated else 0, "user": user}
+    user = context.get("user")
+    signed_in = user is not None and user.is_authenticated
+    return {"count": notify.unread_count(user) if signed_in else 0, "user": user}
 
 
 @register.inclusion_tag("notifications/settings_section.html", takes_context=True)
