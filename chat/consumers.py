@@ -10,6 +10,8 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from reports.consumers import ExportCommand
+
 from . import presence
 from .models import RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW, Message, RateLimited, Room, is_valid_label
 from .protocol import SYNC_LIMIT, FrameError, encode, message_frame, parse_frame
@@ -48,7 +50,7 @@ def post_message(room: Room, user, text: str, client_id: str) -> tuple[str, bool
     return encode(message_frame(message)), created
 
 
-class ChatConsumer(AsyncWebsocketConsumer):
+class ChatConsumer(ExportCommand, AsyncWebsocketConsumer):
     room: Room | None = None
     heartbeat_task: asyncio.Task | None = None
     closing = False
@@ -86,6 +88,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.closing = True
         if self.heartbeat_task:
             self.heartbeat_task.cancel()
+        await self.export_disconnect()
         _typing_relayed.pop((self.room.pk, self.user.pk), None)
         await self.channel_layer.group_discard(self.room.group_name, self.channel_name)
         last = await database_sync_to_async(presence.leave)(self.room, self.user, self.channel_name)
@@ -112,6 +115,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if len(self.sent_at) == RATE_LIMIT_COUNT and now - self.sent_at[0] < RATE_LIMIT_WINDOW.total_seconds():
             raise FrameError("rate_limited", self.rate_limit_detail(), client_id)
         self.sent_at.append(now)
+        if self.is_export_command(frame["text"]):  # a command for this socket, never posted
+            await self.export_command(self.room, frame["text"])
+            return
         try:
             text, created = await database_sync_to_async(post_message)(self.room, self.user, frame["text"], client_id)
         except RateLimited:

@@ -5,6 +5,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 
 import jsonschema
 from channels.db import database_sync_to_async
@@ -50,7 +51,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         if job.task_id is not None:
             await self.channel_layer.group_add(self.watcher.group_name, self.channel_name)
         await self.send_json(await self.watcher.refresh())
-        self.ticker = asyncio.create_task(tick(self, {self.watcher.group_name: self.watcher}, "job.progress"))
+        self.ticker = asyncio.create_task(tick(self.send_json, {self.watcher.group_name: self.watcher}, "job.progress"))
 
     async def disconnect(self, code: int) -> None:
         if self.ticker is not None:
@@ -84,7 +85,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json(frame)
 
 
-async def tick(consumer: AsyncJsonWebsocketConsumer, watchers: dict[str, JobWatcher], frame_type: str) -> None:
+async def tick(send: Callable[[dict], Awaitable[None]], watchers: dict[str, JobWatcher], frame_type: str) -> None:
     """Send the state of every silent, unfinished job at least every MAX_SILENCE seconds.
 
     Runs for the socket's life (cancelled on disconnect); idles once all jobs have finished.
@@ -93,11 +94,11 @@ async def tick(consumer: AsyncJsonWebsocketConsumer, watchers: dict[str, JobWatc
         await asyncio.sleep(TICK)
         for watcher in list(watchers.values()):
             if watcher.due():
-                await consumer.send_json({**await watcher.refresh(), "type": frame_type})
+                await send({**await watcher.refresh(), "type": frame_type})
 
 
 class ExportCommand:
-    """Mixin for the chat consumer: `/export [json|csv|html] [from] [to]` typed in the chat box.
+    """Mixin for the chat consumer: `/export [json|csv|html] [from] [to]` sent as a chat message.
 
     Starts the export (or attaches to the same one already running) through
     reports.jobs.start_export, as the room page's button does, and sends its
@@ -112,18 +113,18 @@ class ExportCommand:
     async def export_command(self, room, text: str) -> None:
         if not hasattr(self, "export_watchers"):
             self.export_watchers: dict[str, JobWatcher] = {}
-            self.export_ticker = asyncio.create_task(tick(self, self.export_watchers, "export.progress"))
+            self.export_ticker = asyncio.create_task(tick(self.send_export_frame, self.export_watchers, "export.progress"))
         try:
             format, since, until = parse_export_command(text)
             job, created = await database_sync_to_async(start_export)(self.scope["user"], room, format, since, until)
         except (ValueError, TooManyJobs, PermissionDenied) as exc:
-            await self.send_json({"type": "export.error", "error": str(exc)})
+            await self.send_export_frame({"type": "export.error", "error": str(exc)})
             return
         watcher = JobWatcher(job)
         if watcher.group_name not in self.export_watchers:
             self.export_watchers[watcher.group_name] = watcher
             await self.channel_layer.group_add(watcher.group_name, self.channel_name)
-        await self.send_json({**await watcher.refresh(), "type": "export.progress"})
+        await self.send_export_frame({**await watcher.refresh(), "type": "export.progress"})
 
     async def task_update(self, event: dict) -> None:
         watcher = getattr(self, "export_watchers", {}).get(f"task.{event['task']['id']}")
@@ -131,7 +132,10 @@ class ExportCommand:
             return
         frame = await watcher.on_update(event["task"])
         if frame is not None:
-            await self.send_json({**frame, "type": "export.progress"})
+            await self.send_export_frame({**frame, "type": "export.progress"})
+
+    async def send_export_frame(self, frame: dict) -> None:
+        await self.send(text_data=json.dumps(frame))
 
     async def export_disconnect(self) -> None:
         """Call from the consumer's disconnect(): stop watching this socket's exports."""

@@ -30,6 +30,9 @@ from reports.jobs import TooManyJobs, start_export, start_insights
 from reports.models import Job
 from tasks import runner
 from tasks.models import TaskRecord
+from tests.chat_helpers import fresh_channel_layer, join, next_of, send, session_cookie
+
+__all__ = ["fresh_channel_layer"]  # a fixture
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -281,7 +284,7 @@ def test_start_attaches_to_the_running_export_and_limits_to_three(client, room, 
     assert start_export(alice, room, "html")[1]  # room again once they finished
 
 
-async def test_progress_over_websocket_is_monotonic_and_ends_with_download(channel_layer, alice, bob):
+async def test_progress_over_websocket_is_monotonic_and_ends_with_download(fresh_channel_layer, alice, bob):
     room = await sync_to_async(make_room)(members=[alice, bob])
     await sync_to_async(bulk_messages)(room, [alice, bob], 30000)
     job, _ = await sync_to_async(start_export)(alice, room, "html")
@@ -305,7 +308,7 @@ async def test_progress_over_websocket_is_monotonic_and_ends_with_download(chann
     assert last["status"] == "done" and last["percent"] == 100.0 and last["url"] == f"/reports/{job.pk}/download/"
 
 
-async def test_cancel_over_websocket_stops_the_export(channel_layer, alice, bob):
+async def test_cancel_over_websocket_stops_the_export(fresh_channel_layer, alice, bob):
     room = await sync_to_async(make_room)(members=[alice, bob])
     await sync_to_async(bulk_messages)(room, [alice, bob], 30000)
     job, _ = await sync_to_async(start_export)(alice, room, "html")
@@ -422,3 +425,22 @@ def test_job_messages_is_a_snapshot(room, alice):
     job, _ = start_export(alice, room, "jsonl")
     post(room, alice, "after the export was asked for")
     assert job_messages(job).count() == len(TRICKY)
+
+
+async def test_export_command_in_the_chat_box(fresh_channel_layer, alice, bob):
+    """`/export csv` typed in the chat starts the export and streams its progress to that socket."""
+    await sync_to_async(make_room)(members=[alice, bob])
+    socket, _ = await join("lobby", await sync_to_async(session_cookie)(alice))
+    await send(socket, {"type": "message", "text": "/export csv", "client_id": "x1"})
+    frame = await next_of(socket, "export.progress")
+    assert frame["format"] == "csv" and frame["status"] == "queued"
+    worker = asyncio.create_task(run_one())
+    while frame["status"] != "done":
+        frame = await next_of(socket, "export.progress", timeout=10)
+    await worker
+    job = await Job.objects.aget(requested_by=alice)
+    assert frame["url"] == f"/reports/{job.pk}/download/" and frame["percent"] == 100.0
+    assert not await Message.objects.filter(text__startswith="/export").aexists()  # a command, not a message
+    await send(socket, {"type": "message", "text": "/export pdf", "client_id": "x2"})
+    assert "Usage: /export" in (await next_of(socket, "export.error"))["error"]
+    await socket.disconnect()
