@@ -19,9 +19,10 @@ deliveries/s with p99 < 100 ms and nothing lost, stepping the rate, 100 clients)
 import json
 import math
 import os
-import select
+import queue
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -73,15 +74,25 @@ class LoadGen:
             [PY, str(ROOT / "bench" / "load" / "loadgen.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=self.log, text=True, cwd=ROOT,
         )  # fmt: skip
+        # A thread reads the answers: select() on a buffered pipe misses lines already read ahead.
+        self.answers: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
         self.send(config)
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.answers.put(line)
+        self.answers.put("")
 
     def send(self, payload: dict) -> None:
         self.proc.stdin.write(json.dumps(payload) + "\n")
         self.proc.stdin.flush()
 
     def answer(self, timeout: float) -> dict:
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline() if ready else ""
+        try:
+            line = self.answers.get(timeout=timeout)
+        except queue.Empty:
+            line = ""
         if not line:
             raise RuntimeError(f"load generator gave no answer in {timeout:.0f}s (exit {self.proc.poll()})")
         return json.loads(line)
@@ -253,7 +264,7 @@ def profile(targets: list[Target], sessions: list[str], rate: float, seconds: fl
         session = Session(target, 100, 1, 3, sessions, log_dir)
         try:
             out = log_dir / f"profile-{target.name}.txt"
-            spy = subprocess.Popen([str(py_spy), "record", "--format", "raw", "--rate", "200", "--duration",
+            spy = subprocess.Popen([str(py_spy), "record", "--nonblocking", "--format", "raw", "--rate", "100", "--duration",
                                     str(int(seconds)), "--pid", str(session.procs[0].pid), "--output", str(out)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
             result = session.step(0, rate, 1.0, seconds, 3.0)
