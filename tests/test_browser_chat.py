@@ -1,0 +1,104 @@
+"""Two people chat in real Chromium; one drops offline, types, comes back: nothing lost, nothing twice."""
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--no-first-run", "--disable-sync",
+]  # fmt: skip
+
+
+@pytest.fixture
+def browser():
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def signed_up_page(browser, base: str, handle: str):
+    context = browser.new_context(base_url=base, viewport={"width": 390, "height": 740})  # a phone
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    page.goto("/signup/")
+    page.fill("#id_username", handle)
+    page.fill("#id_password1", "a long passphrase 42")
+    page.fill("#id_password2", "a long passphrase 42")
+    page.click("button[type=submit]")
+    expect(page.get_by_role("heading", name="Rooms")).to_be_visible()
+    return context, page
+
+
+def say(page, text: str) -> None:
+    page.fill("#text", text)
+    page.press("#text", "Enter")
+
+
+def texts(page) -> list[str]:
+    return page.locator("#message-list .msg .text").all_inner_texts()
+
+
+def assert_each_once(page, expected: list[str]) -> None:
+    """Every expected text stored (has an id) exactly once, in order, nothing pending."""
+    for text in expected:
+        expect(page.locator("#message-list .msg[data-id]").filter(has_text=text)).to_have_count(1)
+    expect(page.locator("#message-list .msg:not([data-id])")).to_have_count(0)
+    ids = [int(i) for i in page.locator("#message-list .msg").evaluate_all("els => els.map(e => e.dataset.id)")]
+    assert ids == sorted(ids) and len(ids) == len(set(ids))
+    assert texts(page) == expected
+
+
+def test_offline_messages_arrive_once(stack, browser):
+    _, port = stack.daphne()
+    base = f"http://127.0.0.1:{port}"
+    ann_context, ann = signed_up_page(browser, base, "ann")
+    bob_context, bob = signed_up_page(browser, base, "bob")
+    for page in (ann, bob):
+        page.goto("/lobby/")
+        expect(page.locator("#status")).to_have_attribute("data-state", "connected")
+    expect(ann.locator("#presence li")).to_have_text(["ann", "bob"])
+    bob.fill("#text", "typing...")
+    expect(ann.locator("#typing")).to_have_text("bob is typing…")
+
+    say(ann, "hello bob, see https://example.com/x?a=1&b=<2>")
+    expect(bob.locator(".msg[data-id]")).to_have_count(1)
+    link = bob.locator(".msg a")
+    expect(link).to_have_attribute("href", "https://example.com/x?a=1&b=")
+    expect(link).to_have_attribute("rel", "noopener nofollow")
+    say(bob, "<b>not bold</b>")
+    expect(ann.locator(".msg .text").last).to_have_text("<b>not bold</b>")  # escaped, shown as typed
+
+    # bob drops off the network.
+    bob_context.set_offline(True)
+    expect(bob.locator("#status")).to_have_attribute("data-state", "offline")
+    expect(ann.locator("#presence li")).to_have_text(["ann"])
+    say(ann, "are you there?")
+    say(bob, "offline one")
+    say(bob, "offline two")
+    expect(bob.locator(".msg.pending")).to_have_count(2)
+    say(ann, "guess not")
+
+    bob_context.set_offline(False)
+    expect(bob.locator("#status")).to_have_attribute("data-state", "connected")
+    expected = [
+        "hello bob, see https://example.com/x?a=1&b=<2>",
+        "<b>not bold</b>",
+        "are you there?",
+        "guess not",
+        "offline one",
+        "offline two",
+    ]
+    assert_each_once(bob, expected)
+    assert_each_once(ann, expected)
+    expect(ann.locator("#presence li")).to_have_text(["ann", "bob"])
+
+    # A reload renders the same history from the server, and the outbox is empty.
+    bob.reload()
+    expect(bob.locator("#status")).to_have_attribute("data-state", "connected")
+    assert_each_once(bob, expected)
+    assert bob.evaluate("localStorage.getItem('parley.outbox.bob.lobby')") == "[]"
+    ann_context.close()
+    bob_context.close()
