@@ -45,5 +45,7 @@ class NotificationSettingsForm(forms.Form):
 
 
 class PhoneCodeForm(forms.Form):
-    code = forms.CharField(label="Code from the SMS", max_length=6, min_length=6,
-                           widget=forms.TextInput(attrs={"inputmode": "numeric", "autocomplete": "one-time-code"}))  # fmt: skip
+    code = forms.CharField(
+        label="Code from the SMS", max_length=6, min_length=6,
+        widget=forms.TextInput(attrs={"inputmode": "numeric", "autocomplete": "one-time-code"}),
+    )  # fmt: skip

@@ -15,7 +15,7 @@ from django.utils import timezone
 from chat.models import Message, Presence, Room
 
 from . import content, tokens
-from .delivery import address, lock_user, usable_channel
+from .delivery import address, lock_user, unsubscribe_link, usable_channel
 from .mentions import parse_mentions
 from .models import Delivery, Notification, PhoneConfirmation
 
@@ -80,7 +80,7 @@ def gather(notification: Notification) -> Delivery:
     The first mention after a quiet window goes out at once; later ones join
     a delivery due when the window of the last one ends.
     """
-    from .tasks import send_delivery
+    from .tasks import send_delivery  # tasks.py imports this module
 
     lock_user(notification.user_id)
     open_delivery = Delivery.objects.filter(
@@ -162,17 +162,11 @@ def send_test(user_id: int) -> Delivery | None:
         else:
             delivery.subject = "Parley test notification"
             delivery.body, delivery.html = content.render_email(
-                "test", {"user": user, "unsubscribe_link": _unsubscribe_link(user)}
+                "test", {"user": user, "unsubscribe_link": unsubscribe_link(user)}
             )
         delivery.save()
         send_delivery.enqueue(delivery.pk)
     return delivery
-
-
-def _unsubscribe_link(user) -> str:
-    from .delivery import unsubscribe_link
-
-    return unsubscribe_link(user)
 
 
 # --- Changed addresses and their confirmation ------------------------------------------
@@ -304,3 +298,26 @@ def twilio_report(params: dict[str, str]) -> str:
             User.objects.filter(pk=delivery.user_id).update(sms_opted_out=True)
     Delivery.objects.filter(pk=delivery.pk).update(**changes)
     return status
+
+
+# Email events an ESP reports later (through anymail's tracking webhooks).
+EMAIL_FAILED = {"bounced": "bounced", "rejected": "rejected by the recipient's server", "failed": "failed at the ESP"}
+EMAIL_OPT_OUT = {"complained", "unsubscribed"}
+
+
+def email_event(event_type: str, message_id: str, recipient: str, description: str = "") -> str:
+    """Apply what the ESP says about a sent email: a bounce fails it, a complaint opts the address out."""
+    delivery = None
+    if message_id:
+        delivery = Delivery.objects.filter(channel=Delivery.Channel.EMAIL, provider_id=message_id).first()
+    if delivery is not None:
+        Delivery.objects.filter(pk=delivery.pk).update(provider_status=event_type[:30])
+    if event_type in EMAIL_FAILED and delivery is not None:
+        Delivery.objects.filter(pk=delivery.pk).update(
+            status=Status.FAILED, error_code=event_type,
+            error=f"{EMAIL_FAILED[event_type]}{': ' + description if description else ''}"[:1000],
+        )  # fmt: skip
+    if event_type in EMAIL_OPT_OUT and recipient:
+        get_user_model().objects.filter(email__iexact=recipient).update(email_opted_out=True)
+    logger.info("event=email_event type=%s delivery=%s", event_type, delivery.pk if delivery else None)
+    return event_type

@@ -1,11 +1,18 @@
-"""Mentions are found when a chat message is saved, by whichever code saves it."""
+"""Where notifications listen: chat messages being saved, and the ESP's reports on sent emails."""
 
+import logging
+
+from anymail.signals import tracking
+from django.conf import settings
 from django.db.models.signals import post_save
 from django.dispatch import receiver
 
 from chat.models import Message
 
+from . import notify
 from .tasks import process_mentions
+
+logger = logging.getLogger(__name__)
 
 
 @receiver(post_save, sender=Message, dispatch_uid="notifications.mentions")
@@ -15,3 +22,12 @@ def message_saved(sender, instance: Message, created: bool, raw: bool = False, *
         # Inside the sender's transaction the task rings on commit, and
         # vanishes with a rolled-back message.
         process_mentions.enqueue(instance.pk)
+
+
+@receiver(tracking, dispatch_uid="notifications.email_tracking")
+def email_tracked(sender, event, esp_name: str, **kwargs) -> None:
+    # Without a webhook secret anyone could post "bounced" for any address.
+    if not settings.ANYMAIL.get("WEBHOOK_SECRET"):
+        logger.warning("event=email_event_ignored reason=no_webhook_secret esp=%s", esp_name)
+        return
+    notify.email_event(event.event_type, event.message_id or "", event.recipient or "", event.description or "")

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from . import views
 
@@ -13,4 +13,7 @@ urlpatterns = [
     path("confirm-email/<str:token>/", views.confirm_email, name="confirm_email"),
     path("unsubscribe/<str:token>/", views.unsubscribe, name="unsubscribe"),
     path("twilio/", views.twilio_webhook, name="twilio_webhook"),
+    # The ESP's tracking webhooks (bounces, complaints): e.g. email/postmark/tracking/,
+    # behind basic auth with ANYMAIL_WEBHOOK_SECRET.
+    path("email/", include("anymail.urls")),
 ]

@@ -549,6 +549,32 @@ def test_profile_page_has_the_settings_section_and_errors_come_back_to_it(bob):
                            follow=True)  # fmt: skip
     assert response.redirect_chain == [("/me/", 302)]
     assert "+44 20 is not a valid phone number" in response.content.decode()
-    response = client.post("/notifications/settings/", {"mention_channel": "email", "email": "", "next": "//evil.example/"})
+    bad_next = {"mention_channel": "email", "email": "", "next": "//evil.example/"}
+    response = client.post("/notifications/settings/", bad_next)
     assert response["Location"] == "/notifications/"  # never a redirect off-site
     assert client.get("/").status_code == 200 and 'class="bell"' in client.get("/").content.decode()
+
+
+def test_a_bounce_reported_by_the_esp_webhook_is_shown_and_a_complaint_opts_out(providers, settings, room, ann, bob):
+    _, postmark = providers
+    settings.ANYMAIL = {**settings.ANYMAIL, "WEBHOOK_SECRET": "hook:secret-words"}
+    by_email(bob)
+    post(room, ann, "@bob hi")
+    run_notifications()
+    [email] = postmark.sent_to("bob@example.com")
+    bounce = {"RecordType": "Bounce", "Type": "HardBounce", "ID": 42, "MessageID": email["MessageID"],
+              "Email": "bob@example.com", "Description": "The server was unable to deliver your message",
+              "BouncedAt": "2026-11-25T10:00:00Z"}  # fmt: skip
+    url = "/notifications/email/postmark/tracking/"
+    client = Client()
+    assert client.post(url, bounce, content_type="application/json").status_code in (400, 401, 403)
+    assert Delivery.objects.get().status == "sent"
+    auth = {"HTTP_AUTHORIZATION": "Basic aG9vazpzZWNyZXQtd29yZHM="}  # hook:secret-words
+    assert client.post(url, bounce, content_type="application/json", **auth).status_code == 200
+    delivery = Delivery.objects.get()
+    assert (delivery.status, delivery.error_code) == ("failed", "bounced")
+    assert "bounced: The server was unable" in render_settings(bob)
+    complaint = {**bounce, "RecordType": "SpamComplaint", "Type": "SpamComplaint"}
+    assert client.post(url, complaint, content_type="application/json", **auth).status_code == 200
+    bob.refresh_from_db()
+    assert bob.email_opted_out
