@@ -1,0 +1,81 @@
+"""TaskWorker serving the compute queue inside the test's event loop (as the embedded runserver does)."""
+
+import asyncio
+import time
+
+import pytest
+from channels.routing import get_default_application
+from django.tasks.signals import task_enqueued, task_finished, task_started
+from django.utils import timezone
+
+from tasks.models import TaskRecord
+from tasks.worker import TaskWorker
+from tests import sample_tasks
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+async def worker(channel_layer):
+    worker = TaskWorker(application=get_default_application(), channels=["compute"], channel_layer=channel_layer)
+    serving = asyncio.create_task(worker.handle())
+    yield worker
+    worker.stopping.set()  # what the first SIGTERM does, minus the process-wide flag
+    await asyncio.wait_for(serving, 10)
+    for instance in worker.application_instances.values():
+        instance["future"].cancel()
+
+
+async def finished(result_id: str, timeout: float) -> TaskRecord:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = await TaskRecord.objects.aget(pk=result_id)
+        if record.status in ("SUCCESSFUL", "FAILED"):
+            return record
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"task {result_id} not finished in {timeout}s")
+
+
+async def test_worker_runs_enqueued_tasks_and_sends_the_signals(worker):
+    seen = []
+
+    def receiver(sender, task_result, **kwargs):
+        seen.append((kwargs["signal"], task_result.id, task_result.status))
+
+    for signal in (task_enqueued, task_started, task_finished):
+        signal.connect(receiver)
+    try:
+        ok = await sample_tasks.add.aenqueue(2, 40)
+        bad = await sample_tasks.unserializable.aenqueue()
+        assert (await finished(ok.id, 10)).return_value == 42
+        assert (await finished(bad.id, 10)).status == "FAILED"
+    finally:
+        for signal in (task_enqueued, task_started, task_finished):
+            signal.disconnect(receiver)
+    assert [(signal, status) for signal, task_id, status in seen if task_id == ok.id] == [
+        (task_enqueued, "READY"), (task_started, "RUNNING"), (task_finished, "SUCCESSFUL"),
+    ]  # fmt: skip
+    assert [(signal, status) for signal, task_id, status in seen if task_id == bad.id] == [
+        (task_enqueued, "READY"), (task_started, "RUNNING"), (task_finished, "FAILED"),
+    ]  # fmt: skip
+    await ok.arefresh()
+    assert ok.worker_ids == [worker.worker_id]
+
+
+async def test_worker_finds_tasks_that_rang_no_bell(worker, settings):
+    """A row written by another process (whose bell never came) is found by the poll."""
+    now = timezone.now()
+    record = await TaskRecord.objects.acreate(
+        task_path="tests.sample_tasks.add", queue_name="compute", args=[1, 2], enqueued_at=now, available_at=now
+    )
+    started = time.monotonic()
+    assert (await finished(str(record.pk), 10)).return_value == 3
+    assert time.monotonic() - started < settings.TASKS_POLL_INTERVAL + 2
+
+
+async def test_worker_starts_a_deferred_task_when_it_falls_due(worker):
+    run_after = timezone.now() + timezone.timedelta(seconds=1.5)
+    result = await sample_tasks.add.using(run_after=run_after).aenqueue(1, 1)
+    record = await finished(result.id, 10)
+    assert run_after <= record.started_at
+    assert (record.started_at - run_after).total_seconds() < 1.0
