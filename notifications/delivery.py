@@ -34,6 +34,7 @@ Status = Delivery.Status
 # How far back a lookup at Twilio reaches before the cut-off attempt started:
 # our clock and Twilio's may disagree a little.
 LOOKUP_SLACK = timedelta(minutes=2)
+CONFIRM_REDACTED = "(confirmation code or link: not kept once sent)"
 
 
 def usable_channel(user) -> str | None:
@@ -97,6 +98,9 @@ def finish(delivery: Delivery, status: str, *, error: str = "", code: str = "", 
                "error": error[:1000], "error_code": code}  # fmt: skip
     if provider_id:
         changes["provider_id"] = provider_id
+    if delivery.kind == Delivery.Kind.CONFIRM:
+        # A code or confirmation link is a secret: kept only while it may need resending or looking up.
+        changes.update(body=CONFIRM_REDACTED, html="")
     Delivery.objects.filter(pk=delivery.pk).exclude(status__in=Delivery.FINAL).update(**changes)
     delivery.refresh_from_db()
     logger.info("event=delivery_%s delivery=%s channel=%s kind=%s user=%s provider_id=%s error=%r",

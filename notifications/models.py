@@ -125,7 +125,7 @@ class PhoneConfirmation(models.Model):
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     phone = models.CharField(max_length=20)
-    # An HMAC of the code, not the code: a database reader cannot confirm numbers.
+    # An HMAC of the code, not the code (the Delivery that texts it forgets it once sent).
     code_hash = models.CharField(max_length=128)
     created_at = models.DateTimeField()
     attempts_left = models.PositiveSmallIntegerField(default=5)

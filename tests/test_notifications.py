@@ -308,13 +308,17 @@ def test_invalid_number_is_a_permanent_failure_shown_to_the_user(providers, room
 def test_bounced_address_is_a_permanent_failure_and_email_500_is_retried(providers, room, ann, bob):
     _, postmark = providers
     by_email(bob)
-    postmark.script(("error", 500), ("error", 422, 406))
+    postmark.script(("error", 500), ("error", 429, 0, 30), ("error", 422, 406))
     post(room, ann, "@bob hi")
     run_notifications()
     fast_forward()
     run_notifications()
+    [retry] = TaskRecord.objects.filter(status="READY")
+    assert 27 < (retry.available_at - timezone.now()).total_seconds() <= 30  # Retry-After
+    fast_forward()
+    run_notifications()
     delivery = Delivery.objects.get()
-    assert (delivery.status, delivery.attempts, len(postmark.requests)) == ("failed", 2, 2)
+    assert (delivery.status, delivery.attempts, len(postmark.requests)) == ("failed", 3, 3)
     assert "refused" in delivery.error
     assert "did not reach you" in render_settings(bob)
 
@@ -476,6 +480,7 @@ def test_a_changed_phone_is_validated_and_confirmed_by_a_texted_code(providers, 
     client.post("/notifications/confirm-phone/", {"code": code})
     bob.refresh_from_db()
     assert bob.phone_confirmed
+    assert code not in Delivery.objects.get(kind="confirm").body  # not kept once sent
 
 
 def twilio_post(client: Client, params: dict[str, str], token: str):
