@@ -11,6 +11,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("me/", views.profile, name="profile"),
     path("avatars/<str:handle>.svg", views.avatar_placeholder, name="avatar_placeholder"),
+    path("avatars/<str:handle>/<int:size>", views.avatar_redirect, name="avatar"),
 ]
 
 # Thumbnails on the local disk are served by Django (with a year's cache); a bucket serves its own.

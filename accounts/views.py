@@ -58,6 +58,22 @@ def avatar_placeholder(request: HttpRequest, handle: str) -> HttpResponse:
     return response
 
 
+@require_safe
+def avatar_redirect(request: HttpRequest, handle: str, size: int) -> HttpResponse:
+    """/avatars/<handle>/<size>: the user's current thumbnail, wherever it is.
+
+    Room pages know handles, not content hashes: they point here and the browser
+    follows to the content-hashed file (cached for a year). `no-cache` so a new
+    avatar is found on the next page load.
+    """
+    if str(size) not in ("256", "64", "32"):
+        raise Http404("No such avatar size.")
+    user = get_object_or_404(User, username=handle)
+    response = redirect(avatars.avatar_urls(user)[str(size)])
+    response["Cache-Control"] = "private, no-cache"
+    return response
+
+
 @login_not_required
 @require_safe
 def avatar_file(request: HttpRequest, name: str) -> FileResponse:

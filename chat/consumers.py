@@ -10,6 +10,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from accounts.consumers import AvatarFrames
 from reports.consumers import ExportCommand
 
 from . import presence
@@ -50,7 +51,7 @@ def post_message(room: Room, user, text: str, client_id: str) -> tuple[str, bool
     return encode(message_frame(message)), created
 
 
-class ChatConsumer(ExportCommand, AsyncWebsocketConsumer):
+class ChatConsumer(AvatarFrames, ExportCommand, AsyncWebsocketConsumer):
     room: Room | None = None
     heartbeat_task: asyncio.Task | None = None
     closing = False
@@ -146,6 +147,7 @@ class ChatConsumer(ExportCommand, AsyncWebsocketConsumer):
         "message": on_message,
         "sync": on_sync,
         "typing": on_typing,
+        "avatar.refresh": AvatarFrames.on_avatar_refresh,
     }
 
     # --- outbound -----------------------------------------------------------------

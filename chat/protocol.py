@@ -56,6 +56,8 @@ INBOUND_SCHEMAS: dict[str, dict] = {
     ),
     "sync": _frame_schema("sync", {"after": {"type": "integer", "minimum": 0}}, ("after",)),
     "typing": _frame_schema("typing"),
+    # Re-make the sender's avatar thumbnails (accounts.consumers.AvatarFrames).
+    "avatar.refresh": _frame_schema("avatar.refresh"),
 }
 # Compiled once: validation runs for every frame.
 VALIDATORS = {name: Draft202012Validator(schema) for name, schema in INBOUND_SCHEMAS.items()}

@@ -51,6 +51,7 @@
     loadingOlder: false,
     present: new Set(),
     typing: new Map(), // handle -> timer
+    avatars: new Map(), // handle -> {"256", "64", "32": url}, from `avatar` frames
     typingSentAt: 0,
   };
 
@@ -114,7 +115,7 @@
     who.className = "handle";
     who.textContent = frame.handle;
     const time = document.createElement("time");
-    meta.append(who, time);
+    meta.append(avatarImage(frame.handle), who, time);
     const body = document.createElement("div");
     body.className = "text";
     renderText(body, frame.text);
@@ -183,10 +184,24 @@
     el.presence.replaceChildren(
       ...[...state.present].sort().map((handle) => {
         const li = document.createElement("li");
-        li.textContent = handle;
+        li.append(avatarImage(handle), handle);
         return li;
       })
     );
+  }
+
+  // /avatars/<handle>/32 redirects to the user's current thumbnail (or placeholder);
+  // once an `avatar` frame has told us a newer one, we link that directly.
+  function avatarImage(handle) {
+    const img = document.createElement("img");
+    img.className = "avatar";
+    img.alt = "";
+    img.width = img.height = 20;
+    img.dataset.avatarUser = handle;
+    img.dataset.avatarSize = "32";
+    const known = state.avatars.get(handle);
+    img.src = known ? known["32"] : `/avatars/${encodeURIComponent(handle)}/32`;
+    return img;
   }
 
   function renderTyping() {
@@ -230,6 +245,13 @@
       state.present.delete(frame.handle);
       clearTyping(frame.handle);
       renderPresence();
+    },
+    avatar(frame) {
+      // New thumbnails are ready: swap every image of this user on the page, no reload.
+      state.avatars.set(frame.handle, frame.avatar);
+      for (const img of document.querySelectorAll(`img[data-avatar-user="${CSS.escape(frame.handle)}"]`)) {
+        img.src = frame.avatar[img.dataset.avatarSize] || frame.avatar["32"];
+      }
     },
     typing(frame) {
       clearTimeout(state.typing.get(frame.handle));
