@@ -1,0 +1,220 @@
+"""Avatar thumbnails: through Parley's task runner vs the same function in a plain loop vs a naive one.
+
+    .venv/bin/python bench/thumbnails.py            # what `make bench` runs
+    .venv/bin/python bench/thumbnails.py --smoke    # a few seconds, for `make test`
+
+One set of 3000x2000 camera-sized JPEGs (made here with Pillow, photo-like:
+gradients and grain), then, on the same machine, turn by turn:
+
+- parley: the upload path to files on disk. Users get their avatar through
+  accounts.avatars.store_avatar (original written through default_storage,
+  task row + bell: what the profile view does once the upload has passed its
+  checks; the checks themselves are not timed) while 2 `manage.py runworker
+  thumbnails` processes, already started and warmed up, make the thumbnails.
+  Rate = avatars / (first upload -> last user's avatar_digest set).
+  PostgreSQL (fsync on) and Redis of the benchmark's own.
+- loop: accounts.avatars.render_thumbnails in a plain loop in 2 processes
+  (multiprocessing), each reading an original from disk and writing its 4 files.
+- naive: the loop with render_thumbnails(draft=False): the JPEG decoded at full
+  size (everything else the same).
+
+With --rounds R (3 by default) the three take turns R times; the table shows
+medians, as the machine is shared.
+"""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[0] = str(ROOT)  # the project root, not bench/, first on sys.path
+
+import io  # noqa: E402
+import multiprocessing  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+from bench.common import OUT_DIR, arg_parser, emit, median, print_table, servers, spawn, stop, wait_until  # noqa: E402
+
+WORKERS = 2
+WIDTH, HEIGHT = 3000, 2000
+
+
+def photo_jpeg(seed: int) -> bytes:
+    """A 3000x2000 JPEG of ~1.5 MB, different for each seed."""
+    from PIL import Image
+
+    base = Image.linear_gradient("L").rotate(seed * 37 % 360).resize((WIDTH, HEIGHT))
+    grain = Image.effect_noise((WIDTH // 8, HEIGHT // 8), 50 + seed % 20).resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC)
+    image = Image.merge("RGB", (base, grain, base.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=88)
+    return buffer.getvalue()
+
+
+# --- The plain loop, in WORKERS processes -----------------------------------------------------
+
+
+def loop_one(job: tuple[str, str, bool]) -> None:
+    from accounts.avatars import render_thumbnails
+
+    source, out_dir, draft = job
+    with open(source, "rb") as fh:
+        files = render_thumbnails(fh.read(), draft=draft)
+    stem = Path(source).stem
+    for output, data in files.items():
+        with open(os.path.join(out_dir, f"{stem}-{output}"), "wb") as fh:
+            fh.write(data)
+
+
+def run_loop(sources: list[Path], out_dir: Path, draft: bool) -> float:
+    """Avatars per second of render_thumbnails over `sources` in WORKERS processes."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
+        pool.map(loop_one, [(str(sources[0]), str(out_dir), draft)] * WORKERS)  # warm up both processes
+        started = time.perf_counter()
+        pool.map(loop_one, [(str(s), str(out_dir), draft) for s in sources], chunksize=1)
+        elapsed = time.perf_counter() - started
+    assert len(list(out_dir.iterdir())) == 4 * len(sources)
+    return len(sources) / elapsed
+
+
+# --- Parley: uploads, runner, workers ---------------------------------------------------------------
+
+
+class Parley:
+    def __init__(self, redis_url: str, database_url: str, media: Path, log_dir: Path) -> None:
+        os.environ.update(
+            DJANGO_SETTINGS_MODULE="project.settings", DATABASE_URL=database_url, REDIS_URL=redis_url,
+            MEDIA_ROOT=str(media), LOG_LEVEL="WARNING", DEBUG="0", SECRET_KEY="bench-only",
+        )  # fmt: skip
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0, interactive=False)
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen] = []
+        self.round = 0
+
+    def start_workers(self) -> None:
+        cmd = [sys.executable, "manage.py", "runworker", "thumbnails"]
+        self.procs = [spawn(cmd, dict(os.environ), self.log_dir / f"thumbnail-worker-{i}.log") for i in range(WORKERS)]
+
+    def stop_workers(self) -> None:
+        stop(self.procs)
+
+    def upload(self, originals: list[bytes], count: int) -> list[int]:
+        """Give `count` new users an avatar (cycling through `originals`) the way the profile view does."""
+        from django.core.files.base import ContentFile
+
+        from accounts.avatars import store_avatar
+        from accounts.models import User
+
+        self.round += 1
+        users = User.objects.bulk_create(User(username=f"r{self.round}u{i}") for i in range(count))
+        for i, user in enumerate(users):
+            store_avatar(user, ContentFile(originals[i % len(originals)], name="a.jpg"), "JPEG")
+        return [user.pk for user in users]
+
+    def wait_ready(self, ids: list[int]) -> float:
+        """When (time.time()) every one of these users has thumbnails."""
+        from accounts.models import User
+
+        ready = lambda: User.objects.filter(pk__in=ids).exclude(avatar_digest="").count() == len(ids)  # noqa: E731
+        wait_until(ready, timeout=60 + len(ids), interval=0.01, what="all thumbnails")
+        return time.time()
+
+    def drain(self, originals: list[bytes], count: int) -> float:
+        """Avatars/s of 2 workers over `count` uploaded avatars: last ready - first task started.
+
+        As in bench/tasks.py, the workers start once the uploads are in, and
+        their start-up time is not counted.
+        """
+        from django.db.models import Min
+        from django.utils import timezone
+
+        from tasks.models import TaskRecord
+
+        uploaded_from = timezone.now()
+        ids = self.upload(originals, count)
+        self.start_workers()
+        try:
+            done_at = self.wait_ready(ids)
+        finally:
+            self.stop_workers()
+        tasks = TaskRecord.objects.filter(queue_name="thumbnails", enqueued_at__gte=uploaded_from)
+        first_started = tasks.aggregate(first=Min("started_at"))["first"].timestamp()
+        return count / (done_at - first_started)
+
+    def end_to_end(self, originals: list[bytes], count: int) -> float:
+        """Avatars/s from the first upload to the last ready, uploads made while the workers run."""
+        self.start_workers()
+        try:
+            self.wait_ready(self.upload(originals, WORKERS * 2))  # workers up, Pillow loaded
+            started = time.time()
+            return count / (self.wait_ready(self.upload(originals, count)) - started)
+        finally:
+            self.stop_workers()
+
+
+def main() -> None:
+    parser = arg_parser(__doc__.splitlines()[0])
+    parser.add_argument("--avatars", type=int, default=240, help="avatars per measurement")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    count, rounds, distinct = (12, 1, 4) if args.smoke else (args.avatars, args.rounds, 24)
+
+    work = Path(tempfile.mkdtemp(prefix="parley-bench-thumbs-"))
+    log_dir = OUT_DIR / "thumbnails-logs"
+    shutil.rmtree(log_dir, ignore_errors=True)
+    try:
+        with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
+            originals = pool.map(photo_jpeg, range(distinct))
+        sources = []
+        for i in range(count):
+            path = work / "originals" / f"{i}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(originals[i % distinct])
+            sources.append(path)
+        print(f"{count} avatars per run from {distinct} distinct {WIDTH}x{HEIGHT} JPEGs "
+              f"(~{sum(map(len, originals)) / distinct / 1e6:.1f} MB each), {WORKERS} processes, {rounds} round(s)")  # fmt: skip
+
+        with servers(durable=True) as (redis, postgres):
+            parley = Parley(redis.url, postgres.create_database("bench_thumbs"), work / "media", log_dir)
+            results: dict[str, list[float]] = {"parley": [], "loop": [], "naive": [], "e2e": []}
+            for _ in range(rounds):
+                results["parley"].append(parley.drain(originals, count))
+                results["loop"].append(run_loop(sources, work / "loop", draft=True))
+                results["naive"].append(run_loop(sources, work / "naive", draft=False))
+            results["e2e"].append(parley.end_to_end(originals, count))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    rates = {name: median(values) for name, values in results.items()}
+    rows = [
+        ("Parley: 2 runworker, uploaded avatars", rates["parley"], 1000 * WORKERS / rates["parley"], rates["parley"] / rates["loop"]),
+        ("plain loop, 2 processes (draft)", rates["loop"], 1000 * WORKERS / rates["loop"], 1.0),
+        ("naive loop, 2 processes (no draft)", rates["naive"], 1000 * WORKERS / rates["naive"], rates["naive"] / rates["loop"]),
+        ("Parley end to end: 1 uploader + 2 workers", rates["e2e"], 1000 * WORKERS / rates["e2e"], rates["e2e"] / rates["loop"]),
+    ]  # fmt: skip
+    print_table("Avatar thumbnails (256/64/32 WebP + 32 PNG)", ["", "avatars/s", "ms/avatar/process", "vs loop"], rows)
+    print(f"Parley vs naive: {rates['parley'] / rates['naive']:.2f}x   (targets: vs loop >= 0.9, vs naive >= 1.8)")
+    emit({
+        "parley_avatars_per_s": round(rates["parley"], 1),
+        "loop_avatars_per_s": round(rates["loop"], 1),
+        "naive_avatars_per_s": round(rates["naive"], 1),
+        "ratio_vs_loop": round(rates["parley"] / rates["loop"], 3),
+        "ratio_vs_naive": round(rates["parley"] / rates["naive"], 3),
+        "parley_end_to_end_avatars_per_s": round(rates["e2e"], 1),
+        "avatars": count,
+        "rounds": rounds,
+    })  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
