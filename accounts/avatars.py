@@ -19,6 +19,7 @@ import io
 import logging
 import re
 import time
+from datetime import timedelta
 from typing import IO
 
 from asgiref.sync import async_to_sync
@@ -31,6 +32,7 @@ from django.core.files.storage import Storage, default_storage
 from django.db import transaction
 from django.tasks import TaskResult, task
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import escape
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
@@ -46,6 +48,8 @@ OUTPUTS = ("256.webp", "64.webp", "32.webp", "32.png")
 ORIGINALS_DIR = "avatar-originals"
 THUMBNAILS_DIR = "avatars"
 CACHE_FOREVER = "public, max-age=31536000, immutable"
+# Rooms the user posted in this recently show their messages: those get the live swap too.
+RECENT_POSTS = timedelta(days=30)
 # A thumbnail's path under THUMBNAILS_DIR; nothing else there is ever served.
 THUMBNAIL_PATH = re.compile(r"\d+/[0-9a-f]{64}-(?:(?:256|64|32)\.webp|32\.png)")
 
@@ -344,10 +348,17 @@ def thumbnails_pending(user) -> bool:
 
 
 def broadcast_avatar(user) -> None:
-    """Tell every room where the user has a socket open, so pages swap the images in."""
-    from chat.models import Presence, Room  # chat depends on accounts, not the other way round
+    """Tell the rooms whose open pages show the user, so they swap the images in.
+
+    Those are the rooms where the user has a socket open (presence list) and
+    those they posted in lately (their messages are on screen there, even after
+    they left).
+    """
+    from chat.models import Message, Presence, Room  # chat depends on accounts, not the other way round
 
     room_ids = set(Presence.objects.filter(user_id=user.pk).values_list("room_id", flat=True))
+    recently = timezone.now() - RECENT_POSTS
+    room_ids |= set(Message.objects.filter(user_id=user.pk, created_at__gte=recently).values_list("room_id", flat=True))
     if not room_ids:
         return
     event = {"type": "avatar.changed", "user": user.username, "user_id": user.pk, "avatar": avatar_urls(user)}

@@ -10,7 +10,7 @@ from django.test import Client
 
 from accounts import avatars
 from accounts.models import User
-from chat.models import Room
+from chat.models import Message, Room
 from tasks import runner
 from tasks.models import TaskRecord
 from tests.avatar_images import camera_jpeg
@@ -43,29 +43,32 @@ def upload_avatar(user) -> None:
 
 @pytest.fixture
 def people():
-    Room.objects.create(label="lobby")
-    Room.objects.create(label="elsewhere")
-    return {name: User.objects.create_user(name, display_name=name.title()) for name in ("ada", "bob", "cy")}
+    for label in ("lobby", "history", "elsewhere"):
+        Room.objects.create(label=label)
+    return {name: User.objects.create_user(name, display_name=name.title()) for name in ("ada", "bob", "cy", "dan")}
 
 
 async def test_ready_thumbnails_swap_in_on_every_room_showing_the_user(people, channel_layer):
-    ada, bob, cy = people["ada"], people["bob"], people["cy"]
+    """ada is in the lobby and posted in #history earlier: pages of both swap; #elsewhere hears nothing."""
+    ada = people["ada"]
+    await Message.objects.acreate(room=await Room.objects.aget(label="history"), user=ada, text="hi", client_id="1")
     cookies = {name: await sync_to_async(session_cookie)(user) for name, user in people.items()}
     ada_socket, _ = await join("lobby", cookies["ada"])
     bob_socket, _ = await join("lobby", cookies["bob"])
-    cy_socket, _ = await join("elsewhere", cookies["cy"])  # a room ada is not in
+    cy_socket, _ = await join("history", cookies["cy"])  # ada's message is on cy's page
+    dan_socket, _ = await join("elsewhere", cookies["dan"])  # nothing of ada's here
     try:
         await sync_to_async(upload_avatar)(ada)
         await run_thumbnail_task()
         ada_now = await User.objects.aget(pk=ada.pk)
         expected = await sync_to_async(avatars.avatar_urls)(ada_now)
-        assert expected["32"].startswith(f"/media/avatars/{ada.pk}/{ada_now.avatar_digest}-32.webp")
-        for socket in (bob_socket, ada_socket):
+        assert expected["32"] == f"/media/avatars/{ada.pk}/{ada_now.avatar_digest}-32.webp"
+        for socket in (bob_socket, ada_socket, cy_socket):
             frame = await next_of(socket, "avatar")
             assert frame == {"type": "avatar", "handle": "ada", "avatar": expected}
-        assert "avatar" not in [frame["type"] for frame in await frames_within(cy_socket, 0.5)]
+        assert "avatar" not in [frame["type"] for frame in await frames_within(dan_socket, 0.5)]
     finally:
-        for socket in (ada_socket, bob_socket, cy_socket):
+        for socket in (ada_socket, bob_socket, cy_socket, dan_socket):
             await socket.disconnect()
 
 
