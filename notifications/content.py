@@ -8,8 +8,14 @@ from django.urls import reverse
 
 from .models import Notification
 
-# An SMS must fit one segment: under 160 characters (GSM-7).
+# An SMS must fit one segment: under 160 characters of the GSM-7 alphabet.
+# One character outside it (an emoji, "…") makes the whole text UCS-2, 70 a
+# segment, so quotes that are not plain GSM-7 are left out.
 SMS_MAX = 159
+GSM7 = set(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
 EXCERPT_MAX = 300
 
 
@@ -33,22 +39,31 @@ def notification_link(notification: Notification) -> str:
     return absolute(reverse("notifications:list"))
 
 
-def excerpt(text: str, limit: int) -> str:
+def excerpt(text: str, limit: int, ellipsis: str = "…") -> str:
     text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+    return text if len(text) <= limit else text[: limit - len(ellipsis)].rstrip() + ellipsis
+
+
+def shortest_fit(*candidates: str) -> str:
+    """The first candidate that fits one SMS (the last one regardless: it is the shortest)."""
+    return next((c for c in candidates if len(c) <= SMS_MAX), candidates[-1])
 
 
 def mention_sms(room, notifications: Sequence[Notification]) -> str:
-    """One mention quotes the message; several are counted. Always under 160 characters."""
+    """One mention quotes the message; several are counted. One segment, link included."""
     if len(notifications) > 1:
-        return f"Parley: {len(notifications)} new mentions in #{room.label} {room_link(room)}"[:SMS_MAX]
+        link = room_link(room)
+        return shortest_fit(f"Parley: {len(notifications)} new mentions in #{room.label} {link}",
+                            f"Parley: {len(notifications)} new mentions {link}")  # fmt: skip
     message = notifications[0].message
     link = message_link(message)
-    head = f"Parley: @{message.user.username} in #{room.label}: "
+    author = message.user.username
+    head = f"Parley: @{author} in #{room.label}: "
     room_for_quote = SMS_MAX - len(head) - len(link) - 3  # two quotes and a space
-    if room_for_quote < 10:  # a very long base URL: the link matters more than the quote
-        return f"Parley: @{message.user.username} mentioned you {link}"[:SMS_MAX]
-    return f'{head}"{excerpt(message.text, room_for_quote)}" {link}'
+    quote = excerpt(message.text, room_for_quote, ellipsis="...")
+    if room_for_quote >= 10 and set(quote) <= GSM7:
+        return f'{head}"{quote}" {link}'
+    return shortest_fit(f"Parley: @{author} mentioned you in #{room.label} {link}", f"Parley: @{author} {link}")
 
 
 def mention_subject(room, notifications: Sequence[Notification]) -> str:

@@ -583,3 +583,12 @@ def test_a_bounce_reported_by_the_esp_webhook_is_shown_and_a_complaint_opts_out(
     assert client.post(url, complaint, content_type="application/json", **auth).status_code == 200
     bob.refresh_from_db()
     assert bob.email_opted_out
+
+
+def test_an_sms_stays_one_segment_when_the_message_is_not_plain_gsm(providers, room, ann, bob):
+    twilio, _ = providers
+    by_sms(bob)
+    message = post(room, ann, "@bob 🎉 party… tonight")
+    run_notifications()
+    [sms] = twilio.sent_to(BOB_PHONE)
+    assert sms["body"] == f"Parley: @ann mentioned you in #general https://parley.test/general/#message-{message.pk}"
