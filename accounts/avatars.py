@@ -17,6 +17,7 @@ its URL: it can be cached for a year.
 import hashlib
 import io
 import logging
+import os
 import re
 import time
 from datetime import timedelta
@@ -103,10 +104,11 @@ def validate_upload(upload: IO[bytes]) -> str:
 
     Returns the format Pillow read ("JPEG", ...). Raises ValidationError with a
     message for the form: too big, not an image, too many pixels, or damaged
-    (truncated or corrupt: caught by verify() and by decoding it fully).
+    (truncated or corrupt: caught by verify() and by decoding the whole stream,
+    a JPEG's at reduced scale, which still reads every byte of it).
     """
-    size = getattr(upload, "size", None)
-    if size is not None and size > MAX_UPLOAD_BYTES:
+    size = upload.seek(0, os.SEEK_END)
+    if size > MAX_UPLOAD_BYTES:
         raise ValidationError(
             f"This file is {size / 1024 / 1024:.1f} MB; an avatar may be at most "
             f"{MAX_UPLOAD_BYTES // 1024 // 1024} MB.",
