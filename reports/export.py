@@ -20,7 +20,9 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.files import File
 from django.core.files.storage import default_storage
-from django.db.models import QuerySet
+from django.db import connections
+from django.db.models import CharField, Count, F, Func, Max, QuerySet, TextField, Value
+from django.db.models.functions import NullIf
 from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.html import escape
@@ -61,9 +63,15 @@ def batches(messages: QuerySet, after_id: int, size: int = BATCH_SIZE) -> Iterat
         after_id = batch[-1][0]
 
 
-class JsonLinesWriter:
-    extension = "jsonl"
-    content_type = "application/jsonl"
+def timestamp(at: datetime) -> str:
+    """One fixed form in every format (and the same as PostgreSQL's COPY path below)."""
+    return at.isoformat(timespec="microseconds")
+
+
+class Writer:
+    """Formats batches of rows; head() and foot() frame the file."""
+
+    extension = ""
 
     def __init__(self, job: Job) -> None:
         self.job = job
@@ -72,30 +80,45 @@ class JsonLinesWriter:
         return ""
 
     def rows(self, rows: list[Row]) -> str:
+        raise NotImplementedError
+
+    def foot(self) -> str:
+        return ""
+
+    def batches(self, messages: QuerySet, after_id: int) -> Iterator[tuple[bytes, int, int]]:
+        """(encoded rows, how many, last id) for every message after `after_id`."""
+        for rows in batches(messages, after_id):
+            yield self.rows(rows).encode(), len(rows), rows[-1][0]
+
+
+class JsonLinesWriter(Writer):
+    extension = "jsonl"
+
+    def rows(self, rows: list[Row]) -> str:
         dumps = json.dumps
         return "".join(
             dumps(
-                {"id": id_, "created_at": at.isoformat(), "user": handle, "display_name": name, "text": text},
+                {"id": id_, "created_at": timestamp(at), "user": handle, "display_name": name, "text": text},
                 ensure_ascii=False,
             )
             + "\n"
             for id_, at, _, handle, name, text in rows
         )
 
-    def foot(self) -> str:
-        return ""
 
+class CsvWriter(Writer):
+    """CSV as RFC 4180 has it (quotes, commas and newlines in a field are quoted), LF line ends.
 
-class CsvWriter:
-    """RFC 4180 CSV (csv module: quotes, commas and newlines in text are quoted)."""
+    On PostgreSQL the rows are formatted by the server (COPY ... TO STDOUT), a
+    batch at a time: the same bytes as the csv module would write, several times faster.
+    """
 
     extension = "csv"
-    content_type = "text/csv; charset=utf-8"
 
     def __init__(self, job: Job) -> None:
-        self.job = job
+        super().__init__(job)
         self.buffer = io.StringIO()
-        self.writer = csv.writer(self.buffer)
+        self.writer = csv.writer(self.buffer, lineterminator="\n")
 
     def _take(self) -> str:
         text = self.buffer.getvalue()
@@ -108,14 +131,44 @@ class CsvWriter:
         return self._take()
 
     def rows(self, rows: list[Row]) -> str:
-        self.writer.writerows((id_, at.isoformat(), handle, name, text) for id_, at, _, handle, name, text in rows)
+        self.writer.writerows((id_, timestamp(at), handle, name, text) for id_, at, _, handle, name, text in rows)
         return self._take()
 
-    def foot(self) -> str:
-        return ""
+    def batches(self, messages: QuerySet, after_id: int) -> Iterator[tuple[bytes, int, int]]:
+        if connections[messages.db].vendor != "postgresql":
+            yield from super().batches(messages, after_id)
+            return
+        while True:
+            bounds = messages.filter(id__gt=after_id).order_by("id").values("id")[:COPY_BATCH_SIZE]
+            span = bounds.aggregate(last=Max("id"), count=Count("id"))
+            if not span["count"]:
+                return
+            rows = (
+                messages.filter(id__gt=after_id, id__lte=span["last"])
+                .order_by("id")
+                # NULL is written as nothing, "" as "": the csv module writes both as nothing.
+                .values_list("id", ISO_TIMESTAMP, "user__username", null_if_empty("user__display_name"), null_if_empty("text"))
+            )
+            sql, params = rows.query.get_compiler(messages.db).as_sql()
+            with connections[messages.db].cursor() as cursor:
+                with cursor.cursor.copy(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", params) as copy:
+                    data = b"".join(copy)
+            yield data, span["count"], span["last"]
+            after_id = span["last"]
 
 
-class HtmlWriter:
+# PostgreSQL's rendering of timestamp() (the connection's time zone is UTC).
+ISO_TIMESTAMP = Func(
+    F("created_at"), Value('YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'), function="to_char", output_field=CharField()
+)
+COPY_BATCH_SIZE = 10_000
+
+
+def null_if_empty(field: str) -> NullIf:
+    return NullIf(field, Value("", output_field=TextField()))
+
+
+class HtmlWriter(Writer):
     """One self-contained page: styles and avatars inline, every message escaped.
 
     Each poster's avatar appears once, as a CSS class holding a data: image, not
@@ -123,10 +176,6 @@ class HtmlWriter:
     """
 
     extension = "html"
-    content_type = "text/html; charset=utf-8"
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
 
     def head(self) -> str:
         poster_ids = job_messages(self.job).order_by().values_list("user_id", flat=True).distinct()
@@ -143,7 +192,7 @@ class HtmlWriter:
     def rows(self, rows: list[Row]) -> str:
         return "".join(
             f'<article id="m{id_}"><i class="av a{uid}"></i><div><header><b>{escape(name or handle)}</b> '
-            f'<span>@{escape(handle)}</span> <time datetime="{at.isoformat()}">{at:%Y-%m-%d %H:%M}</time></header>'
+            f'<span>@{escape(handle)}</span> <time datetime="{timestamp(at)}">{at:%Y-%m-%d %H:%M}</time></header>'
             f"<p>{escape(text)}</p></div></article>\n"
             for id_, at, uid, handle, name, text in rows
         )
@@ -223,29 +272,27 @@ def write_export(job: Job, progress: Progress) -> None:
         # A part saved after the last checkpoint was cut short, or written again below.
         default_storage.delete(job.part_name(job.parts + 1))
         done = job.rows_done
-        chunks = [] if job.parts else [writer.head()]
+        chunks = [] if job.parts else [writer.head().encode()]
         size = sum(map(len, chunks))
         last_id = job.last_id
-        for batch in batches(messages, after_id=job.last_id):
-            text = writer.rows(batch)
-            chunks.append(text)
-            size += len(text)
-            done += len(batch)
-            last_id = batch[-1][0]
+        for data, count, last_id in writer.batches(messages, after_id=job.last_id):
+            chunks.append(data)
+            size += len(data)
+            done += count
             if size >= part_size():
                 save_part(job, chunks, last_id=last_id, rows_done=done)
                 chunks, size = [], 0
             progress(done, max(total, done), f"{done:,} of {max(total, done):,} messages{note_suffix}")
         job.rows_done = done  # the footer counts them
-        chunks.append(writer.foot())
+        chunks.append(writer.foot().encode())
         save_part(job, chunks, last_id=last_id, rows_done=done, complete=True)
     progress(job.rows_done, job.rows_done, "joining the parts")
     finish_export(job, writer)
 
 
-def save_part(job: Job, chunks: list[str], *, last_id: int, rows_done: int, complete: bool = False) -> None:
+def save_part(job: Job, chunks: list[bytes], *, last_id: int, rows_done: int, complete: bool = False) -> None:
     """Save the next part, then record the checkpoint that includes it."""
-    data = "".join(chunks).encode()
+    data = b"".join(chunks)
     number = job.parts + 1
     saved = default_storage.save(job.part_name(number), io.BytesIO(data))
     if saved != job.part_name(number):  # the checkpoint would name the wrong file
@@ -258,7 +305,7 @@ def save_part(job: Job, chunks: list[str], *, last_id: int, rows_done: int, comp
     )
 
 
-def finish_export(job: Job, writer) -> None:
+def finish_export(job: Job, writer: Writer) -> None:
     """Join the parts into the final file, and offer it until it expires."""
     name = f"{job.storage_dir}/{job.room.label}-{job.created_at:%Y%m%d-%H%M}.{writer.extension}"
     default_storage.delete(name)  # a join cut short by a dead worker
