@@ -101,5 +101,15 @@ async def test_two_daphnes_share_messages_and_presence_and_survive_a_crash(stack
             if frame["type"] == "message":
                 texts.append(frame["text"])
     assert texts == ["hi from B", "while you were gone"]
-    for socket in (ann_ws, bob_ws, late):
+
+    # daphne itself refuses a frame over 64 KiB: it drops that connection (1009, "message too big").
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await late.send(json.dumps({"type": "message", "text": "x" * 70_000, "client_id": "big"}))
+        await next_of(late, "error")  # what we would get if daphne let it through
+    assert closed.value.rcvd is None or closed.value.rcvd.code == 1009
+    await ann_ws.send(json.dumps({"type": "sync", "after": 0}))
+    async with asyncio.timeout(10):
+        while (frame := json.loads(await ann_ws.recv()))["type"] != "synced":
+            assert frame.get("client_id") != "big"
+    for socket in (ann_ws, bob_ws):
         await socket.close()

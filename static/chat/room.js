@@ -44,6 +44,7 @@
     socket: null,
     attempt: 0,
     reconnectTimer: null,
+    retryTimer: null,
     refused: false,
     byId: new Map(), // message id -> element
     lastId: 0, // highest id seen: `sync` asks for everything after it
@@ -262,7 +263,13 @@
       if (frame.code === "rate_limited" && frame.client_id) {
         // Still in the outbox: try again shortly.
         notice("Slow down a little; your message will be sent in a moment.");
-        setTimeout(flushOutbox, RATE_LIMIT_RETRY_MS);
+        // One retry for the whole outbox, however many refusals arrive.
+        if (!state.retryTimer) {
+          state.retryTimer = setTimeout(() => {
+            state.retryTimer = null;
+            flushOutbox();
+          }, RATE_LIMIT_RETRY_MS);
+        }
         return;
       }
       if (frame.client_id) {
