@@ -168,8 +168,16 @@ def attempt(delivery_id: int, last_attempt: bool) -> str:
         return "missing"
     if delivery.is_final:
         return delivery.status
-    if delivery.in_flight_since is not None and resolve_cut_off(delivery):
-        return delivery.status
+    if delivery.in_flight_since is not None:
+        try:
+            if resolve_cut_off(delivery):
+                return delivery.status
+        except TransientFailure as exc:  # the lookup itself failed: still cut off, ask again later
+            exc.maybe_sent = True
+            record_transient(delivery, exc, last_attempt)
+            if last_attempt:
+                return delivery.status
+            raise
     pause("NOTIFICATIONS_TEST_PAUSE_BEFORE_SEND")
     now = timezone.now()
     # Committed before the call: from here on a crash leaves a trace to look up.
@@ -198,10 +206,11 @@ def record_transient(delivery: Delivery, exc: TransientFailure, last_attempt: bo
     logger.warning("event=delivery_retry delivery=%s channel=%s error=%r maybe_sent=%s last=%s",
                    delivery.pk, delivery.channel, str(exc), exc.maybe_sent, last_attempt)  # fmt: skip
     if last_attempt:
+        delivery.refresh_from_db(fields=["attempts"])
         if exc.maybe_sent:
-            finish(delivery, Status.UNCERTAIN, error=f"gave up: {exc}")
+            finish(delivery, Status.UNCERTAIN, error=f"gave up, possibly sent: {exc}")
         else:
-            finish(delivery, Status.FAILED, error=f"gave up after {delivery.attempts + 1} attempts: {exc}")
+            finish(delivery, Status.FAILED, error=f"gave up after {delivery.attempts} attempts: {exc}")
         return
     # A provider that answered with an error did not take the message; one
     # that never answered may have: keep in_flight_since for the next attempt.

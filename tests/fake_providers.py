@@ -106,6 +106,7 @@ class FakeTwilio(FakeProvider):
         super().__init__()
         self.messages: list[dict] = []
         self.list_queries: list[dict] = []
+        self.list_failures = 0  # how many listings answer 500 before they work
 
     @property
     def path(self) -> str:
@@ -163,6 +164,9 @@ class FakeTwilio(FakeProvider):
         with self.lock:
             self.list_queries.append({"to": to, "after": after})
             found = [m for m in self.messages if to is None or m["to"] == to]
+            failing, self.list_failures = self.list_failures > 0, max(0, self.list_failures - 1)
+        if failing:
+            return request.reply(500, {"code": 20500, "message": "Internal Server Error", "status": 500})
         if after:
             since = datetime.strptime(after, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
             found = [m for m in found if m["_sent_at"] >= since]

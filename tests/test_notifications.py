@@ -340,6 +340,24 @@ def test_sms_timeout_after_twilio_accepted_is_found_not_resent(providers, room, 
     assert len(twilio.requests) == 1  # looked up, not sent again
 
 
+def test_a_failed_lookup_is_retried_never_guessed(providers, room, ann, bob):
+    twilio, _ = providers
+    by_sms(bob)
+    twilio.script(("accept_then_hang", 3))
+    twilio.list_failures = 1
+    post(room, ann, "@bob hi")
+    run_notifications()
+    fast_forward()
+    run_notifications()  # the lookup answers 500: neither sent again nor given up
+    delivery = Delivery.objects.get()
+    assert (delivery.status, len(twilio.requests)) == ("sending", 1) and delivery.in_flight_since is not None
+    fast_forward()
+    run_notifications()
+    delivery.refresh_from_db()
+    [sms] = twilio.sent_to(BOB_PHONE)
+    assert (delivery.status, delivery.provider_id, len(twilio.requests)) == ("sent", sms["sid"], 1)
+
+
 def test_sms_timeout_before_twilio_took_it_is_sent_once_on_retry(providers, room, ann, bob):
     twilio, _ = providers
     by_sms(bob)
