@@ -165,7 +165,7 @@ COPY_BATCH_SIZE = 10_000
 
 
 def null_if_empty(field: str) -> NullIf:
-    return NullIf(field, Value("", output_field=TextField()))
+    return NullIf(field, Value(""), output_field=TextField())
 
 
 class HtmlWriter(Writer):
