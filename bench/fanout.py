@@ -40,6 +40,8 @@ KNEE_P99_MS = 100.0
 LOSS_ALLOWED = 0.001  # a step that loses more than 0.1% of deliveries fails, whatever its p99
 PUBSUB = "channels_redis.pubsub.RedisPubSubChannelLayer"
 CORE = "channels_redis.core.RedisChannelLayer"
+# Parley variants beside its own settings ("core"): the pub/sub layer; pub/sub without per-call DB health checks.
+PARLEY_SETTINGS = {"pubsub": "bench.peers.parley_pubsub_settings", "tuned": "bench.peers.parley_tuned_settings"}
 
 
 class Target:
@@ -60,8 +62,12 @@ def start_daphnes(target: Target, count: int, log_dir: Path) -> tuple[list[subpr
                "--websocket-max-message-size", "65536", target.app]  # fmt: skip
         procs.append(spawn(cmd, target.env, log_dir / f"{target.name}-daphne{count}-{i}.log"))
         ports.append(port)
-    for proc, port in zip(procs, ports):
-        wait_for_port(port, timeout=30, proc=proc)
+    try:
+        for proc, port in zip(procs, ports):
+            wait_for_port(port, timeout=30, proc=proc)
+    except BaseException:
+        stop(procs)
+        raise
     return procs, ports
 
 
@@ -176,6 +182,7 @@ class Session:
             "daphne_cpu_pct": 100 * cpu / (duration + warmup + drain),
             "cpu_us_per_delivery": 1e6 * cpu / max(1, len(latencies)) if latencies else math.nan,
             "errors": dict(errors),
+            "load_avg": os.getloadavg()[0],  # the machine is shared: how busy it was
         }  # fmt: skip
 
     def close(self) -> None:
@@ -191,11 +198,11 @@ def passes(result: dict) -> bool:
 def row(r: dict) -> list:
     errors = ",".join(f"{k}={v}" for k, v in sorted(r["errors"].items())) or ""
     return [r["target"], r["daphnes"], r["clients"], r["rate"], r["deliveries_per_s"], r["p50_ms"], r["p99_ms"],
-            r["missing"], r["daphne_cpu_pct"], r["cpu_us_per_delivery"], errors]  # fmt: skip
+            r["missing"], r["daphne_cpu_pct"], r["cpu_us_per_delivery"], r["load_avg"], errors]  # fmt: skip
 
 
 HEADERS = ["target", "daphnes", "clients", "msg/s", "deliv/s", "p50 ms", "p99 ms", "lost", "daphne cpu%",
-           "cpu us/deliv", "errors"]  # fmt: skip
+           "cpu us/deliv", "load", "errors"]  # fmt: skip
 
 
 def prepare_parley(redis, postgres, n_users: int, log_dir: Path) -> tuple[dict[str, str], list[str]]:
@@ -281,7 +288,8 @@ def main() -> None:
     parser.add_argument("--daphnes", default="1,2,4", help="daphne process counts to measure (comma-separated)")
     parser.add_argument("--loadgens", type=int, default=3, help="load generator processes")
     parser.add_argument("--layers", default="core,pubsub", help="channel layers of the baseline: core, pubsub")
-    parser.add_argument("--parley-layers", default="core", help="channel layers for Parley: core, pubsub")
+    parser.add_argument("--parley-layers", default="core,pubsub",
+                        help="Parley variants: core (its settings), pubsub, tuned (pubsub, no DB health checks)")
     parser.add_argument("--profile", action="store_true", help="only profile one loaded daphne per target")
     parser.add_argument("--profile-rate", type=float, default=60.0)
     args = parser.parse_args()
@@ -304,9 +312,9 @@ def main() -> None:
                    {**bare_env, "BARE_CHANNEL_LAYER": PUBSUB if layer == "pubsub" else CORE})
             for layer in layers
         ] + [
-            Target(f"parley-{layer}", "parley", "project.asgi:application",
-                   {**parley_env, **({"DJANGO_SETTINGS_MODULE": "bench.peers.parley_pubsub_settings"} if layer == "pubsub" else {})})
-            for layer in parley_layers
+            Target(f"parley-{variant}", "parley", "project.asgi:application",
+                   {**parley_env, **({"DJANGO_SETTINGS_MODULE": PARLEY_SETTINGS[variant]} if variant != "core" else {})})
+            for variant in parley_layers
         ]  # fmt: skip
         if args.profile:
             profile(targets, sessions, args.profile_rate, 10.0, log_dir)

@@ -36,7 +36,7 @@ from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
 from bench.common import OUT_DIR, ROOT, arg_parser, emit, print_table, servers, spawn, stop  # noqa: E402
-from bench.fanout import ROOM, login_users, prepare_parley  # noqa: E402
+from bench.fanout import PARLEY_SETTINGS, ROOM, prepare_parley  # noqa: E402
 from tests.servers import free_port, wait_for_port  # noqa: E402
 
 PY = sys.executable
@@ -214,6 +214,8 @@ def flat(samples: list[tuple[float, int]], warmup: float) -> tuple[float, float,
 def main() -> None:
     parser = arg_parser(__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--variant", choices=["core", *PARLEY_SETTINGS], default="core",
+                        help="Parley's own settings (core), or a bench/fanout.py variant such as pubsub")
     args = parser.parse_args()
     seconds = 60.0 if args.smoke else args.minutes * 60
     log_dir = OUT_DIR / f"soak-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -224,6 +226,8 @@ def main() -> None:
     with servers(durable=True) as (redis, postgres):
         env, cookies = prepare_parley(redis, postgres, CLIENTS, log_dir)
         env["LOG_LEVEL"] = "INFO"
+        if args.variant != "core":
+            env["DJANGO_SETTINGS_MODULE"] = PARLEY_SETTINGS[args.variant]
         sampler = Sampler()
         procs: list[subprocess.Popen] = []
 
@@ -282,7 +286,7 @@ def main() -> None:
             continue  # killed on purpose
         first, last, ok = flat(samples, warmup)
         memory.append([name, len(samples), first, last, ok])
-    print_table(f"Soak: {chat_seconds:.0f} s, {CLIENTS} clients on 2 daphnes, {MSG_RATE:g} msg/s, "
+    print_table(f"Soak ({args.variant}): {chat_seconds:.0f} s, {CLIENTS} clients on 2 daphnes, {MSG_RATE:g} msg/s, "
                 f"{TASK_RATE:g} tasks/s on 2 workers", ["event"], [[e] for e in events])  # fmt: skip
     print_table("Chat and tasks", ["figure", "value"], [[k, v] for k, v in results.items()])
     print_table(f"Memory (RSS MB, after {warmup:.0f} s warm-up)", ["process", "samples", "first third",
