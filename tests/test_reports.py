@@ -276,6 +276,20 @@ def authenticated(user, path: str) -> WebsocketCommunicator:
     return WebsocketCommunicator(application, path, headers=headers)
 
 
+def test_export_form_with_dates(client, room, alice):
+    client.force_login(alice)
+    assert b'name="since"' in client.get(reverse("reports:export_form", args=[room.label])).content
+    url = reverse("reports:export", args=[room.label])
+    bad = client.post(url, {"format": "csv", "since": "2026-02-02", "until": "2026-02-01"})
+    assert bad.status_code == 400 and b"must not be after" in bad.content
+    response = client.post(url, {"format": "csv", "since": "2026-02-01", "until": "2026-02-01"})
+    job = Job.objects.get()
+    assert response["Location"] == job.get_absolute_url()
+    assert (job.since, job.until) == (datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 2, 2, tzinfo=UTC))
+    page = client.get(job.get_absolute_url()).content.decode()
+    assert f'data-live="/reports/{job.pk}/live/"' in page and "Cancel" in page
+
+
 def test_start_attaches_to_the_running_export_and_limits_to_three(client, room, alice):
     first, created = start_export(alice, room, "jsonl")
     again, created_again = start_export(alice, room, "jsonl")
