@@ -95,11 +95,19 @@ async def test_enqueue_in_a_transaction_rings_on_commit_and_never_on_rollback(ch
 
     def enqueue_and_commit():
         with transaction.atomic():
-            sample_tasks.add.enqueue(1, 1)
-            assert TaskRecord.objects.count() == 1
+            for _ in range(3):
+                sample_tasks.add.enqueue(1, 1)
+            sample_tasks.noop.enqueue()
+            assert TaskRecord.objects.count() == 4
 
     await database_sync_to_async(enqueue_and_commit)()
-    assert await asyncio.wait_for(channel_layer.receive("compute"), 2) == {"type": "task.ready"}
+    # One bell per task (so as many idle workers wake), rung together after the commit,
+    # plus the rolled-back task's spare one.
+    for _ in range(4):
+        assert await asyncio.wait_for(channel_layer.receive("compute"), 2) == {"type": "task.ready"}
+    assert await asyncio.wait_for(channel_layer.receive("default"), 2) == {"type": "task.ready"}
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(channel_layer.receive("compute"), 0.3)
 
 
 # --- claim ------------------------------------------------------------------------
