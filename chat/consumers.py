@@ -5,7 +5,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -16,6 +16,9 @@ from reports.consumers import ExportCommand
 from . import presence
 from .models import RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW, Message, RateLimited, Room, is_valid_label
 from .protocol import SYNC_LIMIT, FrameError, encode, message_frame, parse_frame
+
+if TYPE_CHECKING:
+    from accounts.models import User
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +32,7 @@ TYPING_INTERVAL = 2.0
 _typing_relayed: dict[tuple[int, int], float] = {}
 
 
-def find_room(label: str, user) -> tuple[Room | None, int | None]:
+def find_room(label: str, user: "User") -> tuple[Room | None, int | None]:
     """The room to join, or the close code that refuses the socket."""
     room = Room.objects.filter(label=label).first() if is_valid_label(label) else None
     if room is None:
@@ -44,7 +47,7 @@ def messages_after(room: Room, after: int) -> tuple[list[dict[str, Any]], bool]:
     return [message_frame(m) for m in rows[:SYNC_LIMIT]], len(rows) > SYNC_LIMIT
 
 
-def post_message(room: Room, user, text: str, client_id: str) -> tuple[str, bool]:
+def post_message(room: Room, user: "User", text: str, client_id: str) -> tuple[str, bool]:
     message, created = room.post(user, text, client_id)
     if not created:
         message = Message.objects.select_related("room", "user").get(pk=message.pk)

@@ -1,10 +1,14 @@
 import re
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
 from django.db.models import Q
 from django.utils import timezone
+
+if TYPE_CHECKING:
+    from accounts.models import User
 
 MAX_MESSAGE_LENGTH = 4000
 MAX_LABEL_LENGTH = 50
@@ -68,7 +72,7 @@ class Room(models.Model):
             return True
         return self.memberships.filter(user=user).exists()
 
-    def post(self, user, text: str, client_id: str) -> tuple["Message", bool]:
+    def post(self, user: "User", text: str, client_id: str) -> tuple["Message", bool]:
         """Store a message; returns (message, created).
 
         A second call with the same `client_id` from the same user is a retry and
@@ -96,7 +100,7 @@ class Room(models.Model):
         self.last_activity_at = now
         return message, True
 
-    def invite(self, user, invited_by=None) -> "Membership":
+    def invite(self, user: "User", invited_by: "User | None" = None) -> "Membership":
         """Make `user` a member (idempotent)."""
         membership, _ = Membership.objects.get_or_create(room=self, user=user, defaults={"invited_by": invited_by})
         return membership

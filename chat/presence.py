@@ -11,12 +11,16 @@ arriving at once on two processes cannot both (or neither) announce the join.
 """
 
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from .models import Presence, Room
+
+if TYPE_CHECKING:
+    from accounts.models import User
 
 
 def ttl() -> timedelta:
@@ -41,7 +45,7 @@ def handles(room: Room) -> list[str]:
     return sorted(set(_fresh(room).values_list("user__username", flat=True)))
 
 
-def join(room: Room, user, channel_name: str) -> bool:
+def join(room: Room, user: "User", channel_name: str) -> bool:
     """Record a socket; True when it is the user's first in the room (announce a join)."""
     with transaction.atomic():
         _lock(room)
@@ -52,7 +56,7 @@ def join(room: Room, user, channel_name: str) -> bool:
     return not others
 
 
-def leave(room: Room, user, channel_name: str) -> bool:
+def leave(room: Room, user: "User", channel_name: str) -> bool:
     """Forget a socket; True when it was the user's last in the room (announce a leave)."""
     with transaction.atomic():
         _lock(room)
