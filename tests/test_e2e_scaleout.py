@@ -100,9 +100,11 @@ class ChatClient:
 
 
 async def until(predicate, timeout: float, what: str) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"{what}: not reached in {timeout:.0f}s")
+        await asyncio.sleep(0.05)
 
 
 def id_orders(clients: list[ChatClient]) -> set[tuple[int, ...]]:
@@ -121,11 +123,12 @@ async def test_two_daphnes_three_workers(stack, tmp_path: Path):
 
     # Tasks first: they run while the chat part goes on.
     marks = tmp_path / "marks.txt"
+    marks.touch()
     enqueue = (
         "from tests.sample_tasks import slow_mark; import json; "
         f"print(json.dumps([slow_mark.enqueue({str(marks)!r}, str(i), 0.5).id for i in range(12)]))"
     )
-    task_ids = json.loads(await asyncio.to_thread(lambda: stack.manage("shell", "--no-imports", "-c", enqueue).stdout))
+    enqueued = asyncio.create_task(asyncio.to_thread(stack.manage, "shell", "--no-imports", "-c", enqueue))
 
     clients = [ChatClient(handle, cookies[handle]) for handle in USERS]
     try:
@@ -185,19 +188,19 @@ async def test_two_daphnes_three_workers(stack, tmp_path: Path):
             await client.close()
 
     # Every task ran once, and all three workers took some.
+    task_ids = json.loads((await enqueued).stdout)
+
+    def ends() -> list[str]:
+        return [line.split()[1] for line in marks.read_text().splitlines() if line.startswith("end")]
+
+    await until(lambda: len(ends()) >= 12, 30, "12 tasks ended")
+    assert sorted(ends()) == sorted(str(i) for i in range(12))
     check = (
         "import json; from tests.sample_tasks import slow_mark; "
         f"rs = [slow_mark.get_result(i) for i in {task_ids!r}]; "
         "print(json.dumps([[r.status, r.worker_ids] for r in rs]))"
     )
-
-    def finished():
-        rows = json.loads(stack.manage("shell", "--no-imports", "-c", check).stdout)
-        return rows if all(status == "SUCCESSFUL" for status, _ in rows) else None
-
-    rows = await asyncio.to_thread(wait_until, finished, 30, 0.5, "all tasks finished")
-    assert all(len(worker_ids) == 1 for _, worker_ids in rows), rows
+    rows = json.loads((await asyncio.to_thread(stack.manage, "shell", "--no-imports", "-c", check)).stdout)
+    assert all(status == "SUCCESSFUL" and len(worker_ids) == 1 for status, worker_ids in rows), rows
     assert len({worker_ids[0] for _, worker_ids in rows}) == 3, rows
-    lines = marks.read_text().splitlines()
-    assert sorted(line.split()[1] for line in lines if line.startswith("end")) == sorted(str(i) for i in range(12))
     assert all(w.poll() is None for w in workers)
