@@ -1,11 +1,13 @@
 """Two real daphne processes on one Redis and one PostgreSQL: the production shape of chat."""
 
 import asyncio
+import http.cookiejar
 import json
 import signal
+import urllib.parse
+import urllib.request
 
 import pytest
-import requests
 import websockets
 
 pytestmark = pytest.mark.e2e
@@ -15,22 +17,24 @@ PRESENCE_TTL = 3  # seconds; production default is 60
 
 def sign_up(port: int, handle: str) -> str:
     """Sign up through the real form; returns the session cookie."""
-    http = requests.Session()
+    jar = http.cookiejar.CookieJar()
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
     base = f"http://127.0.0.1:{port}"
-    http.get(f"{base}/signup/", timeout=10).raise_for_status()
-    response = http.post(
-        f"{base}/signup/",
-        data={"username": handle, "password1": "a long passphrase 42", "password2": "a long passphrase 42",
-              "csrfmiddlewaretoken": http.cookies["csrftoken"]},
-        headers={"Referer": f"{base}/signup/"}, allow_redirects=False, timeout=30,
-    )  # fmt: skip
-    assert response.status_code == 302, response.text[:500]
-    return http.cookies["sessionid"]
+    browser.open(f"{base}/signup/", timeout=10).read()
+    csrf = next(c.value for c in jar if c.name == "csrftoken")
+    form = urllib.parse.urlencode(
+        {"username": handle, "password1": "a long passphrase 42", "password2": "a long passphrase 42",
+         "csrfmiddlewaretoken": csrf}
+    ).encode()  # fmt: skip
+    response = browser.open(urllib.request.Request(f"{base}/signup/", data=form), timeout=30)
+    assert response.url == f"{base}/", response.read()[:500]  # redirected home: signed up and logged in
+    return next(c.value for c in jar if c.name == "sessionid")
 
 
 def open_room(port: int, cookie: str, label: str) -> None:
-    response = requests.get(f"http://127.0.0.1:{port}/{label}/", cookies={"sessionid": cookie}, timeout=10)
-    assert response.status_code == 200
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/{label}/", headers={"Cookie": f"sessionid={cookie}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200 and response.url.endswith(f"/{label}/")
 
 
 async def connect(port: int, cookie: str, label: str):
