@@ -52,7 +52,17 @@ def assert_each_once(page, expected: list[str]) -> None:
     assert texts(page) == expected
 
 
+SEED_ARCHIVE = """
+from accounts.models import User
+from chat.models import Message, Room
+user = User.objects.create_user("archivist")
+room = Room.objects.create(label="archive")
+Message.objects.bulk_create(Message(room=room, user=user, text=f"old {i:03}", client_id=str(i)) for i in range(70))
+"""
+
+
 def test_offline_messages_arrive_once(stack, browser):
+    stack.manage("shell", "-c", SEED_ARCHIVE)
     _, port = stack.daphne()
     base = f"http://127.0.0.1:{port}"
     ann_context, ann = signed_up_page(browser, base, "ann")
@@ -102,5 +112,12 @@ def test_offline_messages_arrive_once(stack, browser):
     expect(bob.locator("#status")).to_have_attribute("data-state", "connected")
     assert_each_once(bob, expected)
     assert bob.evaluate("localStorage.getItem('parley.outbox.bob.lobby')") == "[]"
+
+    # Scrolling up loads older messages from the history endpoint.
+    ann.goto("/archive/")
+    expect(ann.locator(".msg[data-id]")).to_have_count(50)
+    ann.locator("#messages").evaluate("el => { el.scrollTop = 0; }")
+    expect(ann.locator(".msg[data-id]")).to_have_count(70)
+    assert texts(ann) == [f"old {i:03}" for i in range(70)]
     ann_context.close()
     bob_context.close()
