@@ -168,6 +168,8 @@ DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = 65536
 # A presence row not refreshed for this many seconds belongs to a dead process
 # and expires; each socket refreshes its row every third of it.
 CHAT_PRESENCE_TTL = float(os.environ.get("CHAT_PRESENCE_TTL", "60"))
+if CHAT_PRESENCE_TTL <= 0:
+    raise ImproperlyConfigured("CHAT_PRESENCE_TTL must be a positive number of seconds.")
 
 # --- Reports (room exports and insights, on the compute queue) -------------------
 # A user's queued or running exports and insights at once; one more is refused.
