@@ -21,8 +21,7 @@ from django.contrib.auth import get_user_model
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import connections
-from django.db.models import CharField, Count, F, Func, Max, QuerySet, TextField, Value
-from django.db.models.functions import NullIf
+from django.db.models import CharField, Count, F, Func, Max, QuerySet, Value
 from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.html import escape
@@ -109,8 +108,8 @@ class JsonLinesWriter(Writer):
 class CsvWriter(Writer):
     """CSV as RFC 4180 has it (quotes, commas and newlines in a field are quoted), LF line ends.
 
-    On PostgreSQL the rows are formatted by the server (COPY ... TO STDOUT), a
-    batch at a time: the same bytes as the csv module would write, several times faster.
+    On PostgreSQL the server formats each batch (CSV_BATCH): the same bytes as
+    the csv module writes, several times faster.
     """
 
     extension = "csv"
@@ -139,33 +138,35 @@ class CsvWriter(Writer):
             yield from super().batches(messages, after_id)
             return
         while True:
-            bounds = messages.filter(id__gt=after_id).order_by("id").values("id")[:COPY_BATCH_SIZE]
+            bounds = messages.filter(id__gt=after_id).order_by("id").values("id")[:SQL_BATCH_SIZE]
             span = bounds.aggregate(last=Max("id"), count=Count("id"))
             if not span["count"]:
                 return
-            rows = (
-                messages.filter(id__gt=after_id, id__lte=span["last"])
-                .order_by("id")
-                # NULL is written as nothing, "" as "": the csv module writes both as nothing.
-                .values_list("id", ISO_TIMESTAMP, "user__username", null_if_empty("user__display_name"), null_if_empty("text"))
+            rows = messages.filter(id__gt=after_id, id__lte=span["last"]).values_list(
+                "id", ISO_TIMESTAMP, "user__username", "user__display_name", "text"
             )
-            sql, params = rows.query.get_compiler(messages.db).as_sql()
+            sql, params = rows.order_by().query.get_compiler(messages.db).as_sql()
             with connections[messages.db].cursor() as cursor:
-                with cursor.cursor.copy(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", params) as copy:
-                    data = b"".join(copy)
-            yield data, span["count"], span["last"]
+                cursor.execute(CSV_BATCH.format(rows=sql), params)
+                yield cursor.fetchone()[0].encode(), span["count"], span["last"]
             after_id = span["last"]
 
+
+# On PostgreSQL a batch of rows becomes one CSV text in the server, quoted as the
+# csv module quotes (QUOTE_MINIMAL: a field with a comma, quote, CR or LF is
+# quoted, its quotes doubled): one value to fetch instead of 10,000 rows.
+SQL_BATCH_SIZE = 10_000
+_QUOTED = """CASE WHEN {f} ~ E'[",\\r\\n]' THEN '"' || replace({f}, '"', '""') || '"' ELSE {f} END"""
+CSV_BATCH = (
+    "SELECT string_agg(concat_ws(',', s.id, s.at, s.handle, "
+    + _QUOTED.format(f="s.name") + ", " + _QUOTED.format(f="s.text")
+    + ") || E'\\n', '' ORDER BY s.id) FROM ({rows}) AS s(id, at, handle, name, text)"
+)
 
 # PostgreSQL's rendering of timestamp() (the connection's time zone is UTC).
 ISO_TIMESTAMP = Func(
     F("created_at"), Value('YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'), function="to_char", output_field=CharField()
 )
-COPY_BATCH_SIZE = 10_000
-
-
-def null_if_empty(field: str) -> NullIf:
-    return NullIf(field, Value(""), output_field=TextField())
 
 
 class HtmlWriter(Writer):
