@@ -3,11 +3,11 @@
 Plain functions over TaskRecord, called by the worker's consumers and by tests.
 The rules that make the runner lose nothing and double nothing live here:
 
-- a task is claimed by one conditional UPDATE (row lock, SKIP LOCKED on
-  PostgreSQL; SQLite's IMMEDIATE transactions serialise it), so however many
-  bells ring and however many workers listen, one worker gets it;
-- a RUNNING task belongs to a worker only while that worker's heartbeat is
-  fresh; the sweep hands tasks of silent workers to the others;
+- a task is claimed in one short transaction (SELECT ... FOR UPDATE SKIP
+  LOCKED on PostgreSQL; SQLite's IMMEDIATE transactions serialise it), so
+  however many bells ring and however many workers listen, one worker gets it;
+- a RUNNING task belongs to a worker only while that worker's heartbeat for
+  it is fresh (its lease); the sweep hands tasks of silent workers to others;
 - every outcome is written conditionally on still holding the task.
 """
 
