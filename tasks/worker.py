@@ -6,8 +6,8 @@ import os
 import signal
 import socket
 import threading
+import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.worker import Worker
@@ -27,7 +27,7 @@ class QueueState:
     name: str
     worker_id: str
     idle: asyncio.Event = field(default_factory=asyncio.Event)
-    running: Any = None  # id of the task being run, whose lease the heartbeat renews
+    running: uuid.UUID | None = None  # the task being run, whose lease the heartbeat renews
     next_due: float | None = None  # loop time of the earliest deferred task
 
 
