@@ -114,7 +114,9 @@ def test_a_task_whose_worker_is_killed_runs_again_elsewhere_within_15s(workers_s
 
     record = finished(result.id, timeout=20)
     assert record.status == "SUCCESSFUL" and record.return_value == "k"
-    assert (record.finished_at - killed_at).total_seconds() < 15
+    rescued_in = (record.finished_at - killed_at).total_seconds()
+    assert rescued_in < 15, f"finished {rescued_in:.1f}s after the kill"
+    print(f"killed worker's task finished elsewhere {rescued_in:.1f}s after the kill")
     assert record.attempts == 2 and record.worker_ids[0] != record.worker_ids[1]
     assert [e["exception_class_path"] for e in record.errors] == ["tasks.exceptions.WorkerLost"]
     events = lines(log)

@@ -25,23 +25,16 @@ W1 = "ops-host:1:aaaaaa"
 
 def busy_queues() -> dict[str, str]:
     """Two due tasks and a deferred one on compute, one running on default, one failed."""
+    failed = sample_tasks.flaky.using(priority=10).enqueue("/nonexistent", 0)
+    failing = runner.claim(["compute"], W1)  # the highest priority: the flaky one
+    failing.max_attempts = 1
+    runner.record_failure(failing, W1, RuntimeError("disk full"))
     sample_tasks.add.enqueue(1, 1)
     sample_tasks.add.enqueue(2, 2)
     sample_tasks.add.using(run_after=timezone.now() + timedelta(hours=1)).enqueue(3, 3)
     running = sample_tasks.noop.enqueue()
     record = runner.claim(["default"], W1)
     runner.ProgressContext(task_result=runner.to_task_result(record)).progress(3, 8, "pages")
-    failed = sample_tasks.flaky.enqueue("/nonexistent", 0)
-    failing = runner.claim(["compute"], W1)
-    while failing.pk != TaskRecord.objects.get(pk=failed.id).pk:  # claimed an add first: give it back
-        runner.hand_back(W1, failing)
-        TaskRecord.objects.filter(pk=failing.pk).update(available_at=timezone.now() + timedelta(hours=2))
-        failing = runner.claim(["compute"], W1)
-    failing.max_attempts = 1
-    runner.record_failure(failing, W1, RuntimeError("disk full"))
-    TaskRecord.objects.filter(available_at__gt=timezone.now() + timedelta(minutes=90)).update(
-        available_at=timezone.now()
-    )
     return {"running": running.id, "failed": failed.id}
 
 
