@@ -13,7 +13,8 @@ class RetryLater(Exception):
     """Raise from a task to have this attempt retried after `delay` seconds.
 
     For errors that say when to come back (an HTTP 429 with Retry-After): the
-    delay replaces the task's exponential backoff for this one retry.
+    delay replaces the task's exponential backoff for this one retry. It still
+    counts as a failed attempt: with none left (max_attempts) the task is FAILED.
     """
 
     def __init__(self, delay: float, reason: str = "") -> None:
