@@ -180,6 +180,12 @@ def test_backoff_is_capped_and_retry_later_sets_its_own_delay():
     record.refresh_from_db()
     assert record.status == "READY"
     assert 29.9 <= (record.available_at - before).total_seconds() <= 30.5
+    TaskRecord.objects.filter(pk=record.pk).update(available_at=timezone.now())
+    record = runner.claim(["compute"], W1)
+    record.max_attempts = 2  # this is the last attempt: RetryLater cannot buy another
+    runner.record_failure(record, W1, RetryLater(30))
+    record.refresh_from_db()
+    assert record.status == "FAILED" and len(record.errors) == 2
 
 
 def test_a_cancelled_attempt_fails_at_once_whatever_attempts_are_left():
