@@ -278,12 +278,13 @@ def make_thumbnails(user_id: int, original: str) -> str | None:
     Does nothing (returns None) if the user has uploaded another avatar since.
     """
     User = get_user_model()
-    if not User.objects.filter(pk=user_id, avatar=original).exists():
+    storage = default_storage
+    try:
+        with storage.open(original, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:  # a newer avatar's task already swept it away
         logger.info("event=avatar_superseded user=%s original=%s", user_id, original)
         return None
-    storage = default_storage
-    with storage.open(original, "rb") as fh:
-        data = fh.read()
     digest = content_digest(data)
     delay = settings.THUMBNAILS_TEST_DELAY
     for output, content in render_thumbnails(data).items():
@@ -358,9 +359,9 @@ def broadcast_avatar(user) -> None:
     """
     from chat.models import Message, Presence, Room  # chat depends on accounts, not the other way round
 
-    room_ids = set(Presence.objects.filter(user_id=user.pk).values_list("room_id", flat=True))
-    recently = timezone.now() - RECENT_POSTS
-    room_ids |= set(Message.objects.filter(user_id=user.pk, created_at__gte=recently).values_list("room_id", flat=True))
+    present = Presence.objects.filter(user_id=user.pk).values_list("room_id", flat=True).order_by()
+    posted = Message.objects.filter(user_id=user.pk, created_at__gte=timezone.now() - RECENT_POSTS)
+    room_ids = set(present.union(posted.values_list("room_id", flat=True).order_by()))
     if not room_ids:
         return
     event = {"type": "avatar.changed", "user": user.username, "user_id": user.pk, "avatar": avatar_urls(user)}
