@@ -21,7 +21,7 @@ from django.contrib.auth import get_user_model
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import connections
-from django.db.models import CharField, Count, F, Func, Max, QuerySet, Value
+from django.db.models import CharField, F, Func, QuerySet, Value
 from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.html import escape
@@ -138,29 +138,30 @@ class CsvWriter(Writer):
             yield from super().batches(messages, after_id)
             return
         while True:
-            bounds = messages.filter(id__gt=after_id).order_by("id").values("id")[:SQL_BATCH_SIZE]
-            span = bounds.aggregate(last=Max("id"), count=Count("id"))
-            if not span["count"]:
-                return
-            rows = messages.filter(id__gt=after_id, id__lte=span["last"]).values_list(
-                "id", ISO_TIMESTAMP, "user__username", "user__display_name", "text"
-            )
-            sql, params = rows.order_by().query.get_compiler(messages.db).as_sql()
+            rows = messages.filter(id__gt=after_id).order_by("id")
+            rows = rows.values_list("id", ISO_TIMESTAMP, "user__username", "user__display_name", "text")
+            sql, params = rows[:SQL_BATCH_SIZE].query.get_compiler(messages.db).as_sql()
             with connections[messages.db].cursor() as cursor:
                 cursor.execute(CSV_BATCH.format(rows=sql), params)
-                yield cursor.fetchone()[0].encode(), span["count"], span["last"]
-            after_id = span["last"]
+                text, last_id, count = cursor.fetchone()
+            if not count:
+                return
+            yield text.encode(), count, last_id
+            after_id = last_id
 
 
 # On PostgreSQL a batch of rows becomes one CSV text in the server, quoted as the
 # csv module quotes (QUOTE_MINIMAL: a field with a comma, quote, CR or LF is
 # quoted, its quotes doubled): one value to fetch instead of 10,000 rows.
 SQL_BATCH_SIZE = 10_000
-_QUOTED = """CASE WHEN {f} ~ E'[",\\r\\n]' THEN '"' || replace({f}, '"', '""') || '"' ELSE {f} END"""
+_QUOTED = (
+    "CASE WHEN strpos({f}, ',') + strpos({f}, '\"') + strpos({f}, E'\\n') + strpos({f}, E'\\r') > 0"
+    " THEN '\"' || replace({f}, '\"', '\"\"') || '\"' ELSE {f} END"
+)
 CSV_BATCH = (
     "SELECT string_agg(concat_ws(',', s.id, s.at, s.handle, "
     + _QUOTED.format(f="s.name") + ", " + _QUOTED.format(f="s.text")
-    + ") || E'\\n', '' ORDER BY s.id) FROM ({rows}) AS s(id, at, handle, name, text)"
+    + ") || E'\\n', '' ORDER BY s.id), max(s.id), count(*) FROM ({rows}) AS s(id, at, handle, name, text)"
 )
 
 # PostgreSQL's rendering of timestamp() (the connection's time zone is UTC).
