@@ -293,8 +293,13 @@ class ProgressContext(TaskContext):
             return None
         self._last[0] = now.timestamp()
         changes = {"progress_done": done, "progress_total": total, "progress_note": note[:200], "progress_at": now}
-        if not TaskRecord.objects.filter(pk=self.task_result.id, cancel_requested=False).update(**changes):
-            raise TaskCancelled("cancelled while running")
+        # Only the attempt holding the task may report. One whose lease ran out
+        # (its worker stalled, another runs the task now) stops here too; its
+        # outcome would not be recorded anyway.
+        holder = self.task_result.worker_ids[-1]
+        held = TaskRecord.objects.filter(pk=self.task_result.id, status=RUNNING, worker_id=holder)
+        if not held.filter(cancel_requested=False).update(**changes):
+            raise TaskCancelled("cancelled while running" if held.exists() else "this attempt lost its lease")
         return TaskRecord.objects.get(pk=self.task_result.id)
 
 

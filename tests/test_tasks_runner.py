@@ -295,6 +295,19 @@ def test_progress_is_throttled_stored_and_stops_a_cancelled_task():
         context.progress(10, 10)
 
 
+def test_progress_stops_an_attempt_that_lost_its_lease():
+    sample_tasks.counted.enqueue("/nonexistent", 10, 0)
+    record = runner.claim(["compute"], W1)
+    context = runner.ProgressContext(task_result=runner.to_task_result(record))
+    TaskRecord.objects.filter(pk=record.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+    runner.reclaim_lost()
+    runner.claim(["compute"], W2)  # another worker runs it now
+    with pytest.raises(TaskCancelled, match="lost its lease"):
+        context.progress(1, 10)
+    record.refresh_from_db()
+    assert record.progress_done is None and record.worker_id == W2
+
+
 def test_progress_hands_the_task_back_when_the_worker_is_stopping():
     sample_tasks.counted.enqueue("/nonexistent", 10, 0)
     record = runner.claim(["compute"], W1)
