@@ -80,6 +80,22 @@ def stop(procs: Sequence[subprocess.Popen], timeout: float = 15.0) -> None:
             proc.wait(5)
 
 
+def cpu_seconds(procs: Sequence[subprocess.Popen]) -> float:
+    """CPU time (user + system) used so far by the process groups spawn() started.
+
+    On a shared machine, CPU per unit of work varies much less than wall-clock rates.
+    """
+    groups = {proc.pid for proc in procs}
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) in groups:  # fields after "(comm)": state ppid pgrp ... utime(11) stime(12)
+                total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02, what: str = "condition") -> Any:
     """Poll `predicate` until it returns something truthy, for at most `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -107,13 +123,13 @@ def median(values: Sequence[float]) -> float:
 
 
 def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A plain-text table; floats get thousands separators and at most one decimal."""
+    """A plain-text table; floats get thousands separators and decimals as their size needs."""
 
     def cell(value: Any) -> str:
         if isinstance(value, float):
             if math.isnan(value):
                 return "-"
-            return f"{value:,.1f}" if abs(value) < 100 else f"{value:,.0f}"
+            return f"{value:.2f}" if abs(value) < 10 else f"{value:,.1f}" if abs(value) < 100 else f"{value:,.0f}"
         return "-" if value is None else str(value)
 
     text = [[cell(v) for v in row] for row in rows]

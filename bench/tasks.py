@@ -10,6 +10,9 @@ PostgreSQL (fsync on) and the same Redis:
 - drain rate: then 2 worker processes start; N / (the moment the benchmark sees
   the last one done - the moment the first one started), so workers' start-up
   time is not counted;
+- workers' CPU per task during the drain (user + system time of the worker
+  process groups, start-up excluded): on a shared machine it varies far less
+  than rates do;
 - enqueue-to-start latency: with the workers idle, tasks enqueued one at a time
   at a modest rate; each task returns time.time() when it starts, compared with
   the time taken just before its enqueue call (p50/p99).
@@ -23,7 +26,8 @@ Each system logs warnings only, so no worker pays for a terminal.
 Each system is measured in a child process (`--system NAME`) so that each has
 its own settings; peers run from .venv-bench (bench/requirements.txt). With
 `--rounds R` the systems take turns R times and the table shows medians: the
-machine is shared, and turns spread the noise over all of them.
+machine is shared, and turns spread the noise over all of them. `--systems
+parley` measures Parley alone (peers are skipped anyway when .venv-bench is absent).
 """
 
 import sys
@@ -44,6 +48,7 @@ from bench.common import (  # noqa: E402
     OUT_DIR,
     arg_parser,
     bench_python,
+    cpu_seconds,
     emit,
     last_json_line,
     median,
@@ -189,8 +194,12 @@ def measure(system: Any, drain: int, latency: int, rate: float) -> dict[str, flo
 
     system.start_workers()
     try:
+        # Workers' CPU per task, from the first task seen done to the last (start-up excluded).
+        first_done = wait_until(system.done_count, timeout=120, interval=0.025, what="a first task done")
+        cpu_before = cpu_seconds(system.procs)
         wait_until(lambda: system.done_count() >= drain, timeout=60 + drain / 20, interval=0.025, what="drain")
         drained_at = time.time()
+        cpu_ms_per_task = (cpu_seconds(system.procs) - cpu_before) * 1000 / max(1, drain - first_done)
         first_start = min(system.start_times(ids))
         drain_per_s = drain / (drained_at - first_start)
 
@@ -210,6 +219,7 @@ def measure(system: Any, drain: int, latency: int, rate: float) -> dict[str, flo
     return {
         "enqueue_per_s": enqueue_per_s,
         "drain_per_s": drain_per_s,
+        "worker_cpu_ms_per_task": cpu_ms_per_task,
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
         "max_ms": max(latencies),
@@ -240,13 +250,14 @@ def run_child(python: Path, system: str, redis: Any, database_url: str, args: An
 def main_run(args: Any) -> None:
     peers_python = bench_python()
     pythons: dict[str, Path | None] = {"parley": Path(sys.executable), "celery": peers_python, "dtdb": peers_python}
+    chosen = set(args.systems.split(","))
     log_dir = OUT_DIR / f"tasks-{time.strftime('%Y%m%d-%H%M%S')}"
     log_dir.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in SYSTEMS}
     with servers(durable=True) as (redis, postgres):
         for turn in range(args.rounds):
             for name in SYSTEMS:
-                if pythons[name] is None:
+                if pythons[name] is None or name not in chosen:
                     continue
                 database_url = postgres.create_database(f"{name}_{turn}")
                 runs[name].append(run_child(pythons[name], name, redis, database_url, args, log_dir))
@@ -258,15 +269,17 @@ def main_run(args: Any) -> None:
 
     rows = []
     for name in SYSTEMS:
+        if name not in chosen:
+            continue
         if not runs[name]:
-            rows.append([LABELS[name], None, None, None, None, "skipped: no .venv-bench (`make bench` builds it)"])
+            rows.append([LABELS[name], None, None, None, None, None, "skipped: no .venv-bench (`make bench` builds it)"])
             continue
         note = f"median of {len(runs[name])}" if len(runs[name]) > 1 else ""
-        rows.append([LABELS[name], *(figure(name, k) for k in ("enqueue_per_s", "drain_per_s", "p50_ms", "p99_ms")), note])
+        rows.append([LABELS[name], *(figure(name, k) for k in ("enqueue_per_s", "drain_per_s", "worker_cpu_ms_per_task", "p50_ms", "p99_ms")), note])
     print_table(
         f"No-op tasks, {WORKERS} worker processes each, durable PostgreSQL + Redis; "
         f"drain of {args.drain}, latency over {args.latency} at {args.rate:g}/s",
-        ["system", "enqueue/s", "drain/s", "p50 ms", "p99 ms", ""],
+        ["system", "enqueue/s", "drain/s", "worker CPU ms/task", "p50 ms", "p99 ms", ""],
         rows,
     )
     parley_drain, celery_drain = figure("parley", "drain_per_s"), figure("celery", "drain_per_s")
@@ -286,6 +299,9 @@ def main_run(args: Any) -> None:
         "parley_enqueue_per_s": figure("parley", "enqueue_per_s"),
         "celery_enqueue_per_s": figure("celery", "enqueue_per_s"),
         "dtdb_enqueue_per_s": figure("dtdb", "enqueue_per_s"),
+        "parley_worker_cpu_ms_per_task": figure("parley", "worker_cpu_ms_per_task"),
+        "celery_worker_cpu_ms_per_task": figure("celery", "worker_cpu_ms_per_task"),
+        "dtdb_worker_cpu_ms_per_task": figure("dtdb", "worker_cpu_ms_per_task"),
         "smoke": args.smoke,
     })  # fmt: skip
 
@@ -296,6 +312,7 @@ def main() -> None:
     parser.add_argument("--latency", type=int, help="tasks timed from enqueue to start (default 500; smoke 20)")
     parser.add_argument("--rate", type=float, default=50.0, help="latency tasks enqueued per second")
     parser.add_argument("--rounds", type=int, help="turns each system takes; the table shows medians (default 3)")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="which to measure, e.g. parley,celery")
     # A child process measuring one system (run_child):
     parser.add_argument("--system", choices=SYSTEMS, help="measure this system only (internal)")
     parser.add_argument("--redis-url")
