@@ -1,8 +1,8 @@
 """Writing a room's history to a file, in chunks, resumably.
 
-write_export() streams the job's messages in id order, `BATCH_SIZE` rows per
-query (keyset pagination: `id > last`), so memory stays bounded however large
-the room. Rows are buffered into parts of about REPORTS_EXPORT_PART_BYTES, each
+write_export() streams the job's messages in id order, BATCH_SIZE rows per
+query (keyset pagination: `id > last`; CSV on PostgreSQL: SQL_BATCH_SIZE rows
+formatted by the server), so memory stays bounded however large the room. Rows are buffered into parts of about REPORTS_EXPORT_PART_BYTES, each
 saved through Django's storage; after each part the job's checkpoint (parts
 saved, last id, rows) is stored. A run that starts again after its worker died
 continues after the checkpoint. The parts are finally joined into one file.
