@@ -207,8 +207,8 @@ def thumbnail_name(user_id: int, digest: str, output: str) -> str:
     return f"{THUMBNAILS_DIR}/{user_id}/{digest}-{output}"
 
 
-def write_exactly(storage: Storage, name: str, content: bytes) -> bool:
-    """Make `name` hold `content`, whatever an earlier attempt left there. True if written.
+def write_exactly(storage: Storage, name: str, content: bytes) -> None:
+    """Make `name` hold `content`, whatever an earlier attempt left there.
 
     Storage.save() never overwrites on the local disk (it picks another name),
     so a half-written file from a crashed worker is replaced here instead of
@@ -217,13 +217,12 @@ def write_exactly(storage: Storage, name: str, content: bytes) -> bool:
     if storage.exists(name):
         with storage.open(name, "rb") as existing:
             if existing.read() == content:
-                return False
+                return
         storage.delete(name)
     saved = storage.save(name, ContentFile(content))
     if saved != name:
         # A concurrent run of the same task wrote `name` in between: same bytes, by construction.
         storage.delete(saved)
-    return True
 
 
 def request_thumbnails(user) -> TaskResult | None:
