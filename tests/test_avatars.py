@@ -334,15 +334,16 @@ def test_s3_storage_is_configured_from_the_environment():
         AWS_S3_ENDPOINT_URL="http://127.0.0.1:9",
         AWS_ACCESS_KEY_ID="test",
         AWS_SECRET_ACCESS_KEY="test",
+        AWS_S3_ADDRESSING_STYLE="path",
     )
     script = (
         "import django; django.setup();"
         "from django.core.files.storage import storages; s = storages['default'];"
-        "print(type(s).__name__, s.bucket_name, s.endpoint_url, s.querystring_auth, s.object_parameters['CacheControl']);"
+        "print(type(s).__name__, s.bucket_name, s.endpoint_url, s.querystring_auth, s.addressing_style, s.object_parameters['CacheControl']);"
         "print(s.url('avatars/1/x-64.webp'))"
     )
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     first, second = out.stdout.splitlines()
-    assert first == "S3Storage parley-media http://127.0.0.1:9 False public, max-age=31536000, immutable"
+    assert first == "S3Storage parley-media http://127.0.0.1:9 False path public, max-age=31536000, immutable"
     assert second == "http://127.0.0.1:9/parley-media/avatars/1/x-64.webp"
