@@ -24,6 +24,7 @@ EXPECTED_KEYS = {
         "parley_drain_per_s", "celery_drain_per_s", "dtdb_drain_per_s", "parley_p50_ms", "parley_p99_ms",
         "celery_p50_ms", "celery_p99_ms", "ratio_vs_celery",
     },
+    "thumbnails.py": {"parley_avatars_per_s", "loop_avatars_per_s", "naive_avatars_per_s", "ratio_vs_loop"},
 }  # fmt: skip
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
