@@ -28,10 +28,10 @@ class Stack:
     @classmethod
     def postgres(cls, postgres_server, redis_url: str, log_dir: Path, **extra: str) -> "Stack":
         dbname = f"e2e_{uuid.uuid4().hex[:12]}"
-        env = base_env(DATABASE_URL=postgres_server.create_database(dbname), REDIS_URL=redis_url, **extra)
-        stack = cls(env, log_dir)
-        stack.manage("migrate", "--noinput", "-v0")
-        return stack
+        template = migrated_template(postgres_server)
+        postgres_server.psql(f'CREATE DATABASE "{dbname}" TEMPLATE "{template}"')
+        env = base_env(DATABASE_URL=postgres_server.url(dbname), REDIS_URL=redis_url, **extra)
+        return cls(env, log_dir)
 
     def manage(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -78,6 +78,22 @@ class Stack:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+_templates: dict[int, str] = {}
+
+
+def migrated_template(postgres_server) -> str:
+    """A database migrated once per server; each test's database is a copy (fast)."""
+    if postgres_server.port not in _templates:
+        name = "e2e_template"
+        url = postgres_server.create_database(name)
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput", "-v0"],
+            cwd=ROOT, env=base_env(DATABASE_URL=url), check=True, timeout=300,
+        )  # fmt: skip
+        _templates[postgres_server.port] = name
+    return _templates[postgres_server.port]
 
 
 def base_env(**extra: str) -> dict[str, str]:
