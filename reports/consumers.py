@@ -111,18 +111,18 @@ class ExportCommand:
         return text.split(maxsplit=1)[:1] == ["/export"]
 
     async def export_command(self, room, text: str) -> None:
-        if not hasattr(self, "export_watchers"):
+        if not hasattr(self, "export_watchers"):  # made on first use: most chat sockets never export
             self.export_watchers: dict[str, JobWatcher] = {}
             self.export_ticker = asyncio.create_task(tick(self.send_export_frame, self.export_watchers, "export.progress"))
         try:
             format, since, until = parse_export_command(text)
-            job, created = await database_sync_to_async(start_export)(self.scope["user"], room, format, since, until)
+            job, _ = await database_sync_to_async(start_export)(self.scope["user"], room, format, since, until)
         except (ValueError, TooManyJobs, PermissionDenied) as exc:
             await self.send_export_frame({"type": "export.error", "error": str(exc)})
             return
-        watcher = JobWatcher(job)
-        if watcher.group_name not in self.export_watchers:
-            self.export_watchers[watcher.group_name] = watcher
+        watcher = self.export_watchers.get(f"task.{job.task_id}")
+        if watcher is None:  # else: the same export again, already watched here
+            watcher = self.export_watchers[f"task.{job.task_id}"] = JobWatcher(job)
             await self.channel_layer.group_add(watcher.group_name, self.channel_name)
         await self.send_export_frame({**await watcher.refresh(), "type": "export.progress"})
 

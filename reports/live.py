@@ -60,7 +60,7 @@ def job_frame(job: Job, task: dict[str, Any] | None, rate: float | None) -> dict
         if job.kind == Job.Kind.EXPORT:
             url = reverse("reports:download", args=[job.pk])
         else:
-            url = reverse("reports:insights", args=[job.room.label])
+            url = f'{reverse("reports:insights", args=[job.room.label])}?job={job.pk}'
     return {
         "type": "job.progress",
         "job": job.pk,

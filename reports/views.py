@@ -94,6 +94,14 @@ def insights(request: HttpRequest, label: str) -> HttpResponse:
     message), like any lazily cached page.
     """
     room = visible_room_or_404(label, request.user)
+    shown = request.GET.get("job", "")
+    if shown.isdigit():
+        # The report a finished job's page leads to: shown even if newer messages
+        # came in meanwhile, or a busy room would send its users round and round.
+        job = visible_job_or_404(int(shown), request.user)
+        if job.room_id != room.pk or job.kind != Job.Kind.INSIGHTS or job.status != Job.Status.DONE:
+            raise Http404("No such report.")
+        return render(request, "reports/insights.html", {"job": job, "room": room, "data": job.result})
     try:
         job, _ = start_insights(request.user, room)
     except TooManyJobs as exc:

@@ -422,6 +422,10 @@ def test_insights_page_and_charts(client, room, alice, mallory):
     page = client.get(reverse("reports:insights", args=[room.label]))
     assert b"Busiest threads" in page.content
     job = Job.objects.get(kind="insights")
+    # A finished report stays reachable after new messages (the job page leads there).
+    post(room, alice, "one more")
+    page = client.get(reverse("reports:insights", args=[room.label]) + f"?job={job.pk}")
+    assert b"Busiest threads" in page.content and Job.objects.filter(kind="insights").count() == 1
     chart = client.get(reverse("reports:chart", args=[job.pk, "heatmap"]))
     assert chart.status_code == 200 and chart["Content-Type"] == "image/png"
     client.force_login(mallory)

@@ -27,7 +27,7 @@
     if (frame.status === "done") {
       finished = true;
       // Insights: the page itself becomes the report.
-      if (box.dataset.kind === "insights") { location.reload(); return; }
+      if (box.dataset.kind === "insights") { location.assign(frame.url); return; }
       $("job-done").hidden = false;
     } else if (!["queued", "running"].includes(frame.status)) {
       finished = true;
