@@ -223,7 +223,7 @@ def test_sigterm_finishes_or_hands_back_and_a_second_sigterm_exits_at_once(worke
 
     # 2. SIGTERM: a task that reports progress hands itself back at its next report.
     (second,) = start_workers(workers_stack, 1, "compute")
-    counted = sample_tasks.counted.enqueue(str(steps), 30, 0.1)
+    counted = sample_tasks.counted.enqueue(str(steps), 20, 0.1)
     wait_until(lambda: (TaskRecord.objects.get(pk=counted.id).progress_done or 0) >= 2, timeout=10, message="progress")
     second.send_signal(signal.SIGTERM)
     assert second.wait(5) == 0
@@ -237,7 +237,7 @@ def test_sigterm_finishes_or_hands_back_and_a_second_sigterm_exits_at_once(worke
     assert {line[3] for line in lines(steps)} == {"1", "2"}  # `step N attempt A pid`
 
     # 3. A second SIGTERM exits at once; the task goes back to READY, not FAILED.
-    slow = sample_tasks.slow_mark.enqueue(str(log), "b", 3)
+    slow = sample_tasks.slow_mark.enqueue(str(log), "b", 2)
     wait_until(lambda: len(lines(log)) == 3, timeout=10, message="long task started")
     third.send_signal(signal.SIGTERM)
     time.sleep(0.3)
