@@ -284,7 +284,7 @@ def make_thumbnails(user_id: int, original: str) -> str | None:
     except FileNotFoundError:  # a newer avatar's task already swept it away
         logger.info("event=avatar_superseded user=%s original=%s", user_id, original)
         return None
-    digest = content_digest(data)
+    digest = original.rsplit("/", 1)[-1].split(".")[0]  # store_avatar named it by its SHA-256
     delay = settings.THUMBNAILS_TEST_DELAY
     for output, content in render_thumbnails(data).items():
         write_exactly(storage, thumbnail_name(user_id, digest, output), content)

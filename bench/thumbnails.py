@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)  # the project root, not bench/, first on sys.path
 
+import contextlib  # noqa: E402
 import io  # noqa: E402
 import multiprocessing  # noqa: E402
 import os  # noqa: E402
@@ -40,7 +41,20 @@ import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-from bench.common import OUT_DIR, arg_parser, emit, median, print_table, servers, spawn, stop, wait_until  # noqa: E402
+import psutil  # noqa: E402
+
+from bench.common import (  # noqa: E402
+    OUT_DIR,
+    arg_parser,
+    cpu_seconds,
+    emit,
+    median,
+    print_table,
+    servers,
+    spawn,
+    stop,
+    wait_until,
+)
 
 WORKERS = 2
 WIDTH, HEIGHT = 3000, 2000
@@ -61,9 +75,11 @@ def photo_jpeg(seed: int) -> bytes:
 # --- The plain loop, in WORKERS processes -----------------------------------------------------
 
 
-def loop_one(job: tuple[str, str, bool]) -> None:
+def loop_one(job: tuple[str, str, bool]) -> float:
+    """One avatar in a pool process; returns the CPU seconds it took."""
     from accounts.avatars import render_thumbnails
 
+    cpu = time.process_time()
     source, out_dir, draft = job
     with open(source, "rb") as fh:
         files = render_thumbnails(fh.read(), draft=draft)
@@ -71,26 +87,40 @@ def loop_one(job: tuple[str, str, bool]) -> None:
     for output, data in files.items():
         with open(os.path.join(out_dir, f"{stem}-{output}"), "wb") as fh:
             fh.write(data)
+    return time.process_time() - cpu
 
 
-def run_loop(sources: list[Path], out_dir: Path, draft: bool) -> float:
-    """Avatars per second of render_thumbnails over `sources` in WORKERS processes."""
+def run_loop(sources: list[Path], out_dir: Path, draft: bool) -> tuple[float, float]:
+    """Avatars per second of render_thumbnails over `sources` in WORKERS processes, and CPU ms per avatar."""
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
         pool.map(loop_one, [(str(sources[0]), str(out_dir), draft)] * WORKERS)  # warm up both processes
         started = time.perf_counter()
-        pool.map(loop_one, [(str(s), str(out_dir), draft) for s in sources], chunksize=1)
+        cpu = pool.map(loop_one, [(str(s), str(out_dir), draft) for s in sources], chunksize=1)
         elapsed = time.perf_counter() - started
     assert len(list(out_dir.iterdir())) == 4 * len(sources)
-    return len(sources) / elapsed
+    return len(sources) / elapsed, 1000 * sum(cpu) / len(sources)
+
+
+def tree_cpu(pids: list[int]) -> float:
+    """CPU seconds used so far by these processes and their children (PostgreSQL's backends)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root = psutil.Process(pid)
+            for proc in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    times = proc.cpu_times()
+                    total += times.user + times.system
+    return total
 
 
 # --- Parley: uploads, runner, workers ---------------------------------------------------------------
 
 
 class Parley:
-    def __init__(self, redis_url: str, database_url: str, media: Path, log_dir: Path) -> None:
+    def __init__(self, redis_url: str, database_url: str, media: Path, log_dir: Path, server_pids: list[int]) -> None:
         os.environ.update(
             DJANGO_SETTINGS_MODULE="project.settings", DATABASE_URL=database_url, REDIS_URL=redis_url,
             MEDIA_ROOT=str(media), LOG_LEVEL="WARNING", DEBUG="0", SECRET_KEY="bench-only",
@@ -102,6 +132,7 @@ class Parley:
 
         call_command("migrate", verbosity=0, interactive=False)
         self.log_dir = log_dir
+        self.server_pids = server_pids
         self.procs: list[subprocess.Popen] = []
         self.round = 0
 
@@ -130,15 +161,20 @@ class Parley:
         from accounts.models import User
 
         ready = lambda: User.objects.filter(pk__in=ids).exclude(avatar_digest="").count() == len(ids)  # noqa: E731
-        wait_until(ready, timeout=60 + len(ids), interval=0.01, what="all thumbnails")
+        wait_until(ready, timeout=60 + len(ids), interval=0.02, what="all thumbnails")
         return time.time()
 
-    def drain(self, originals: list[bytes], count: int) -> float:
+    def cpu(self) -> float:
+        """CPU seconds of the workers, PostgreSQL and Redis: what the runner's avatars cost the machine."""
+        return cpu_seconds(self.procs) + tree_cpu(self.server_pids)
+
+    def drain(self, originals: list[bytes], count: int) -> tuple[float, float]:
         """Avatars/s of 2 warm workers over `count` avatars uploaded while they were paused.
 
         The workers are started and warmed up, then paused (SIGSTOP) while the
         uploads go in, so the uploading process does not compete with them for
         the CPU; the clock runs from SIGCONT to the last user's thumbnails.
+        Also returns the CPU ms per avatar of workers, PostgreSQL and Redis.
         """
         self.start_workers()
         try:
@@ -148,10 +184,12 @@ class Parley:
             try:
                 ids = self.upload(originals, count)
             finally:
+                cpu = self.cpu()
                 started = time.time()
                 for proc in self.procs:
                     os.kill(proc.pid, signal.SIGCONT)
-            return count / (self.wait_ready(ids) - started)
+            rate = count / (self.wait_ready(ids) - started)
+            return rate, 1000 * (self.cpu() - cpu) / count
         finally:
             self.stop_workers()
 
@@ -189,25 +227,36 @@ def main() -> None:
               f"(~{sum(map(len, originals)) / distinct / 1e6:.1f} MB each), {WORKERS} processes, {rounds} round(s)")  # fmt: skip
 
         with servers(durable=True) as (redis, postgres):
-            parley = Parley(redis.url, postgres.create_database("bench_thumbs"), work / "media", log_dir)
+            database = postgres.create_database("bench_thumbs")
+            parley = Parley(redis.url, database, work / "media", log_dir, [redis.proc.pid, postgres.proc.pid])
             results: dict[str, list[float]] = {"parley": [], "loop": [], "naive": [], "e2e": []}
+            cpu: dict[str, list[float]] = {"parley": [], "loop": [], "naive": []}
             for _ in range(rounds):
-                results["parley"].append(parley.drain(originals, count))
-                results["loop"].append(run_loop(sources, work / "loop", draft=True))
-                results["naive"].append(run_loop(sources, work / "naive", draft=False))
+                for name, measure in (
+                    ("parley", lambda: parley.drain(originals, count)),
+                    ("loop", lambda: run_loop(sources, work / "loop", draft=True)),
+                    ("naive", lambda: run_loop(sources, work / "naive", draft=False)),
+                ):
+                    rate, cpu_ms = measure()
+                    results[name].append(rate)
+                    cpu[name].append(cpu_ms)
             results["e2e"].append(parley.end_to_end(originals, count))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     rates = {name: median(values) for name, values in results.items()}
+    cpu_ms = {name: median(values) for name, values in cpu.items()}
     rows = [
-        ("Parley: 2 runworker, uploaded avatars", rates["parley"], 1000 * WORKERS / rates["parley"], rates["parley"] / rates["loop"]),
-        ("plain loop, 2 processes (draft)", rates["loop"], 1000 * WORKERS / rates["loop"], 1.0),
-        ("naive loop, 2 processes (no draft)", rates["naive"], 1000 * WORKERS / rates["naive"], rates["naive"] / rates["loop"]),
-        ("Parley end to end: 1 uploader + 2 workers", rates["e2e"], 1000 * WORKERS / rates["e2e"], rates["e2e"] / rates["loop"]),
+        ("Parley: 2 runworker, uploaded avatars", rates["parley"], rates["parley"] / rates["loop"], cpu_ms["parley"], cpu_ms["loop"] / cpu_ms["parley"]),
+        ("plain loop, 2 processes (draft)", rates["loop"], 1.0, cpu_ms["loop"], 1.0),
+        ("naive loop, 2 processes (no draft)", rates["naive"], rates["naive"] / rates["loop"], cpu_ms["naive"], cpu_ms["loop"] / cpu_ms["naive"]),
+        ("Parley end to end: 1 uploader + 2 workers", rates["e2e"], rates["e2e"] / rates["loop"], None, None),
     ]  # fmt: skip
-    print_table("Avatar thumbnails (256/64/32 WebP + 32 PNG)", ["", "avatars/s", "ms/avatar/process", "vs loop"], rows)
+    headers = ["", "avatars/s", "vs loop", "CPU ms/avatar", "vs loop (CPU)"]
+    print_table("Avatar thumbnails (256/64/32 WebP + 32 PNG); medians", headers, rows)
     print(f"Parley vs naive: {rates['parley'] / rates['naive']:.2f}x   (targets: vs loop >= 0.9, vs naive >= 1.8)")
+    print("Per round, avatars/s: " + "; ".join(f"{k} {', '.join(f'{v:.1f}' for v in vs)}" for k, vs in results.items()))
+    print("Parley's CPU counts its workers, PostgreSQL and Redis; the loops' their own processes.")
     emit({
         "parley_avatars_per_s": round(rates["parley"], 1),
         "loop_avatars_per_s": round(rates["loop"], 1),
@@ -215,6 +264,10 @@ def main() -> None:
         "ratio_vs_loop": round(rates["parley"] / rates["loop"], 3),
         "ratio_vs_naive": round(rates["parley"] / rates["naive"], 3),
         "parley_end_to_end_avatars_per_s": round(rates["e2e"], 1),
+        "parley_cpu_ms_per_avatar": round(cpu_ms["parley"], 1),
+        "loop_cpu_ms_per_avatar": round(cpu_ms["loop"], 1),
+        "naive_cpu_ms_per_avatar": round(cpu_ms["naive"], 1),
+        "cpu_ratio_vs_loop": round(cpu_ms["loop"] / cpu_ms["parley"], 3),
         "avatars": count,
         "rounds": rounds,
     })  # fmt: skip
