@@ -41,7 +41,13 @@ LOSS_ALLOWED = 0.001  # a step that loses more than 0.1% of deliveries fails, wh
 PUBSUB = "channels_redis.pubsub.RedisPubSubChannelLayer"
 CORE = "channels_redis.core.RedisChannelLayer"
 # Parley variants beside its own settings ("core"): the pub/sub layer; pub/sub without per-call DB health checks.
-PARLEY_SETTINGS = {"pubsub": "bench.peers.parley_pubsub_settings", "tuned": "bench.peers.parley_tuned_settings"}
+PARLEY_SETTINGS = {
+    "pubsub": "bench.peers.parley_pubsub_settings",
+    "nohealth": "bench.peers.parley_nohealth_settings",
+    "tuned": "bench.peers.parley_tuned_settings",
+    "parallel": "bench.peers.parley_tuned_settings",  # tuned, and posts off the one database thread
+}
+PARLEY_APPS = {"parallel": "bench.peers.parley_parallel_asgi:application"}
 
 
 class Target:
@@ -289,7 +295,8 @@ def main() -> None:
     parser.add_argument("--loadgens", type=int, default=3, help="load generator processes")
     parser.add_argument("--layers", default="core,pubsub", help="channel layers of the baseline: core, pubsub")
     parser.add_argument("--parley-layers", default="core,pubsub",
-                        help="Parley variants: core (its settings), pubsub, tuned (pubsub, no DB health checks)")
+                        help="Parley variants: core (as shipped), pubsub, nohealth (no DB health checks), tuned (pubsub, no DB health checks), parallel (tuned + "
+                        "posts on the thread pool)")
     parser.add_argument("--profile", action="store_true", help="only profile one loaded daphne per target")
     parser.add_argument("--profile-rate", type=float, default=60.0)
     args = parser.parse_args()
@@ -312,7 +319,7 @@ def main() -> None:
                    {**bare_env, "BARE_CHANNEL_LAYER": PUBSUB if layer == "pubsub" else CORE})
             for layer in layers
         ] + [
-            Target(f"parley-{variant}", "parley", "project.asgi:application",
+            Target(f"parley-{variant}", "parley", PARLEY_APPS.get(variant, "project.asgi:application"),
                    {**parley_env, **({"DJANGO_SETTINGS_MODULE": PARLEY_SETTINGS[variant]} if variant != "core" else {})})
             for variant in parley_layers
         ]  # fmt: skip
