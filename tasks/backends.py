@@ -1,5 +1,6 @@
 """Parley's `django.tasks` backend: the database holds each task, the channel layer rings the bell."""
 
+import asyncio
 import collections
 import json
 import logging
@@ -10,7 +11,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.exceptions import ChannelFull
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, channel_layers, get_channel_layer
 from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ValidationError
@@ -213,38 +214,81 @@ def ring_on_commit(queue_name: str, layer_alias: str = "default") -> None:
 
 def _ring_owed() -> None:
     bells = _owed.__dict__.pop("bells", None)
-    if not bells:
-        return  # an earlier callback of the same commit rang them
-    try:
-        async_to_sync(_aring_all)(bells)
-    except RuntimeError:  # committed from inside an event loop's own thread
-        logger.error("event=bell_failed queues=%s reason=sync_ring_in_event_loop", sorted(q for q, _ in bells))
-
-
-async def _aring_all(bells: collections.Counter) -> None:
-    for (queue_name, layer_alias), count in bells.items():
-        for _ in range(count):
-            await aring(queue_name, layer_alias)
+    if bells:  # else an earlier callback of the same commit rang them
+        _ring_from_sync(bells)
 
 
 def ring(queue_name: str, layer_alias: str = "default") -> None:
-    """Tell the workers of `queue_name` that it has work. Never raises.
+    """Tell the workers of `queue_name` that it has work, from sync code. Never raises.
 
     A lost bell costs latency, not a task: workers also look at the database
     when no bell has come for a while.
     """
-    try:
-        async_to_sync(aring)(queue_name, layer_alias)
-    except RuntimeError:  # called from inside an event loop's own thread
-        logger.error("event=bell_failed queue=%s reason=sync_ring_in_event_loop", queue_name)
+    _ring_from_sync({(queue_name, layer_alias): 1})
 
 
 async def aring(queue_name: str, layer_alias: str = "default") -> None:
     """See ring()."""
-    layer = get_channel_layer(layer_alias)
+    await _send_bell(get_channel_layer(layer_alias), queue_name)
+
+
+def _ring_from_sync(bells: dict[tuple[str, str], int]) -> None:
+    """Ring {(queue, layer alias): count} bells from sync code.
+
+    The in-memory layer's receivers wait on the loop that serves this process
+    (runserver's): async_to_sync rings there. For any other layer,
+    async_to_sync outside a served thread (a shell, a script, a management
+    command) would make a new event loop, and channels-redis a new Redis
+    connection, for every call; a loop of our own that lives as long as the
+    process rings instead, on one connection.
+    """
+    local = {key: n for key, n in bells.items() if isinstance(get_channel_layer(key[1]), InMemoryChannelLayer)}
+    remote = {key: n for key, n in bells.items() if key not in local}
+    if local:
+        try:
+            async_to_sync(_ring_all)(local, get_channel_layer)
+        except RuntimeError:  # called from inside an event loop's own thread
+            logger.error("event=bell_failed queues=%s reason=sync_ring_in_event_loop_thread", sorted(local))
+    if remote:
+        asyncio.run_coroutine_threadsafe(_ring_all(remote, _bell_layer), bell_loop()).result(timeout=10)
+
+
+async def _ring_all(bells: dict[tuple[str, str], int], layer_for) -> None:
+    for (queue_name, layer_alias), count in bells.items():
+        for _ in range(count):
+            await _send_bell(layer_for(layer_alias), queue_name)
+
+
+async def _send_bell(layer, queue_name: str) -> None:
     try:
         await layer.send(queue_name, {"type": "task.ready"})
     except ChannelFull:
         logger.debug("event=bell_dropped queue=%s reason=channel_full", queue_name)
     except Exception as exc:  # Redis down, say: the task is safe in the database.
         logger.warning("event=bell_failed queue=%s error=%r", queue_name, exc)
+
+
+_bell_loop: asyncio.AbstractEventLoop | None = None
+_bell_loop_lock = threading.Lock()
+_bell_layers: dict[str, Any] = {}
+
+
+def bell_loop() -> asyncio.AbstractEventLoop:
+    """This process's loop for bells rung from sync code (started on first use)."""
+    global _bell_loop
+    with _bell_loop_lock:
+        if _bell_loop is None or _bell_loop.is_closed():
+            _bell_loop = asyncio.new_event_loop()
+            threading.Thread(target=_bell_loop.run_forever, name="parley-bells", daemon=True).start()
+        return _bell_loop
+
+
+def _bell_layer(alias: str):
+    """The bell loop's own layer instance (used on that loop only).
+
+    channels-redis' flush() closes the connections of every loop from the
+    caller's loop; the shared instance's flush must not reach into ours.
+    """
+    if alias not in _bell_layers:
+        _bell_layers[alias] = channel_layers.make_backend(alias)
+    return _bell_layers[alias]

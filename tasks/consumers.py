@@ -6,6 +6,7 @@ import logging
 from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.db import close_old_connections
 from django.utils import timezone
 
 from . import runner
@@ -30,16 +31,21 @@ class TaskConsumer(AsyncConsumer):
         state = self.scope["parley.queue"]
         queues = [state.name]
         try:
+            # Once per drain, not per task: drop a connection that broke or aged out.
+            await runner.on_db_thread(close_old_connections)()
             while not runner.shutting_down.is_set():
-                record = await database_sync_to_async(runner.claim)(queues, state.worker_id)
-                if record is None:
+                claimed = await runner.on_db_thread(runner.claim_and_start)(queues, state.worker_id)
+                if claimed is None:
                     break
+                record, task, result = claimed
+                if task is None:
+                    continue  # its code could not be loaded; that attempt is recorded as failed
                 state.running = record.pk  # the worker's heartbeat renews its lease
                 try:
-                    await runner.execute(record, state.worker_id)
+                    await runner.execute(record, task, result, state.worker_id)
                 finally:
                     state.running = None
-            due = await database_sync_to_async(runner.next_due)(queues)
+            due = await runner.on_db_thread(runner.next_due)(queues)
             state.next_due = None if due is None else asyncio.get_running_loop().time() + (due - timezone.now()).total_seconds()
         finally:
             state.idle.set()

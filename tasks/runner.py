@@ -24,7 +24,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections, connection, transaction
 from django.tasks.base import Task, TaskContext, TaskResultStatus
 from django.tasks.exceptions import InvalidTask
 from django.tasks.signals import task_finished, task_started
@@ -75,34 +75,46 @@ def error_entry(exc: BaseException) -> dict[str, str]:
 def claim(queue_names: list[str], worker_id: str) -> TaskRecord | None:
     """Take the next due READY task of these queues for `worker_id`, or None.
 
-    Highest priority first, then the longest due. A READY task whose cancel
-    came too late to stop it (its worker died, or handed it back, meanwhile)
-    is failed here instead of being run.
+    Highest priority first, then the longest due. One statement, so one round
+    trip and one commit: this is the runner's hot path. SKIP LOCKED lets
+    workers claim side by side on PostgreSQL; on SQLite a write statement
+    holds the database lock, which serialises claims just as well.
+    A READY task whose cancel came too late to stop it is never claimed; the
+    sweep fails it (fail_cancelled).
     """
-    now = timezone.now()
+    ops = connection.ops
+    now = ops.adapt_datetimefield_value(timezone.now())
+    table = ops.quote_name(TaskRecord._meta.db_table)
+    if connection.vendor == "postgresql":
+        append = "worker_ids || to_jsonb(%s::text)"
+    else:
+        append = "json_insert(worker_ids, '$[#]', %s)"
+    skip_locked = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
+    queues = ", ".join(["%s"] * len(queue_names))
+    sql = (
+        f"UPDATE {table} SET status = %s, worker_id = %s, heartbeat_at = %s, last_attempted_at = %s, "
+        f"started_at = COALESCE(started_at, %s), worker_ids = {append} "
+        f"WHERE id = (SELECT id FROM {table} WHERE status = %s AND NOT cancel_requested "
+        f"AND queue_name IN ({queues}) AND available_at <= %s "
+        f"ORDER BY priority DESC, available_at, enqueued_at LIMIT 1{skip_locked}) RETURNING *"
+    )
+    params = [RUNNING, worker_id, now, now, now, worker_id, READY, *queue_names, now]
+    return next(iter(TaskRecord.objects.raw(sql, params)), None)
+
+
+def fail_cancelled() -> int:
+    """Fail READY tasks cancelled while they ran (their worker died or handed them back)."""
+    failed = 0
     with transaction.atomic():
-        ready = (
-            TaskRecord.objects.select_for_update(skip_locked=True)
-            .filter(status=READY, queue_name__in=queue_names, available_at__lte=now)
-            .order_by("-priority", "available_at", "enqueued_at")
-        )
-        while (record := ready.first()) is not None and record.cancel_requested:
+        for record in TaskRecord.objects.select_for_update(skip_locked=True).filter(
+            status=READY, cancel_requested=True
+        ):
             record.status = FAILED
-            record.finished_at = now
+            record.finished_at = timezone.now()
             record.errors = [*record.errors, error_entry(TaskCancelled("cancelled before it could run again"))]
             record.save(update_fields=["status", "finished_at", "errors"])
-        if record is None:
-            return None
-        record.status = RUNNING
-        record.worker_id = worker_id
-        record.heartbeat_at = now
-        record.last_attempted_at = now
-        record.started_at = record.started_at or now
-        record.worker_ids = [*record.worker_ids, worker_id]
-        record.save(
-            update_fields=["status", "worker_id", "heartbeat_at", "last_attempted_at", "started_at", "worker_ids"]
-        )
-    return record
+            failed += 1
+    return failed
 
 
 def next_due(queue_names: list[str]) -> datetime | None:
@@ -312,24 +324,62 @@ def _call_sync(task: Task, args: list, kwargs: dict) -> Any:
         close_old_connections()
 
 
-async def execute(record: TaskRecord, worker_id: str) -> None:
-    """Run a claimed task to an outcome, and record it."""
-    log = "task=%s path=%s queue=%s attempt=%d worker=%s"
-    log_args = (record.pk, record.task_path, record.queue_name, record.attempts, worker_id)
+# The runner's database calls run on the thread that owns this process's
+# connection, like channels' database_sync_to_async, but without closing and
+# health-checking the connection around every call: on the hot path that is an
+# extra round trip per call. The consumer does it once per drain instead.
+def on_db_thread(func):
+    return sync_to_async(func, thread_sensitive=True)
+
+
+def claim_and_start(queue_names: list[str], worker_id: str) -> tuple[TaskRecord, Task | None, Any] | None:
+    """Claim the next task and announce it (task_started), in one trip to the database thread.
+
+    Returns None when no task is due, and (record, None, None) for a task whose
+    code cannot be loaded: that attempt is recorded as failed here.
+    """
+    record = claim(queue_names, worker_id)
+    if record is None:
+        return None
     try:
         task = load_task(record.task_path).using(
             priority=record.priority, queue_name=record.queue_name, run_after=record.run_after
         )
     except (ImportError, InvalidTask) as exc:  # deployed code no longer has it, or no longer allows it
-        logger.error("event=task_import_failed " + log + " error=%s", *log_args, exc)
-        await database_sync_to_async(record_failure)(record, worker_id, exc)
-        return
+        logger.error("event=task_import_failed task=%s path=%s worker=%s error=%s", record.pk, record.task_path, worker_id, exc)
+        record_failure(record, worker_id, exc)
+        return record, None, None
     result = to_task_result(record, task)
-    await task_started.asend(sender=ChannelsBackend, task_result=result)
+    task_started.send(sender=ChannelsBackend, task_result=result)
+    return record, task, result
+
+
+def finish(record: TaskRecord, task: Task, worker_id: str, value: Any, outcome: BaseException | None) -> bool:
+    """Record an attempt's outcome and announce it (task_finished); False if the lease was lost."""
+    log = "task=%s path=%s queue=%s attempt=%d worker=%s"
+    log_args = (record.pk, record.task_path, record.queue_name, record.attempts, worker_id)
+    if outcome is None:
+        held = record_success(record, worker_id, value)
+        logger.info("event=task_succeeded " + log, *log_args)
+    else:
+        held = record_failure(record, worker_id, outcome)
+        logger.info("event=task_failed " + log + " status=%s error=%r", *log_args, record.status, outcome)
+    if not held:  # the sweep gave it to another worker, whose outcome counts
+        return False
+    if record.status != READY:
+        task_finished.send(sender=ChannelsBackend, task_result=to_task_result(record, task))
+    if task.takes_context:
+        record.refresh_from_db()  # progress was written by the context, not on this copy
+    return True
+
+
+async def execute(record: TaskRecord, task: Task, result: Any, worker_id: str) -> None:
+    """Run a claimed task (from claim_and_start) to an outcome, and record it."""
     args = list(record.args)
     if task.takes_context:
         args.insert(0, ProgressContext(task_result=result))
     outcome: BaseException | None = None
+    value = None
     try:
         if iscoroutinefunction(task.func):
             value = await task.func(*args, **record.kwargs)
@@ -337,7 +387,7 @@ async def execute(record: TaskRecord, worker_id: str) -> None:
             value = await sync_to_async(_call_sync, thread_sensitive=False)(task, args, record.kwargs)
     except HandedBack:
         queues = await database_sync_to_async(hand_back)(worker_id, record)
-        logger.info("event=task_handed_back " + log, *log_args)
+        logger.info("event=task_handed_back task=%s path=%s worker=%s", record.pk, record.task_path, worker_id)
         for queue in queues:
             await aring(queue)
         return
@@ -348,17 +398,5 @@ async def execute(record: TaskRecord, worker_id: str) -> None:
             value = to_json(value)
         except (TypeError, ValueError) as exc:
             outcome = TypeError(f"Return value of task {record.task_path} is not JSON-serializable: {exc}")
-    if outcome is None:
-        held = await database_sync_to_async(record_success)(record, worker_id, value)
-        logger.info("event=task_succeeded " + log, *log_args)
-    else:
-        held = await database_sync_to_async(record_failure)(record, worker_id, outcome)
-        logger.info("event=task_failed " + log + " status=%s error=%r", *log_args, record.status, outcome)
-    if not held:  # the sweep gave it to another worker, whose outcome counts
-        return
-    if record.status != READY:
-        await task_finished.asend(sender=ChannelsBackend, task_result=to_task_result(record, task))
-    if task.takes_context:
-        await record.arefresh_from_db()  # progress was written by the context, not on this copy
+    if await on_db_thread(finish)(record, task, worker_id, value, outcome) and task.takes_context:
         await abroadcast(record)
-

@@ -142,7 +142,7 @@ class TaskWorker(Worker):
             state.idle.set()
 
     async def maintain(self) -> None:
-        """Heartbeat our tasks; rescue those of workers that stopped beating."""
+        """Heartbeat our tasks; rescue those of workers that stopped beating; fail late cancels."""
         interval = runner.heartbeat_interval()
         while True:
             try:
@@ -150,6 +150,7 @@ class TaskWorker(Worker):
                 await database_sync_to_async(runner.heartbeat)(self.worker_id, running)
                 for queue in await database_sync_to_async(runner.reclaim_lost)():
                     await aring(queue)
+                await database_sync_to_async(runner.fail_cancelled)()
             except Exception:
                 logger.exception("event=maintenance_failed worker=%s", self.worker_id)
             await asyncio.sleep(interval)

@@ -270,6 +270,7 @@ def test_a_task_cancelled_while_its_worker_stopped_never_runs_again():
     runner.cancel(record.pk)
     runner.hand_back(W1)  # the worker stopped before the task saw the cancel
     assert runner.claim(["compute"], W2) is None
+    assert runner.fail_cancelled() == 1  # the workers' sweep
     record.refresh_from_db()
     assert record.status == "FAILED" and record.errors[-1]["exception_class_path"] == "tasks.exceptions.TaskCancelled"
 
@@ -324,9 +325,12 @@ def test_progress_hands_the_task_back_when_the_worker_is_stopping():
 
 
 async def execute_next(worker_id: str = W1) -> TaskRecord:
-    record = await database_sync_to_async(runner.claim)(["compute"], worker_id)
-    assert record is not None
-    await runner.execute(record, worker_id)
+    """What a worker's consumer does with one task: claim and start it, run it, record it."""
+    claimed = await database_sync_to_async(runner.claim_and_start)(["compute"], worker_id)
+    assert claimed is not None
+    record, task, result = claimed
+    if task is not None:
+        await runner.execute(record, task, result, worker_id)
     await record.arefresh_from_db()
     return record
 
