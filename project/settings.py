@@ -185,8 +185,9 @@ REPORTS_EXPORT_PART_BYTES = int(os.environ.get("REPORTS_EXPORT_PART_BYTES", str(
 PARLEY_BASE_URL = os.environ.get("PARLEY_BASE_URL", "http://127.0.0.1:8000")
 # Email: any django-anymail backend, e.g. EMAIL_BACKEND=anymail.backends.postmark.EmailBackend
 # with ANYMAIL_POSTMARK_SERVER_TOKEN=...; every ANYMAIL_<NAME> variable becomes ANYMAIL["<NAME>"].
-# The console backend (mail printed to the terminal) by default.
-MAILERS = {"default": {"BACKEND": os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")}}
+# By default the console backend (mail printed to the terminal) when DEBUG is on, SMTP when off.
+_DEFAULT_EMAIL_BACKEND = "django.core.mail.backends." + ("console" if DEBUG else "smtp") + ".EmailBackend"
+MAILERS = {"default": {"BACKEND": os.environ.get("EMAIL_BACKEND", _DEFAULT_EMAIL_BACKEND)}}
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Parley <parley@localhost>")
 ANYMAIL = {name.removeprefix("ANYMAIL_"): value for name, value in os.environ.items() if name.startswith("ANYMAIL_")}
 ANYMAIL.setdefault("REQUESTS_TIMEOUT", float(os.environ.get("EMAIL_TIMEOUT", "10")))
@@ -262,7 +263,7 @@ if not DEBUG:
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
     SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", "31536000"))
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
-    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
 
