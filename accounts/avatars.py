@@ -30,7 +30,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import Storage, default_storage
-from django.db import transaction
+from django.db import connection, transaction
 from django.tasks import TaskResult, task
 from django.urls import reverse
 from django.utils import timezone
@@ -291,6 +291,12 @@ def make_thumbnails(user_id: int, original: str) -> str | None:
         if delay:
             time.sleep(delay)  # tests only: a window to kill the worker between two files
     with transaction.atomic():
+        if connection.vendor == "postgresql":
+            # No need to wait for this commit's flush to disk: the runner's own (synchronous)
+            # commit of the task's success comes after it and flushes it too, and a crash
+            # before that reruns this idempotent task. One fsync fewer per avatar.
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit = off")
         user = User.objects.select_for_update().filter(pk=user_id).first()
         if user is None or user.avatar.name != original:
             # Superseded while we worked: our files belong to no one, unless they are also current.

@@ -22,7 +22,11 @@ gradients and grain), then, on the same machine, turn by turn:
   size (everything else the same).
 
 With --rounds R (3 by default) the three take turns R times; the table shows
-medians, as the machine is shared.
+medians, as the machine is shared. Next to avatars/s it shows CPU ms per avatar:
+for Parley its two workers plus PostgreSQL and Redis over the drain, for the
+loops their own processes. On a busy shared machine the wall-clock ratio
+flatters the runner (its processes get a larger share of the CPU); the CPU
+ratio does not.
 """
 
 import sys

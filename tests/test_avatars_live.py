@@ -21,9 +21,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 async def run_thumbnail_task() -> None:
     """A worker's turn, in this process: the real runner claims the queued task and runs it."""
-    record = await sync_to_async(runner.claim)(["thumbnails"], "test-worker")
-    assert record is not None, "no thumbnail task queued"
-    await runner.execute(record, "test-worker")
+    claimed = await sync_to_async(runner.claim_and_start)(["thumbnails"], "test-worker")
+    assert claimed is not None, "no thumbnail task queued"
+    await runner.execute(*claimed, "test-worker")
 
 
 async def frames_within(socket, seconds: float) -> list[dict]:
