@@ -292,19 +292,28 @@ def write_export(job: Job, progress: Progress) -> None:
     finish_export(job, writer)
 
 
+class Superseded(Exception):
+    """Another attempt of this job has moved past this one (its worker stalled past
+    the runner's lease): this attempt stops, and leaves every file to the other."""
+
+
 def save_part(job: Job, chunks: list[bytes], *, last_id: int, rows_done: int, complete: bool = False) -> None:
     """Save the next part, then record the checkpoint that includes it."""
     data = b"".join(chunks)
     number = job.parts + 1
     saved = default_storage.save(job.part_name(number), io.BytesIO(data))
-    if saved != job.part_name(number):  # the checkpoint would name the wrong file
-        raise RuntimeError(f"storage saved part {number} of job {job.pk} as {saved!r}")
-    job.parts, job.last_id, job.rows_done = number, last_id, rows_done
-    job.bytes_written += len(data)
-    job.parts_complete = complete
-    Job.objects.filter(pk=job.pk).update(
-        parts=number, last_id=last_id, rows_done=rows_done, bytes_written=job.bytes_written, parts_complete=complete
+    if saved != job.part_name(number):  # the name was taken: by another attempt
+        default_storage.delete(saved)
+        raise Superseded(f"part {number} of job {job.pk} exists")
+    bytes_written = job.bytes_written + len(data)
+    moved = Job.objects.filter(pk=job.pk, parts=job.parts).update(
+        parts=number, last_id=last_id, rows_done=rows_done, bytes_written=bytes_written, parts_complete=complete
     )
+    if not moved:
+        raise Superseded(f"job {job.pk} has more than {job.parts} parts")
+    job.parts, job.last_id, job.rows_done = number, last_id, rows_done
+    job.bytes_written = bytes_written
+    job.parts_complete = complete
 
 
 def finish_export(job: Job, writer: Writer) -> None:

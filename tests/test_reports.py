@@ -48,11 +48,13 @@ TRICKY = [
 
 
 async def run_one(worker_id: str = "test-worker") -> bool:
-    """Claim and run one due compute task on the real runner, as a worker's consumer does."""
-    record = await sync_to_async(runner.claim)(["compute"], worker_id)
-    if record is None:
+    """Claim and run one due compute task on the real runner, as tasks.consumers.TaskConsumer does."""
+    claimed = await runner.on_db_thread(runner.claim_and_start)(["compute"], worker_id)
+    if claimed is None:
         return False
-    await runner.execute(record, worker_id)
+    record, task, result = claimed
+    if task is not None:
+        await runner.execute(record, task, result, worker_id)
     return True
 
 
@@ -225,6 +227,27 @@ def test_export_resumes_after_its_checkpoint(settings, alice, bob):
     assert f"resumed after message {resumed_after}" in notes[0]
     ids = [json.loads(line)["id"] for line in read(job).splitlines()]
     assert ids == list(room.messages.order_by("id").values_list("id", flat=True))
+
+
+def test_a_superseded_attempt_leaves_the_other_attempts_files_alone(room, alice):
+    """A worker that stalled past its lease wakes up while another attempt runs the job."""
+    from reports.export import Superseded, save_part
+    from reports.tasks import reported_failures
+    from tasks.exceptions import TaskCancelled
+
+    job, _ = start_export(alice, room, "jsonl")
+    stale = Job.objects.select_related("room").get(pk=job.pk)
+    current = Job.objects.select_related("room").get(pk=job.pk)
+    save_part(current, [b"current\n"], last_id=1, rows_done=1)
+    with pytest.raises(Superseded):
+        save_part(stale, [b"stale\n"], last_id=1, rows_done=1)
+    # The runner tells a stalled attempt it lost its lease with TaskCancelled, at its next report.
+    with pytest.raises(TaskCancelled), reported_failures(stale, "The export"):
+        raise TaskCancelled("this attempt lost its lease")
+    with default_storage.open(current.part_name(1)) as fh:
+        assert fh.read() == b"current\n"
+    assert default_storage.listdir(current.storage_dir)[1] == ["part-000001"]
+    assert Job.objects.get(pk=job.pk).parts == 1 and not Job.objects.get(pk=job.pk).error
 
 
 def test_non_member_cannot_start_watch_or_download(client, room, alice, mallory):
