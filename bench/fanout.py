@@ -48,6 +48,9 @@ PARLEY_SETTINGS = {
     "parallel": "bench.peers.parley_tuned_settings",  # tuned, and posts off the one database thread
 }
 PARLEY_APPS = {"parallel": "bench.peers.parley_parallel_asgi:application"}
+# "steady": Parley as shipped, but presence heartbeats (every CHAT_PRESENCE_TTL / 3) fall outside the run. All
+# sockets connect within a second or two, so their heartbeats come due together, each a locked transaction.
+PARLEY_ENV = {"steady": {"CHAT_PRESENCE_TTL": "900"}}
 
 
 class Target:
@@ -295,7 +298,7 @@ def main() -> None:
     parser.add_argument("--loadgens", type=int, default=3, help="load generator processes")
     parser.add_argument("--layers", default="core,pubsub", help="channel layers of the baseline: core, pubsub")
     parser.add_argument("--parley-layers", default="core,pubsub",
-                        help="Parley variants: core (as shipped), pubsub, nohealth (no DB health checks), tuned (pubsub, no DB health checks), parallel (tuned + "
+                        help="Parley variants: core (as shipped), steady (core, no heartbeat during the run), pubsub, nohealth (no DB health checks), tuned (pubsub, no DB health checks), parallel (tuned + "
                         "posts on the thread pool)")
     parser.add_argument("--profile", action="store_true", help="only profile one loaded daphne per target")
     parser.add_argument("--profile-rate", type=float, default=60.0)
@@ -320,7 +323,8 @@ def main() -> None:
             for layer in layers
         ] + [
             Target(f"parley-{variant}", "parley", PARLEY_APPS.get(variant, "project.asgi:application"),
-                   {**parley_env, **({"DJANGO_SETTINGS_MODULE": PARLEY_SETTINGS[variant]} if variant != "core" else {})})
+                   {**parley_env, **PARLEY_ENV.get(variant, {}),
+                    **({"DJANGO_SETTINGS_MODULE": PARLEY_SETTINGS[variant]} if variant in PARLEY_SETTINGS else {})})
             for variant in parley_layers
         ]  # fmt: skip
         if args.profile:
