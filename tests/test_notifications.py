@@ -1,6 +1,6 @@
 """@mentions: who is notified, where, when, and how deliveries survive provider errors.
 
-Tasks run through the real runner (tasks.runner.run_next) on the notifications
+Tasks run through the real runner (tests/run_tasks.py) on the notifications
 queue; email goes through anymail's Postmark backend and SMS through the twilio
 client, both to the local fakes of tests/fake_providers.py.
 """
@@ -10,8 +10,6 @@ import re
 from datetime import timedelta
 
 import pytest
-from asgiref.sync import async_to_sync
-from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 from django.template import Context, Template
 from django.test import Client, RequestFactory
@@ -20,9 +18,9 @@ from django.utils import timezone
 from chat.models import Membership, Presence, Room
 from notifications.mentions import parse_mentions
 from notifications.models import Delivery, Notification
-from tasks import runner
 from tasks.models import TaskRecord
 from tests.fake_providers import fake_postmark, fake_twilio, providers  # noqa: F401 (fixtures)
+from tests.run_tasks import run_queue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -34,20 +32,9 @@ client_ids = (f"c{n}" for n in itertools.count())
 # --- helpers ----------------------------------------------------------------------
 
 
-async def run_next() -> bool:
-    record = await database_sync_to_async(runner.claim)(["notifications"], WORKER)
-    if record is None:
-        return False
-    await runner.execute(record, WORKER)
-    return True
-
-
 def run_notifications(limit: int = 30) -> int:
     """Run due tasks of the notifications queue, as a worker would, until none is left; how many ran."""
-    for ran in range(limit):
-        if not async_to_sync(run_next)():
-            return ran
-    raise AssertionError(f"more than {limit} notification tasks: a loop?")
+    return run_queue(["notifications"], limit, WORKER)
 
 
 def fast_forward() -> list[TaskRecord]:

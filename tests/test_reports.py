@@ -1,6 +1,6 @@
 """Room exports and insights: the files, the numbers, access, limits, progress and cancel.
 
-Jobs run on the real task runner in this process (tasks.runner.run_next, as a
+Jobs run on the real task runner in this process (tests/run_tasks.py, as a
 worker's consumer calls it); the e2e tests in test_reports_e2e.py use real workers.
 """
 
@@ -28,9 +28,9 @@ from reports.export import job_messages
 from reports.forms import parse_export_command
 from reports.jobs import TooManyJobs, start_export, start_insights
 from reports.models import Job
-from tasks import runner
 from tasks.models import TaskRecord
 from tests.chat_helpers import fresh_channel_layer, join, next_of, send, session_cookie
+from tests.run_tasks import run_one, run_queue
 
 __all__ = ["fresh_channel_layer"]  # a fixture
 
@@ -47,23 +47,9 @@ TRICKY = [
 ]
 
 
-async def run_one(worker_id: str = "test-worker") -> bool:
-    """Claim and run one due compute task on the real runner, as tasks.consumers.TaskConsumer does."""
-    claimed = await runner.on_db_thread(runner.claim_and_start)(["compute"], worker_id)
-    if claimed is None:
-        return False
-    record, task, result = claimed
-    if task is not None:
-        await runner.execute(record, task, result, worker_id)
-    return True
-
-
 def run_jobs(limit: int = 10) -> int:
     """Run due compute tasks, here; how many ran."""
-    ran = 0
-    while ran < limit and async_to_sync(run_one)():
-        ran += 1
-    return ran
+    return run_queue(["compute"], limit)
 
 
 def make_room(label: str = "lobby", private: bool = True, members=()) -> Room:
@@ -341,7 +327,7 @@ async def test_progress_over_websocket_is_monotonic_and_ends_with_download(fresh
     assert connected
     first = await communicator.receive_json_from(timeout=5)
     assert first["status"] == "queued" and first["percent"] == 0.0
-    worker = asyncio.create_task(run_one())
+    worker = asyncio.create_task(run_one(["compute"]))
     frames = []
     while not frames or frames[-1]["status"] in ("queued", "running"):
         frames.append(await communicator.receive_json_from(timeout=10))
@@ -363,7 +349,7 @@ async def test_cancel_over_websocket_stops_the_export(fresh_channel_layer, alice
     communicator = await sync_to_async(authenticated)(alice, f"/reports/{job.pk}/live/")
     assert (await communicator.connect(timeout=5))[0]
     await communicator.receive_json_from(timeout=5)
-    worker = asyncio.create_task(run_one())
+    worker = asyncio.create_task(run_one(["compute"]))
     frame = await communicator.receive_json_from(timeout=10)
     while frame["status"] != "running":
         frame = await communicator.receive_json_from(timeout=10)
@@ -486,7 +472,7 @@ async def test_export_command_in_the_chat_box(fresh_channel_layer, alice, bob):
     await send(socket, {"type": "message", "text": "/export csv", "client_id": "x1"})
     frame = await next_of(socket, "export.progress")
     assert frame["format"] == "csv" and frame["status"] == "queued"
-    worker = asyncio.create_task(run_one())
+    worker = asyncio.create_task(run_one(["compute"]))
     while frame["status"] != "done":
         frame = await next_of(socket, "export.progress", timeout=10)
     await worker

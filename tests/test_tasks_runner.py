@@ -21,6 +21,7 @@ from tasks import runner
 from tasks.exceptions import RetryLater, TaskCancelled
 from tasks.models import TaskRecord
 from tests import sample_tasks
+from tests.run_tasks import run_one
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -325,13 +326,8 @@ def test_progress_hands_the_task_back_when_the_worker_is_stopping():
 
 
 async def execute_next(worker_id: str = W1) -> TaskRecord:
-    """What a worker's consumer does with one task: claim and start it, run it, record it."""
-    claimed = await database_sync_to_async(runner.claim_and_start)(["compute"], worker_id)
-    assert claimed is not None
-    record, task, result = claimed
-    if task is not None:
-        await runner.execute(record, task, result, worker_id)
-    await record.arefresh_from_db()
+    record = await run_one(["compute"], worker_id)
+    assert record is not None
     return record
 
 
