@@ -187,7 +187,7 @@ SYSTEM_CLASSES = {"parley": Parley, "celery": Celery, "dtdb": DjangoTasksDB}
 
 
 def measure(system: Any, drain: int, latency: int, rate: float) -> dict[str, float]:
-    """The three figures for one system; its workers are stopped whatever happens."""
+    """One system's figures; its workers are stopped whatever happens."""
     started = time.perf_counter()
     ids = [system.enqueue(0.0) for _ in range(drain)]
     enqueue_per_s = drain / (time.perf_counter() - started)
