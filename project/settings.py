@@ -103,10 +103,15 @@ if DATABASE_URL:
         )
     }
 else:
+    SQLITE_PATH = os.environ.get("SQLITE_PATH", str(BASE_DIR / "db.sqlite3"))
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": os.environ.get("SQLITE_PATH", str(BASE_DIR / "db.sqlite3")),
+            "NAME": SQLITE_PATH,
+            # Tests use a file too (not Django's shared-cache in-memory database,
+            # whose table locks ignore the busy timeout): the worker's threads
+            # each have a connection, as they do in `make run`.
+            "TEST": {"NAME": SQLITE_PATH + ".test"},
             "OPTIONS": {
                 # The embedded worker writes from its own thread while requests are
                 # served: WAL lets readers through, IMMEDIATE takes the write lock up

@@ -84,11 +84,12 @@ class ChannelsBackend(BaseTaskBackend):
             retry_backoff=getattr(task, "retry_backoff", 1.0),
             retry_backoff_max=getattr(task, "retry_backoff_max", 300.0),
         )
+        result = to_task_result(record, task)
+        # Announced before the bell, so task_enqueued comes before task_started.
+        task_enqueued.send(type(self), task_result=result)
         # Inside atomic(), the row is only real once committed: ring then, and
         # never if the transaction rolls back (the row goes with it).
         ring_on_commit(record.queue_name, self.channel_layer_alias)
-        result = to_task_result(record, task)
-        task_enqueued.send(type(self), task_result=result)
         return result
 
     def get_result(self, result_id: str) -> TaskResult:

@@ -3,10 +3,10 @@
 import asyncio
 import logging
 
+from asgiref.sync import sync_to_async
 from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from django.db import close_old_connections
 from django.utils import timezone
 
 from . import runner
@@ -30,16 +30,17 @@ class TaskConsumer(AsyncConsumer):
     async def task_ready(self, message: dict) -> None:
         state = self.scope["parley.queue"]
         queues = [state.name]
+        # The queue's own thread, and so its own database connection: sync tasks
+        # are claimed, run and recorded there without a trip between threads.
+        in_queue_thread = sync_to_async(runner.drain_sync, thread_sensitive=False, executor=state.executor)
         try:
-            # Once per drain, not per task: drop a connection that broke or aged out.
-            await runner.on_db_thread(close_old_connections)()
             while not runner.shutting_down.is_set():
-                claimed = await runner.on_db_thread(runner.claim_and_start)(queues, state.worker_id)
-                if claimed is None:
+                drained = await in_queue_thread(queues, state.worker_id, state)
+                if drained is False:
                     break
-                record, task, result = claimed
-                if task is None:
-                    continue  # its code could not be loaded; that attempt is recorded as failed
+                if drained is True:
+                    continue  # a batch done; more may be due
+                record, task, result = drained  # an async task: it runs on the event loop
                 state.running = record.pk  # the worker's heartbeat renews its lease
                 try:
                     await runner.execute(record, task, result, state.worker_id)

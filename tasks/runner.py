@@ -30,7 +30,7 @@ from django.tasks.exceptions import InvalidTask
 from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
 
-from .backends import ChannelsBackend, aring, load_task, to_json, to_task_result
+from .backends import ChannelsBackend, aring, load_task, ring, to_json, to_task_result
 from .exceptions import RetryLater, TaskCancelled, WorkerLost
 from .models import TaskRecord
 
@@ -315,15 +315,6 @@ class ProgressContext(TaskContext):
         return TaskRecord.objects.get(pk=self.task_result.id)
 
 
-def _call_sync(task: Task, args: list, kwargs: dict) -> Any:
-    """Run a sync task in a worker thread, with Django's per-request DB hygiene."""
-    close_old_connections()
-    try:
-        return task.func(*args, **kwargs)
-    finally:
-        close_old_connections()
-
-
 # The runner's database calls run on the thread that owns this process's
 # connection, like channels' database_sync_to_async, but without closing and
 # health-checking the connection around every call: on the hot path that is an
@@ -355,7 +346,13 @@ def claim_and_start(queue_names: list[str], worker_id: str) -> tuple[TaskRecord,
 
 
 def finish(record: TaskRecord, task: Task, worker_id: str, value: Any, outcome: BaseException | None) -> bool:
-    """Record an attempt's outcome and announce it (task_finished); False if the lease was lost."""
+    """Record an attempt's outcome and announce it (task_finished, and the task's group
+    for takes_context tasks); False if the lease was lost."""
+    if outcome is None:
+        try:
+            value = to_json(value)
+        except (TypeError, ValueError) as exc:
+            outcome = TypeError(f"Return value of task {record.task_path} is not JSON-serializable: {exc}")
     log = "task=%s path=%s queue=%s attempt=%d worker=%s"
     log_args = (record.pk, record.task_path, record.queue_name, record.attempts, worker_id)
     if outcome is None:
@@ -370,33 +367,72 @@ def finish(record: TaskRecord, task: Task, worker_id: str, value: Any, outcome: 
         task_finished.send(sender=ChannelsBackend, task_result=to_task_result(record, task))
     if task.takes_context:
         record.refresh_from_db()  # progress was written by the context, not on this copy
+        broadcast(record)
+    return True
+
+
+def task_args(record: TaskRecord, task: Task, result: Any) -> list:
+    args = list(record.args)
+    if task.takes_context:
+        args.insert(0, ProgressContext(task_result=result))
+    return args
+
+
+def run_sync(record: TaskRecord, task: Task, result: Any, worker_id: str) -> None:
+    """Run a claimed sync task to its outcome and record it, all in the calling thread."""
+    try:
+        value = task.func(*task_args(record, task, result), **record.kwargs)
+    except HandedBack:
+        logger.info("event=task_handed_back task=%s path=%s worker=%s", record.pk, record.task_path, worker_id)
+        for queue in hand_back(worker_id, record):
+            ring(queue)
+    except Exception as exc:
+        finish(record, task, worker_id, None, exc)
+    else:
+        finish(record, task, worker_id, value, None)
+
+
+def drain_sync(queue_names: list[str], worker_id: str, state: Any, limit: int = 100) -> Any:
+    """Claim and run due tasks of these queues in the calling thread, one after another.
+
+    The fast path of a worker: a sync task costs its claim and its outcome,
+    one statement each, and no trip between threads. Stops at an async task,
+    returning its claim_and_start() tuple for the event loop to run; otherwise
+    returns True after `limit` tasks (more may be due) or False when none is
+    left. `state.running` names the task in hand, for the worker's heartbeat.
+    """
+    close_old_connections()  # once per batch, not per task: drop a broken or aged connection
+    for _ in range(limit):
+        if shutting_down.is_set():
+            return False
+        claimed = claim_and_start(queue_names, worker_id)
+        if claimed is None:
+            return False
+        record, task, result = claimed
+        if task is None:
+            continue  # its code could not be loaded; that attempt is recorded as failed
+        if iscoroutinefunction(task.func):
+            return claimed
+        state.running = record.pk
+        try:
+            run_sync(record, task, result, worker_id)
+        finally:
+            state.running = None
     return True
 
 
 async def execute(record: TaskRecord, task: Task, result: Any, worker_id: str) -> None:
     """Run a claimed task (from claim_and_start) to an outcome, and record it."""
-    args = list(record.args)
-    if task.takes_context:
-        args.insert(0, ProgressContext(task_result=result))
-    outcome: BaseException | None = None
-    value = None
-    try:
-        if iscoroutinefunction(task.func):
-            value = await task.func(*args, **record.kwargs)
-        else:
-            value = await sync_to_async(_call_sync, thread_sensitive=False)(task, args, record.kwargs)
-    except HandedBack:
-        queues = await database_sync_to_async(hand_back)(worker_id, record)
-        logger.info("event=task_handed_back task=%s path=%s worker=%s", record.pk, record.task_path, worker_id)
-        for queue in queues:
-            await aring(queue)
+    if not iscoroutinefunction(task.func):
+        await sync_to_async(run_sync, thread_sensitive=False)(record, task, result, worker_id)
         return
+    try:
+        value = await task.func(*task_args(record, task, result), **record.kwargs)
+    except HandedBack:
+        logger.info("event=task_handed_back task=%s path=%s worker=%s", record.pk, record.task_path, worker_id)
+        for queue in await on_db_thread(hand_back)(worker_id, record):
+            await aring(queue)
     except Exception as exc:
-        outcome = exc
+        await on_db_thread(finish)(record, task, worker_id, None, exc)
     else:
-        try:
-            value = to_json(value)
-        except (TypeError, ValueError) as exc:
-            outcome = TypeError(f"Return value of task {record.task_path} is not JSON-serializable: {exc}")
-    if await on_db_thread(finish)(record, task, worker_id, value, outcome) and task.takes_context:
-        await abroadcast(record)
+        await on_db_thread(finish)(record, task, worker_id, value, None)

@@ -7,6 +7,7 @@ import signal
 import socket
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from channels.db import database_sync_to_async
@@ -29,6 +30,8 @@ class QueueState:
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     running: uuid.UUID | None = None  # the task being run, whose lease the heartbeat renews
     next_due: float | None = None  # loop time of the earliest deferred task
+    # The one thread that claims, runs and records this queue's sync tasks.
+    executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "parley-queue"))
 
 
 class TaskWorker(Worker):

@@ -165,6 +165,7 @@ def pytest_load_initial_conftests(early_config, parser, args):
     os.environ.pop("REDIS_URL", None)
     os.environ["PARLEY_TEST_STACK"] = stack
     os.environ.setdefault("MEDIA_ROOT", tempfile.mkdtemp(prefix="parley-media-"))
+    os.environ["SQLITE_PATH"] = os.path.join(tempfile.mkdtemp(prefix="parley-sqlite-"), "db.sqlite3")
     if stack == "postgres":
         os.environ["DATABASE_URL"] = shared_postgres().url("parley")
         os.environ["REDIS_URL"] = shared_redis().url

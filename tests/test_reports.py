@@ -318,7 +318,9 @@ def test_start_attaches_to_the_running_export_and_limits_to_three(client, room, 
     assert start_export(alice, room, "html")[1]  # room again once they finished
 
 
-async def test_progress_over_websocket_is_monotonic_and_ends_with_download(fresh_channel_layer, alice, bob):
+async def test_progress_over_websocket_is_monotonic_and_ends_with_download(fresh_channel_layer, alice, bob, settings):
+    # Small parts: more checkpoints, so the export runs long enough for a rate (0.2 s of samples).
+    settings.REPORTS_EXPORT_PART_BYTES = 16 * 1024
     room = await sync_to_async(make_room)(members=[alice, bob])
     await sync_to_async(bulk_messages)(room, [alice, bob], 30000)
     job, _ = await sync_to_async(start_export)(alice, room, "html")

@@ -49,6 +49,10 @@ async def test_worker_runs_enqueued_tasks_and_sends_the_signals(worker):
         bad = await sample_tasks.unserializable.aenqueue()
         assert (await finished(ok.id, 10)).return_value == 42
         assert (await finished(bad.id, 10)).status == "FAILED"
+        # The worker's queue thread announces an outcome just after storing it.
+        deadline = time.monotonic() + 5
+        while sum(signal is task_finished for signal, _, _ in seen) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
     finally:
         for signal in (task_enqueued, task_started, task_finished):
             signal.disconnect(receiver)
