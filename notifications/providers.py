@@ -174,10 +174,21 @@ def send_sms(*, to: str, body: str, status_callback: str) -> str:
 
 
 def sms_sent_since(to: str, since: datetime) -> list[ProviderMessage]:
-    """Messages Twilio sent to `to` since `since`: how a cut-off attempt is looked up."""
+    """Messages Twilio accepted for `to` since `since`: how a cut-off attempt is looked up.
+
+    Filtered here on date_created (set when Twilio accepts a message), not
+    with Twilio's DateSent> filter: a message Twilio accepted but still holds
+    in its queue has no date_sent yet, and must be found all the same.
+    Twilio lists newest first; one number's last 100 cover the window.
+    """
     try:
         client = twilio_client()
-        messages = client.messages.list(to=to, date_sent_after=since, limit=100)
+        messages = client.messages.list(to=to, limit=100)
     except (ImproperlyConfigured, TwilioException, requests.RequestException) as exc:
         raise TransientFailure(f"Twilio lookup failed: {exc}") from exc
-    return [ProviderMessage(m.sid, m.body or "", m.date_created) for m in messages]
+    since = since.replace(microsecond=0)  # Twilio's dates have whole seconds
+    return [
+        ProviderMessage(m.sid, m.body or "", m.date_created)
+        for m in messages
+        if m.date_created is None or m.date_created >= since
+    ]

@@ -96,7 +96,11 @@ class FakeProvider:
 
 
 class FakeTwilio(FakeProvider):
-    """Twilio's 2010-04-01 Messages API: create (form POST) and list (GET, filters To and DateSent>)."""
+    """Twilio's 2010-04-01 Messages API: create (form POST) and list (GET, filters To and DateSent>).
+
+    With queue_messages set, accepted messages stay queued, without date_sent, as
+    real Twilio keeps them while its queue for a sender is backed up.
+    """
 
     account_sid = "AC" + "0" * 32
     auth_token = "fake-twilio-auth-token"
@@ -107,6 +111,7 @@ class FakeTwilio(FakeProvider):
         self.messages: list[dict] = []
         self.list_queries: list[dict] = []
         self.list_failures = 0  # how many listings answer 500 before they work
+        self.queue_messages = False  # accept messages but keep them queued (no date_sent yet)
 
     @property
     def path(self) -> str:
@@ -146,13 +151,15 @@ class FakeTwilio(FakeProvider):
 
     def store(self, form: dict) -> dict:
         now = datetime.now(UTC)
+        # Real Twilio sets date_sent only when the message leaves its queue.
+        sent_at = None if self.queue_messages else now
         message = {
             "sid": "SM" + uuid.uuid4().hex, "account_sid": self.account_sid, "to": form["To"],
-            "from": form["From"], "body": form["Body"], "status": "sent", "direction": "outbound-api",
-            "num_segments": "1", "date_created": format_datetime(now, usegmt=True),
-            # Fake Twilio sends at once; real Twilio sets date_sent when the message leaves.
-            "date_sent": format_datetime(now, usegmt=True), "date_updated": format_datetime(now, usegmt=True),
-            "_sent_at": now, "status_callback": form.get("StatusCallback"),
+            "from": form["From"], "body": form["Body"], "status": "queued" if sent_at is None else "sent",
+            "direction": "outbound-api", "num_segments": "1", "date_created": format_datetime(now, usegmt=True),
+            "date_sent": sent_at and format_datetime(sent_at, usegmt=True),
+            "date_updated": format_datetime(now, usegmt=True),
+            "_sent_at": sent_at, "status_callback": form.get("StatusCallback"),
         }  # fmt: skip
         with self.lock:
             self.messages.append(message)
@@ -169,7 +176,7 @@ class FakeTwilio(FakeProvider):
             return request.reply(500, {"code": 20500, "message": "Internal Server Error", "status": 500})
         if after:
             since = datetime.strptime(after, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-            found = [m for m in found if m["_sent_at"] >= since]
+            found = [m for m in found if m["_sent_at"] is not None and m["_sent_at"] >= since]
         page = [{k: v for k, v in m.items() if not k.startswith("_")} for m in reversed(found)]  # newest first
         request.reply(200, {"messages": page, "next_page_uri": None, "page": 0, "page_size": 50,
                             "first_page_uri": self.path, "previous_page_uri": None, "uri": self.path,

@@ -310,9 +310,11 @@ def test_bounced_address_is_a_permanent_failure_and_email_500_is_retried(provide
     assert "did not reach you" in render_settings(bob)
 
 
-def test_sms_timeout_after_twilio_accepted_is_found_not_resent(providers, room, ann, bob):
+@pytest.mark.parametrize("still_queued", [False, True], ids=["sent", "still-queued-at-twilio"])
+def test_sms_timeout_after_twilio_accepted_is_found_not_resent(providers, room, ann, bob, still_queued):
     twilio, _ = providers
     by_sms(bob)
+    twilio.queue_messages = still_queued  # queued: no date_sent yet, so DateSent> would miss it
     twilio.script(("accept_then_hang", 3))  # the client gives up after 1 s
     post(room, ann, "@bob hi")
     run_notifications()
