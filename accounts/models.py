@@ -1,4 +1,5 @@
 from django.contrib.auth.models import AbstractUser
+from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models.functions import Lower
@@ -8,6 +9,14 @@ handle_validator = RegexValidator(
     "A handle has 1 to 30 letters, digits, '_' or '-'.",
 )
 
+# `@here` mentions everyone present in a room, so nobody may be called "here".
+RESERVED_HANDLES = {"here"}
+
+
+def validate_not_reserved(handle: str) -> None:
+    if handle.lower() in RESERVED_HANDLES:
+        raise ValidationError("That handle is reserved.", code="reserved")
+
 
 class User(AbstractUser):
     """A Parley user. The handle is Django's username, so auth works unchanged."""
@@ -16,7 +25,7 @@ class User(AbstractUser):
         "handle",
         max_length=30,
         unique=True,
-        validators=[handle_validator],
+        validators=[handle_validator, validate_not_reserved],
         help_text="1 to 30 letters, digits, '_' or '-'. Others @mention you by it.",
         error_messages={"unique": "That handle is taken."},
     )

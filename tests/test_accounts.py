@@ -36,6 +36,7 @@ def test_signup_creates_user_and_logs_in(client):
         ("dot.ted", "1 to 30 letters"),
         ("x" * 31, "at most 30 characters"),
         ("ANN", "That handle is taken."),  # case-insensitive clash with "ann"
+        ("Here", "That handle is reserved."),  # @here mentions everyone present
     ],
 )
 def test_signup_rejects_bad_handles(client, handle, error):
