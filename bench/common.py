@@ -55,6 +55,20 @@ def servers(durable: bool = True) -> Iterator[tuple[Any, Any]]:
         redis.close()
 
 
+def setup_parley(redis_url: str, database_url: str, media: Path) -> None:
+    """Make this process a migrated Parley (production settings) on the bench's own servers."""
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="project.settings", DATABASE_URL=database_url, REDIS_URL=redis_url,
+        MEDIA_ROOT=str(media), LOG_LEVEL="WARNING", DEBUG="0", SECRET_KEY="bench-only",
+    )  # fmt: skip
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+
+
 def spawn(cmd: Sequence[str], env: dict[str, str], log_path: Path, cwd: Path = ROOT) -> subprocess.Popen:
     """Start a process in its own session, output to `log_path` (stop() ends its whole group)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,9 @@ import time  # noqa: E402
 
 import psutil  # noqa: E402
 
-from bench.common import OUT_DIR, arg_parser, emit, median, print_table, servers, spawn, stop, wait_until  # noqa: E402
+from bench.common import (  # noqa: E402
+    OUT_DIR, arg_parser, emit, median, print_table, servers, setup_parley, spawn, stop, wait_until,
+)
 
 FORMATS = ("jsonl", "csv", "html")
 POSTERS = 200
@@ -85,16 +87,7 @@ class PeakRss:
 
 class Parley:
     def __init__(self, redis_url: str, database_url: str, media: Path, log_dir: Path) -> None:
-        os.environ.update(
-            DJANGO_SETTINGS_MODULE="project.settings", DATABASE_URL=database_url, REDIS_URL=redis_url,
-            MEDIA_ROOT=str(media), LOG_LEVEL="WARNING", DEBUG="0", SECRET_KEY="bench-only",
-        )  # fmt: skip
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0, interactive=False)
+        setup_parley(redis_url, database_url, media)
         self.media = media
         self.log_dir = log_dir
         self.worker: subprocess.Popen | None = None

@@ -55,6 +55,7 @@ from bench.common import (  # noqa: E402
     median,
     print_table,
     servers,
+    setup_parley,
     spawn,
     stop,
     wait_until,
@@ -125,16 +126,7 @@ def tree_cpu(pids: list[int]) -> float:
 
 class Parley:
     def __init__(self, redis_url: str, database_url: str, media: Path, log_dir: Path, server_pids: list[int]) -> None:
-        os.environ.update(
-            DJANGO_SETTINGS_MODULE="project.settings", DATABASE_URL=database_url, REDIS_URL=redis_url,
-            MEDIA_ROOT=str(media), LOG_LEVEL="WARNING", DEBUG="0", SECRET_KEY="bench-only",
-        )  # fmt: skip
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0, interactive=False)
+        setup_parley(redis_url, database_url, media)
         self.log_dir = log_dir
         self.server_pids = server_pids
         self.procs: list[subprocess.Popen] = []

@@ -8,9 +8,26 @@ from channels.layers import channel_layers, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
+from accounts.models import User
+from chat.models import Room
 from project.asgi import application
 
 ORIGIN = "http://localhost"
+
+
+@pytest.fixture
+def ann():
+    return User.objects.create_user("ann")
+
+
+@pytest.fixture
+def bob():
+    return User.objects.create_user("bob")
+
+
+@pytest.fixture
+def lobby(ann):
+    return Room.objects.create(label="lobby", created_by=ann)
 
 
 @pytest.fixture

@@ -10,26 +10,13 @@ from django.utils import timezone
 
 from accounts.models import User
 from chat.models import Membership, Message, Presence, Room
-from tests.chat_helpers import fresh_channel_layer, join, next_of, open_socket, refused_with, send, send_raw, session_cookie
+from tests.chat_helpers import (  # noqa: F401 (fixtures: ann, bob, lobby, fresh_channel_layer)
+    ann, bob, fresh_channel_layer, join, lobby, next_of, open_socket, refused_with, send, send_raw, session_cookie,
+)
 
 __all__ = ["fresh_channel_layer"]  # a fixture, used through usefixtures
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_channel_layer")]
-
-
-@pytest.fixture
-def ann():
-    return User.objects.create_user("ann")
-
-
-@pytest.fixture
-def bob():
-    return User.objects.create_user("bob")
-
-
-@pytest.fixture
-def lobby(ann):
-    return Room.objects.create(label="lobby", created_by=ann)
 
 
 @pytest.fixture

@@ -6,32 +6,17 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from accounts.models import User
-from chat.models import Room
 from notifications.models import Notification
 from project.asgi import application
 from tasks.models import TaskRecord
-from tests.chat_helpers import ORIGIN, fresh_channel_layer, join, next_of, send, session_cookie
+from tests.chat_helpers import (  # noqa: F401 (fixtures: ann, bob, lobby, fresh_channel_layer)
+    ORIGIN, ann, bob, fresh_channel_layer, join, lobby, next_of, send, session_cookie,
+)
 from tests.test_notifications import run_notifications
 
 __all__ = ["fresh_channel_layer"]
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_channel_layer")]
-
-
-@pytest.fixture
-def ann():
-    return User.objects.create_user("ann")
-
-
-@pytest.fixture
-def bob():
-    return User.objects.create_user("bob")
-
-
-@pytest.fixture
-def lobby(ann):
-    return Room.objects.create(label="lobby", created_by=ann)
 
 
 async def bell(cookie: str | None, origin: str = ORIGIN) -> WebsocketCommunicator:
