@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -47,17 +48,44 @@ def messages_after(room: Room, after: int) -> tuple[list[dict[str, Any]], bool]:
     return [message_frame(m) for m in rows[:SYNC_LIMIT]], len(rows) > SYNC_LIMIT
 
 
-def post_message(room: Room, user: "User", text: str, client_id: str) -> tuple[str, bool]:
+def enter(room: Room, user: "User", channel_name: str) -> tuple[bool, list[str], int]:
+    """A socket arrives: (first socket of the user here?, handles present, the room's latest message id)."""
+    first = presence.join(room, user, channel_name)
+    latest = room.messages.order_by("-id").values_list("id", flat=True).first() or 0
+    return first, presence.handles(room), latest
+
+
+def beat(room: Room, channel_name: str, after: int) -> tuple[bool, list[str], list[dict[str, Any]]]:
+    """A socket's heartbeat: presence.heartbeat(), and any messages after `after` it was never sent."""
+    refreshed, left = presence.heartbeat(room, channel_name)
+    return refreshed, left, messages_after(room, after)[0]
+
+
+def post_message(room: Room, user: "User", text: str, client_id: str) -> dict[str, Any]:
+    """Store a message; returns the event that broadcasts it to the room's sockets (see chat_message)."""
     message, created = room.post(user, text, client_id)
     if not created:
         message = Message.objects.select_related("room", "user").get(pk=message.pk)
-    return encode(message_frame(message)), created
+    return {"type": "chat.message", "text": encode(message_frame(message)), "id": message.pk, "previous": message.previous_id}
 
 
 class ChatConsumer(AvatarFrames, ExportCommand, AsyncWebsocketConsumer):
+    """One socket in a room.
+
+    Messages reach the socket in id order, each once, even when the channel
+    layer loses or reorders broadcasts (the pub/sub layer drops what is
+    published while it reconnects to Redis; two daphnes' broadcasts race).
+    `last_id` is the newest message this socket has been sent, with every
+    older one since it connected: a broadcast whose predecessor is not
+    `last_id` makes the socket read what it is missing from the database
+    (catch_up), and each heartbeat does the same for a broadcast that never
+    came at all.
+    """
+
     room: Room | None = None
     heartbeat_task: asyncio.Task | None = None
     closing = False
+    last_id = 0
 
     async def connect(self) -> None:
         # Accept first so the browser sees our close code (a handshake refusal is a bare 403).
@@ -76,8 +104,8 @@ class ChatConsumer(AvatarFrames, ExportCommand, AsyncWebsocketConsumer):
         self.sent_at: deque[float] = deque(maxlen=RATE_LIMIT_COUNT)
         # Join the group before reading presence, so no join or leave falls in between.
         await self.channel_layer.group_add(room.group_name, self.channel_name)
-        first = await database_sync_to_async(presence.join)(room, self.user, self.channel_name)
-        handles = await database_sync_to_async(presence.handles)(room)
+        # Messages up to last_id are the client's to fetch (`sync`); later ones are ours to send.
+        first, handles, self.last_id = await database_sync_to_async(enter)(room, self.user, self.channel_name)
         await self.send_frame({"type": "presence", "handles": handles})
         if first:
             await self.broadcast({"type": "join", "handle": self.user.username})
@@ -123,13 +151,17 @@ class ChatConsumer(AvatarFrames, ExportCommand, AsyncWebsocketConsumer):
             await self.export_command(self.room, frame["text"])
             return
         try:
-            text, created = await database_sync_to_async(post_message)(self.room, self.user, frame["text"], client_id)
+            event = await database_sync_to_async(post_message)(self.room, self.user, frame["text"], client_id)
         except RateLimited:
             raise FrameError("rate_limited", self.rate_limit_detail(), client_id) from None
+        if event["previous"] is None:
+            # A retry: its sender gets the original back whatever this socket was
+            # sent before, as an answer to the resend.
+            await self.send(text_data=event["text"])
         # Persisted; now everyone (the sender too) gets it. A retry is broadcast
         # again: its first broadcast may have died with another process, and
-        # clients drop ids they already have.
-        await self.channel_layer.group_send(self.room.group_name, {"type": "chat.frame", "text": text})
+        # sockets skip ids they already sent.
+        await self.channel_layer.group_send(self.room.group_name, event)
 
     async def on_sync(self, frame: dict[str, Any]) -> None:
         frames, more = await database_sync_to_async(messages_after)(self.room, frame["after"])
@@ -137,6 +169,8 @@ class ChatConsumer(AvatarFrames, ExportCommand, AsyncWebsocketConsumer):
             await self.send_frame(message)
         last_id = frames[-1]["id"] if frames else frame["after"]
         await self.send_frame({"type": "synced", "last_id": last_id, "more": more})
+        # The client has everything up to last_id now: broadcasts of those need not be sent again.
+        self.last_id = max(self.last_id, last_id)
 
     async def on_typing(self, frame: dict[str, Any]) -> None:
         key = (self.room.pk, self.user.pk)
@@ -169,12 +203,47 @@ class ChatConsumer(AvatarFrames, ExportCommand, AsyncWebsocketConsumer):
             return
         await self.send(text_data=event["text"])
 
+    async def chat_message(self, event: dict[str, Any]) -> None:
+        """A message broadcast (see post_message): send it unless sent, after any it comes without."""
+        if event["id"] <= self.last_id:
+            return  # sent already: a retry's second broadcast, or read by catch_up
+        if event["previous"] != self.last_id:
+            # Its predecessor never reached us (or it is a retry, whose predecessor is unknown).
+            await self.catch_up()
+            return
+        self.last_id = event["id"]
+        await self.send(text_data=event["text"])
+
+    async def catch_up(self) -> None:
+        """Send the messages after last_id from the database (one sync page; the next broadcast or beat goes on)."""
+        frames, _ = await database_sync_to_async(messages_after)(self.room, self.last_id)
+        await self.send_missed(frames)
+
+    async def send_missed(self, frames: list[dict[str, Any]]) -> None:
+        """Send messages read from the database, in id order, but none last_id already covers.
+
+        The heartbeat reads concurrently with broadcasts being handled, so
+        last_id may have moved on while the frames were read, or moves while
+        they are sent: it is checked before each one.
+        """
+        missed = 0
+        for message in frames:
+            if message["id"] > self.last_id:
+                self.last_id = message["id"]
+                missed += 1
+                await self.send_frame(message)
+        if missed:
+            logger.info("event=ws_caught_up room=%s channel=%s missed=%d last_id=%s",
+                        self.room.label, self.channel_name, missed, self.last_id)  # fmt: skip
+
     async def heartbeat(self) -> None:
-        """Keep this socket's presence row fresh and expire rows of dead processes."""
+        """Keep this socket's presence row fresh, expire rows of dead processes, send missed messages."""
         while True:
-            await asyncio.sleep(presence.heartbeat_interval())
+            # Jittered: sockets that connected together (a daphne restart) do not all beat together.
+            await asyncio.sleep(presence.heartbeat_interval() * random.uniform(0.75, 1.0))
             try:
-                refreshed, left = await database_sync_to_async(presence.heartbeat)(self.room, self.channel_name)
+                refreshed, left, missed = await database_sync_to_async(beat)(self.room, self.channel_name, self.last_id)
+                await self.send_missed(missed)
                 if not refreshed and not self.closing:
                     # This process stalled past the TTL and was swept: come back.
                     if await database_sync_to_async(presence.join)(self.room, self.user, self.channel_name):

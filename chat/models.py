@@ -81,23 +81,33 @@ class Room(models.Model):
         The UPDATE of last_activity_at comes first: its row lock serialises the
         room's inserts, so message ids commit in id order and a client syncing
         "after id N" can never miss a message that commits later with a lower id.
+        Under that lock the room's latest id is the new message's predecessor,
+        kept as `message.previous_id` (0 for a room's first message, None on a
+        retry, whose predecessor is not looked up): a socket that has not
+        seen it knows it missed something (chat.consumers).
+        The retry and rate-limit checks read before the lock, in one query, to
+        keep the room locked for as short a time as possible; two sockets of one
+        user posting at the same instant may slip one message past the limit.
         """
-        existing = Message.objects.filter(user=user, client_id=client_id).first()
-        if existing is not None:
-            return existing, False
         now = timezone.now()
-        with transaction.atomic():
-            Room.objects.filter(pk=self.pk).update(last_activity_at=now)
-            recent = Message.objects.filter(user=user, created_at__gt=now - RATE_LIMIT_WINDOW).count()
-            if recent >= RATE_LIMIT_COUNT:
-                raise RateLimited
-            try:
-                with transaction.atomic():
-                    message = Message.objects.create(room=self, user=user, text=text, client_id=client_id)
-            except IntegrityError:
-                # The same retry raced us from another socket and won.
-                return Message.objects.get(user=user, client_id=client_id), False
+        window = Q(created_at__gt=now - RATE_LIMIT_WINDOW)
+        seen = Message.objects.filter(Q(client_id=client_id) | window, user=user).aggregate(
+            retry_of=models.Max("pk", filter=Q(client_id=client_id)), recent=models.Count("pk", filter=window)
+        )
+        if seen["retry_of"] is not None:
+            return Message.objects.get(pk=seen["retry_of"]), False
+        if seen["recent"] >= RATE_LIMIT_COUNT:
+            raise RateLimited
+        try:
+            with transaction.atomic():
+                Room.objects.filter(pk=self.pk).update(last_activity_at=now)
+                previous = self.messages.order_by("-pk").values_list("pk", flat=True).first() or 0
+                message = Message.objects.create(room=self, user=user, text=text, client_id=client_id)
+        except IntegrityError:
+            # The same retry raced us from another socket and won.
+            return Message.objects.get(user=user, client_id=client_id), False
         self.last_activity_at = now
+        message.previous_id = previous
         return message, True
 
     def invite(self, user: "User", invited_by: "User | None" = None) -> "Membership":
@@ -126,6 +136,9 @@ class Membership(models.Model):
 
 
 class Message(models.Model):
+    # Set by Room.post on a new message: the id of the room's message before it, 0 if none (not stored).
+    previous_id: int | None = None
+
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="messages")
     # Stored exactly as typed; escaping is the renderer's job.

@@ -71,13 +71,16 @@ def heartbeat(room: Room, channel_name: str) -> tuple[bool, list[str]]:
     Returns (refreshed, left): refreshed is False when this socket's row was
     gone (swept after the process stalled past the TTL, and announced as a
     leave), so the caller joins again; left lists the handles whose last socket
-    just expired.
+    just expired. The room is locked only when there is something to sweep:
+    every socket beats, and the lock is the one Room.post takes too.
     """
     now = timezone.now()
+    refreshed = Presence.objects.filter(channel_name=channel_name).update(last_seen=now)
+    stale = Presence.objects.filter(room=room, last_seen__lte=now - ttl())
+    if not stale.exists():
+        return bool(refreshed), []
     with transaction.atomic():
         _lock(room)
-        refreshed = Presence.objects.filter(channel_name=channel_name).update(last_seen=now)
-        stale = Presence.objects.filter(room=room, last_seen__lte=now - ttl())
         stale_users = {row.user_id: row.user.username for row in stale.select_related("user")}
         stale.delete()
         still_here = set(_fresh(room).filter(user_id__in=stale_users).values_list("user_id", flat=True))

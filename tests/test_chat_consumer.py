@@ -6,9 +6,11 @@ from datetime import timedelta
 
 import pytest
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from django.utils import timezone
 
 from accounts.models import User
+from chat.consumers import post_message
 from chat.models import Membership, Message, Presence, Room
 from tests.chat_helpers import (  # noqa: F401 (fixtures: ann, bob, lobby, fresh_channel_layer)
     ann, bob, fresh_channel_layer, join, lobby, next_of, open_socket, refused_with, send, send_raw, session_cookie,
@@ -112,6 +114,75 @@ async def test_retry_after_reconnect_returns_original(lobby, ann_cookie):
     assert await next_of(a, "message") == original
     assert await database_sync_to_async(Message.objects.count)() == 1
     await a.disconnect()
+
+
+async def test_retry_is_answered_to_its_sender_and_not_shown_twice_to_others(lobby, ann_cookie, bob_cookie):
+    a, _ = await join("lobby", ann_cookie)
+    b, _ = await join("lobby", bob_cookie)
+    await send(a, message("once", "r1"))
+    original = await next_of(a, "message")
+    assert await next_of(b, "message") == original
+    await send(a, message("once", "r1"))
+    assert await next_of(a, "message") == original
+    # bob's socket was sent that id already: the retry's broadcast stops there.
+    await send(a, message("next", "r2"))
+    assert (await next_of(b, "message"))["client_id"] == "r2"
+    await a.disconnect()
+    await b.disconnect()
+
+
+# --- delivery: every message once, in id order, whatever the channel layer does -----------------
+
+
+def messages_of(frames: list[dict]) -> list[int]:
+    return [f["id"] for f in frames if f["type"] == "message"]
+
+
+async def frames_until_quiet(socket, quiet: float = 0.5, limit: int = 50) -> list[dict]:
+    """Frames until none comes for `quiet` seconds (a receive timeout would kill the application)."""
+    frames = []
+    while len(frames) < limit and not await socket.receive_nothing(timeout=quiet):
+        frames.append(await socket.receive_json_from())
+    return frames
+
+
+async def test_a_broadcast_lost_by_the_layer_is_read_from_the_database(lobby, ann, bob_cookie, ann_cookie):
+    b, _ = await join("lobby", bob_cookie)
+    # Stored, but its broadcast never left (the pub/sub layer drops what is published while it reconnects).
+    lost, _ = await database_sync_to_async(lobby.post)(ann, "lost in flight", "x1")
+    a, _ = await join("lobby", ann_cookie)
+    await send(a, message("after it", "x2"))
+    after = await next_of(a, "message")
+    frames = [await next_of(b, "message"), await next_of(b, "message")]
+    assert [f["id"] for f in frames] == [lost.pk, after["id"]]
+    assert frames[0]["text"] == "lost in flight"
+    assert messages_of(await frames_until_quiet(b)) == []
+    await a.disconnect()
+    await b.disconnect()
+
+
+async def test_broadcasts_arriving_out_of_order_are_sent_in_id_order_once(lobby, ann, bob_cookie):
+    b, _ = await join("lobby", bob_cookie)
+    first = await database_sync_to_async(post_message)(lobby, ann, "first", "o1")
+    second = await database_sync_to_async(post_message)(lobby, ann, "second", "o2")
+    assert second["previous"] == first["id"]
+    # Two daphnes' broadcasts can cross: the second lands first.
+    layer = get_channel_layer()
+    await layer.group_send(lobby.group_name, second)
+    await layer.group_send(lobby.group_name, first)
+    frames = await frames_until_quiet(b)
+    assert messages_of(frames) == [first["id"], second["id"]]
+    await b.disconnect()
+
+
+async def test_heartbeat_sends_a_message_whose_broadcast_never_came(settings, lobby, ann, bob_cookie):
+    settings.CHAT_PRESENCE_TTL = 0.6  # a beat every 0.15 to 0.2 s
+    b, _ = await join("lobby", bob_cookie)
+    lost, _ = await database_sync_to_async(lobby.post)(ann, "nobody broadcast me", "h1")
+    frame = await next_of(b, "message", timeout=3)
+    assert frame["id"] == lost.pk and frame["text"] == "nobody broadcast me"
+    assert messages_of(await frames_until_quiet(b)) == []
+    await b.disconnect()
 
 
 async def test_sync_sends_missed_messages_then_synced(lobby, ann, bob_cookie):
