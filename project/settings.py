@@ -126,23 +126,41 @@ else:
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# --- Channel layer ----------------------------------------------------------
+# --- Channel layers ---------------------------------------------------------
+# Two layers, measured apart (bench/fanout.py, bench/tasks.py):
+# - "default" carries what browsers see: room broadcasts, presence, progress.
+#   channels-redis' pub/sub layer publishes a room's message once per daphne,
+#   not once per socket, and each daphne fans it out in memory; anything lost
+#   in flight (a Redis restart) is filled in from the database by the room
+#   socket (see chat.consumers). CHANNEL_LAYER=core picks the list-based layer.
+# - "tasks" rings the task queues' bells: the core layer, whose channels hand
+#   each bell to one idle worker and keep it while every worker is busy.
 REDIS_URL = os.environ.get("REDIS_URL", "")
+CHANNEL_LAYER = os.environ.get("CHANNEL_LAYER", "pubsub")
+if CHANNEL_LAYER not in ("pubsub", "core"):
+    raise ImproperlyConfigured("CHANNEL_LAYER must be 'pubsub' or 'core'.")
 if REDIS_URL:
+    CORE_LAYER = {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            "hosts": [REDIS_URL],
+            # Task bells pile up while workers are busy; a full channel only
+            # drops a bell (the database holds the task), never a task.
+            "capacity": int(os.environ.get("CHANNEL_CAPACITY", "1000")),
+            "expiry": 60,
+        },
+    }
     CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                "hosts": [REDIS_URL],
-                # Task bells pile up while workers are busy; a full channel only
-                # drops a bell (the database holds the task), never a task.
-                "capacity": int(os.environ.get("CHANNEL_CAPACITY", "1000")),
-                "expiry": 60,
-            },
-        }
+        "default": CORE_LAYER
+        if CHANNEL_LAYER == "core"
+        else {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}},
+        "tasks": CORE_LAYER,
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer"},
+        "tasks": {"BACKEND": "channels.layers.InMemoryChannelLayer"},
+    }
 
 # --- Tasks --------------------------------------------------------------------
 # Queue names are channel names: `runworker thumbnails notifications compute default`.
@@ -151,7 +169,7 @@ TASKS = {
     "default": {
         "BACKEND": "tasks.backends.ChannelsBackend",
         "QUEUES": TASK_QUEUES,
-        "OPTIONS": {},
+        "OPTIONS": {"CHANNEL_LAYER": "tasks"},
     }
 }
 # Run a worker inside `manage.py runserver`: the in-memory layer cannot reach

@@ -15,7 +15,9 @@ from channels.layers import InMemoryChannelLayer, channel_layers, get_channel_la
 from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ValidationError
+from django.core.signals import setting_changed
 from django.db import transaction
+from django.dispatch import receiver
 from django.tasks import task_backends
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.base import Task, TaskError, TaskResult
@@ -198,7 +200,12 @@ def load_task(task_path: str) -> Task:
 _owed = threading.local()
 
 
-def ring_on_commit(queue_name: str, layer_alias: str = "default") -> None:
+def bell_layer_alias() -> str:
+    """The channel layer alias bells ring on: the default task backend's CHANNEL_LAYER option."""
+    return getattr(task_backends["default"], "channel_layer_alias", "default")
+
+
+def ring_on_commit(queue_name: str, layer_alias: str) -> None:
     """Ring one bell for `queue_name` once the current transaction commits (at once outside one).
 
     Each enqueue owes a bell, so that as many idle workers wake as there are
@@ -219,18 +226,18 @@ def _ring_owed() -> None:
         _ring_from_sync(bells)
 
 
-def ring(queue_name: str, layer_alias: str = "default") -> None:
+def ring(queue_name: str, layer_alias: str | None = None) -> None:
     """Tell the workers of `queue_name` that it has work, from sync code. Never raises.
 
     A lost bell costs latency, not a task: workers also look at the database
     when no bell has come for a while.
     """
-    _ring_from_sync({(queue_name, layer_alias): 1})
+    _ring_from_sync({(queue_name, layer_alias or bell_layer_alias()): 1})
 
 
-async def aring(queue_name: str, layer_alias: str = "default") -> None:
+async def aring(queue_name: str, layer_alias: str | None = None) -> None:
     """See ring()."""
-    await _send_bell(get_channel_layer(layer_alias), queue_name)
+    await _send_bell(get_channel_layer(layer_alias or bell_layer_alias()), queue_name)
 
 
 def _ring_from_sync(bells: dict[tuple[str, str], int]) -> None:
@@ -293,3 +300,10 @@ def _bell_layer(alias: str):
     if alias not in _bell_layers:
         _bell_layers[alias] = channel_layers.make_backend(alias)
     return _bell_layers[alias]
+
+
+@receiver(setting_changed)
+def _forget_bell_layers(*, setting: str, **kwargs: Any) -> None:
+    """Tests that point CHANNEL_LAYERS elsewhere get bells rung there (as channels resets its own)."""
+    if setting == "CHANNEL_LAYERS":
+        _bell_layers.clear()

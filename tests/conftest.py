@@ -10,8 +10,17 @@ def _media_root(settings, tmp_path):
 
 @pytest.fixture
 async def channel_layer():
-    """The configured layer, emptied before the test (Redis outlives tests)."""
+    """The layer browsers' sockets use, emptied before the test (Redis outlives tests)."""
     layer = get_channel_layer()
+    await layer.flush()
+    yield layer
+    await layer.flush()
+
+
+@pytest.fixture
+async def task_layer():
+    """The layer task bells ring on (CHANNEL_LAYERS["tasks"]), emptied before the test."""
+    layer = get_channel_layer("tasks")
     await layer.flush()
     yield layer
     await layer.flush()

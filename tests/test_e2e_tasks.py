@@ -130,9 +130,8 @@ def test_tasks_queued_while_redis_is_down_all_finish_once_it_is_back(
 ):
     # Workers and this process on a Redis of the test's own, free to crash.
     workers_stack.env["REDIS_URL"] = own_redis.url
-    settings.CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [own_redis.url]}}
-    }
+    layer = {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [own_redis.url]}}
+    settings.CHANNEL_LAYERS = {"default": layer, "tasks": layer}
     log = tmp_path / "marks"
     workers = start_workers(workers_stack, 2, "compute")
 

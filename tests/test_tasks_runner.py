@@ -82,7 +82,7 @@ def test_retry_policy_is_validated():
         task(queue_name="compute", retry_backoff=-1)(sample_tasks.noop.func)
 
 
-async def test_enqueue_in_a_transaction_rings_on_commit_and_never_on_rollback(channel_layer):
+async def test_enqueue_in_a_transaction_rings_on_commit_and_never_on_rollback(task_layer):
     def enqueue_and_roll_back():
         with transaction.atomic():
             sample_tasks.add.enqueue(1, 1)
@@ -92,7 +92,7 @@ async def test_enqueue_in_a_transaction_rings_on_commit_and_never_on_rollback(ch
         await database_sync_to_async(enqueue_and_roll_back)()
     assert not await TaskRecord.objects.aexists()
     with pytest.raises(TimeoutError):
-        await asyncio.wait_for(channel_layer.receive("compute"), 0.3)
+        await asyncio.wait_for(task_layer.receive("compute"), 0.3)
 
     def enqueue_and_commit():
         with transaction.atomic():
@@ -105,10 +105,10 @@ async def test_enqueue_in_a_transaction_rings_on_commit_and_never_on_rollback(ch
     # One bell per task (so as many idle workers wake), rung together after the commit,
     # plus the rolled-back task's spare one.
     for _ in range(4):
-        assert await asyncio.wait_for(channel_layer.receive("compute"), 2) == {"type": "task.ready"}
-    assert await asyncio.wait_for(channel_layer.receive("default"), 2) == {"type": "task.ready"}
+        assert await asyncio.wait_for(task_layer.receive("compute"), 2) == {"type": "task.ready"}
+    assert await asyncio.wait_for(task_layer.receive("default"), 2) == {"type": "task.ready"}
     with pytest.raises(TimeoutError):
-        await asyncio.wait_for(channel_layer.receive("compute"), 0.3)
+        await asyncio.wait_for(task_layer.receive("compute"), 0.3)
 
 
 # --- claim ------------------------------------------------------------------------
@@ -378,7 +378,8 @@ async def test_execute_sends_signals_and_broadcasts_progress_to_the_task_group(c
         signal.connect(receiver)
     try:
         result = await sample_tasks.acounted.aenqueue(3)
-        await channel_layer.group_add(f"task.{result.id}", "watcher")
+        watcher = await channel_layer.new_channel()
+        await channel_layer.group_add(f"task.{result.id}", watcher)
         await execute_next()
     finally:
         for signal in (task_enqueued, task_started, task_finished):
@@ -386,7 +387,7 @@ async def test_execute_sends_signals_and_broadcasts_progress_to_the_task_group(c
     assert seen == [(task_enqueued, "READY"), (task_started, "RUNNING"), (task_finished, "SUCCESSFUL")]
     updates = []
     while len(updates) < 5 and (not updates or updates[-1]["task"]["status"] == "RUNNING"):
-        updates.append(await asyncio.wait_for(channel_layer.receive("watcher"), 2))
+        updates.append(await asyncio.wait_for(channel_layer.receive(watcher), 2))
     assert all(u["type"] == "task.update" and u["task"]["id"] == result.id for u in updates)
     # Progress reports (the first, perhaps not the throttled middle one, always
     # the last), then the final state.

@@ -16,8 +16,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-async def worker(channel_layer):
-    worker = TaskWorker(application=get_default_application(), channels=["compute"], channel_layer=channel_layer)
+async def worker(task_layer):
+    worker = TaskWorker(application=get_default_application(), channels=["compute"], channel_layer=task_layer)
     serving = asyncio.create_task(worker.handle())
     yield worker
     worker.stopping.set()  # what the first SIGTERM does, minus the process-wide flag

@@ -6,7 +6,7 @@ from channels.routing import get_default_application
 from daphne.management.commands.runserver import Command as DaphneRunserverCommand
 from django.conf import settings
 
-from tasks.backends import task_queues
+from tasks.backends import bell_layer_alias, task_queues
 from tasks.worker import TaskWorker
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class Command(DaphneRunserverCommand):
         worker = TaskWorker(
             application=get_default_application(),
             channels=sorted(task_queues()),
-            channel_layer=get_channel_layer(),
+            channel_layer=get_channel_layer(bell_layer_alias()),
         )
         logger.info("event=embedded_worker worker=%s queues=%s", worker.worker_id, worker.queues)
         self.stdout.write(f"Task worker running in this process for queues: {', '.join(worker.queues)}\n")

@@ -1,5 +1,6 @@
 from channels.management.commands.runworker import Command as ChannelsRunworkerCommand
 
+from tasks.backends import bell_layer_alias
 from tasks.worker import TaskWorker
 
 
@@ -11,3 +12,8 @@ class Command(ChannelsRunworkerCommand):
 
     help = "Run a worker for the given channels; task queues' channels run their tasks."
     worker_class = TaskWorker
+
+    def add_arguments(self, parser) -> None:
+        super().add_arguments(parser)
+        # Bells ring on the task backend's layer (CHANNEL_LAYERS["tasks"]), so listen there.
+        parser.set_defaults(layer=bell_layer_alias())
