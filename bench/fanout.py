@@ -40,17 +40,14 @@ KNEE_P99_MS = 100.0
 LOSS_ALLOWED = 0.001  # a step that loses more than 0.1% of deliveries fails, whatever its p99
 PUBSUB = "channels_redis.pubsub.RedisPubSubChannelLayer"
 CORE = "channels_redis.core.RedisChannelLayer"
-# Parley variants beside its own settings ("core"): the pub/sub layer; pub/sub without per-call DB health checks.
-PARLEY_SETTINGS = {
-    "pubsub": "bench.peers.parley_pubsub_settings",
-    "nohealth": "bench.peers.parley_nohealth_settings",
-    "tuned": "bench.peers.parley_tuned_settings",
-    "parallel": "bench.peers.parley_tuned_settings",  # tuned, and posts off the one database thread
+# Parley's variants, by environment: as shipped (the pub/sub layer), and on channels-redis' core layer.
+PARLEY_ENV = {
+    "pubsub": {},
+    "core": {"CHANNEL_LAYER": "core"},
+    # Posts on the thread pool instead of daphne's one database thread (bench.peers.parley_parallel_asgi).
+    "parallel": {},
 }
 PARLEY_APPS = {"parallel": "bench.peers.parley_parallel_asgi:application"}
-# "steady": Parley as shipped, but presence heartbeats (every CHAT_PRESENCE_TTL / 3) fall outside the run. All
-# sockets connect within a second or two, so their heartbeats come due together, each a locked transaction.
-PARLEY_ENV = {"steady": {"CHAT_PRESENCE_TTL": "900"}}
 
 
 class Target:
@@ -297,9 +294,9 @@ def main() -> None:
     parser.add_argument("--daphnes", default="1,2,4", help="daphne process counts to measure (comma-separated)")
     parser.add_argument("--loadgens", type=int, default=3, help="load generator processes")
     parser.add_argument("--layers", default="core,pubsub", help="channel layers of the baseline: core, pubsub")
-    parser.add_argument("--parley-layers", default="core,pubsub",
-                        help="Parley variants: core (as shipped), steady (core, no heartbeat during the run), pubsub, nohealth (no DB health checks), tuned (pubsub, no DB health checks), parallel (tuned + "
-                        "posts on the thread pool)")
+    parser.add_argument("--parley-layers", default="pubsub,core",
+                        help="Parley variants: pubsub (as shipped), core (CHANNEL_LAYER=core), parallel (posts on the "
+                             "thread pool)")
     parser.add_argument("--profile", action="store_true", help="only profile one loaded daphne per target")
     parser.add_argument("--profile-rate", type=float, default=60.0)
     args = parser.parse_args()
@@ -310,7 +307,7 @@ def main() -> None:
     knee_rates = [10.0, 20.0] if smoke else [20.0, 40.0, 60.0, 80.0, 100.0, 120.0, 150.0]
     warmup, duration, drain = (0.5, 1.5, 2.0) if smoke else (2.0, 5.0, 3.0)
     layers = ["core"] if smoke else [x for x in args.layers.split(",") if x]
-    parley_layers = ["core"] if smoke else [x for x in args.parley_layers.split(",") if x]
+    parley_layers = ["pubsub"] if smoke else [x for x in args.parley_layers.split(",") if x]
     log_dir = OUT_DIR / f"fanout-{time.strftime('%Y%m%d-%H%M%S')}"
     log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -323,8 +320,7 @@ def main() -> None:
             for layer in layers
         ] + [
             Target(f"parley-{variant}", "parley", PARLEY_APPS.get(variant, "project.asgi:application"),
-                   {**parley_env, **PARLEY_ENV.get(variant, {}),
-                    **({"DJANGO_SETTINGS_MODULE": PARLEY_SETTINGS[variant]} if variant in PARLEY_SETTINGS else {})})
+                   {**parley_env, **PARLEY_ENV[variant]})
             for variant in parley_layers
         ]  # fmt: skip
         if args.profile:

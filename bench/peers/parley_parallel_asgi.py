@@ -5,12 +5,13 @@ thread-sensitive by default: every database call of a daphne process (posts,
 presence, syncs) waits its turn on one thread, so one process posts at most
 1 / (post latency) messages per second. Here posts run on the thread pool
 (thread_sensitive=False, one connection per pool thread); the room-row lock in
-Room.post still orders a room's inserts.
+Room.post still orders a room's inserts, and sockets put broadcasts that cross
+back in id order.
 """
 
 import os
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.peers.parley_tuned_settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
 from project.asgi import application as parley  # noqa: E402  (sets Django up)
 
@@ -31,12 +32,12 @@ class ParallelPostConsumer(ChatConsumer):
             return await super().on_message(frame)
         client_id = frame["client_id"]
         try:
-            text, _ = await database_sync_to_async(post_message, thread_sensitive=False)(
+            event = await database_sync_to_async(post_message, thread_sensitive=False)(
                 self.room, self.user, frame["text"], client_id
             )
         except RateLimited:
             raise FrameError("rate_limited", self.rate_limit_detail(), client_id) from None
-        await self.channel_layer.group_send(self.room.group_name, {"type": "chat.frame", "text": text})
+        await self.channel_layer.group_send(self.room.group_name, event)
 
     handlers = {**ChatConsumer.handlers, "message": on_message}
 
