@@ -61,6 +61,28 @@ def beat(room: Room, channel_name: str, after: int) -> tuple[bool, list[str], li
     return refreshed, left, messages_after(room, after)[0]
 
 
+# (room pk, id) -> the read of the room's messages after that id, while it runs.
+_reads_after: dict[tuple[int, int], asyncio.Future] = {}
+
+
+async def missed_after(room: Room, after: int) -> list[dict[str, Any]]:
+    """messages_after() for sockets that missed a broadcast, one query for all of them.
+
+    A broadcast that overtakes its predecessor (two daphnes' publishes cross)
+    reaches every socket of the room at once, and they all miss the same
+    message: the sockets of this process that ask for the same id share one
+    read instead of each queueing its own on the database thread.
+    """
+    key = (room.pk, after)
+    read = _reads_after.get(key)
+    if read is None:
+        read = asyncio.ensure_future(database_sync_to_async(messages_after)(room, after))
+        _reads_after[key] = read
+        read.add_done_callback(lambda _: _reads_after.pop(key, None))
+    frames, _ = await asyncio.shield(read)
+    return frames
+
+
 def post_message(room: Room, user: "User", text: str, client_id: str) -> dict[str, Any]:
     """Store a message; returns the event that broadcasts it to the room's sockets (see chat_message)."""
     message, created = room.post(user, text, client_id)
@@ -216,8 +238,7 @@ class ChatConsumer(AvatarFrames, ExportCommand, AsyncWebsocketConsumer):
 
     async def catch_up(self) -> None:
         """Send the messages after last_id from the database (one sync page; the next broadcast or beat goes on)."""
-        frames, _ = await database_sync_to_async(messages_after)(self.room, self.last_id)
-        await self.send_missed(frames)
+        await self.send_missed(await missed_after(self.room, self.last_id))
 
     async def send_missed(self, frames: list[dict[str, Any]]) -> None:
         """Send messages read from the database, in id order, but none last_id already covers.

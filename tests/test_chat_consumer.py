@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 from datetime import timedelta
 
 import pytest
@@ -173,6 +174,21 @@ async def test_broadcasts_arriving_out_of_order_are_sent_in_id_order_once(lobby,
     frames = await frames_until_quiet(b)
     assert messages_of(frames) == [first["id"], second["id"]]
     await b.disconnect()
+
+
+async def test_sockets_that_miss_the_same_broadcast_share_one_read(settings, caplog, lobby, ann, bob_cookie):
+    sockets = [(await join("lobby", bob_cookie))[0] for _ in range(6)]
+    lost, _ = await database_sync_to_async(lobby.post)(ann, "lost", "s1")
+    after = await database_sync_to_async(post_message)(lobby, ann, "after", "s2")
+    settings.DEBUG = True  # Django logs every query to django.db.backends, from every connection
+    with caplog.at_level(logging.DEBUG, logger="django.db.backends"):
+        await get_channel_layer().group_send(lobby.group_name, after)
+        for socket in sockets:
+            assert [(await next_of(socket, "message"))["id"] for _ in range(2)] == [lost.pk, after["id"]]
+    reads = [r for r in caplog.records if '"chat_message"."id" >' in getattr(r, "sql", "")]
+    assert len(reads) == 1, [r.sql for r in reads]
+    for socket in sockets:
+        await socket.disconnect()
 
 
 async def test_heartbeat_sends_a_message_whose_broadcast_never_came(settings, lobby, ann, bob_cookie):
