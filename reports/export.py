@@ -1,10 +1,11 @@
-"""Writing a room's history to a file, in chunks, resumably.
+"""Writing a room's history to a file, in parts, resumably.
 
-write_export() streams the job's messages in id order, BATCH_SIZE rows per
-query (keyset pagination: `id > last`; CSV on PostgreSQL: SQL_BATCH_SIZE rows
-formatted by the server), so memory stays bounded however large the room. Rows are buffered into parts of about REPORTS_EXPORT_PART_BYTES, each
-saved through Django's storage; after each part the job's checkpoint (parts
-saved, last id, rows) is stored. A run that starts again after its worker died
+write_export() streams the job's messages in id order, a batch at a time
+(keyset pagination: `id > last`), so memory stays bounded however large the
+room. Batches are not gathered in memory: each part is pulled from them as
+storage.save() reads it (Part), and ends at the first batch boundary past
+REPORTS_EXPORT_PART_BYTES. After each part the job's checkpoint (parts saved,
+last id, rows) is stored; a run that starts again after its worker died
 continues after the checkpoint. The parts are finally joined into one file.
 """
 
@@ -21,7 +22,8 @@ from django.contrib.auth import get_user_model
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import connections
-from django.db.models import CharField, F, Func, QuerySet, Value
+from django.db.models import CharField, F, Func, QuerySet, TextField, Value
+from django.db.models.functions import NullIf
 from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.html import escape
@@ -38,6 +40,9 @@ BATCH_SIZE = 2000
 COLUMNS = ("id", "created_at", "user", "display_name", "text")
 # (id, created_at, user_id, handle, display_name, text)
 Row = tuple[int, datetime, int, str, str, str]
+# Bytes of the file, the rows they end, and the id of the last of those rows;
+# last id None: the bytes end inside a batch, and a part cannot end there.
+Piece = tuple[bytes, int, int | None]
 Progress = Callable[[int, int | None, str], None]
 
 
@@ -84,8 +89,8 @@ class Writer:
     def foot(self) -> str:
         return ""
 
-    def batches(self, messages: QuerySet, after_id: int) -> Iterator[tuple[bytes, int, int]]:
-        """(encoded rows, how many, last id) for every message after `after_id`."""
+    def batches(self, messages: QuerySet, after_id: int) -> Iterator[Piece]:
+        """The rows of every message after `after_id`, formatted, a batch at a time."""
         for rows in batches(messages, after_id):
             yield self.rows(rows).encode(), len(rows), rows[-1][0]
 
@@ -108,8 +113,8 @@ class JsonLinesWriter(Writer):
 class CsvWriter(Writer):
     """CSV as RFC 4180 has it (quotes, commas and newlines in a field are quoted), LF line ends.
 
-    On PostgreSQL the server formats each batch (CSV_BATCH): the same bytes as
-    the csv module writes, several times faster.
+    On PostgreSQL, COPY formats the rows in the server (as psql's \\copy does):
+    the same bytes as the csv module writes, several times faster.
     """
 
     extension = "csv"
@@ -133,36 +138,39 @@ class CsvWriter(Writer):
         self.writer.writerows((id_, timestamp(at), handle, name, text) for id_, at, _, handle, name, text in rows)
         return self._take()
 
-    def batches(self, messages: QuerySet, after_id: int) -> Iterator[tuple[bytes, int, int]]:
+    def batches(self, messages: QuerySet, after_id: int) -> Iterator[Piece]:
         if connections[messages.db].vendor != "postgresql":
             yield from super().batches(messages, after_id)
             return
+        connection = connections[messages.db]
         while True:
             rows = messages.filter(id__gt=after_id).order_by("id")
-            rows = rows.values_list("id", ISO_TIMESTAMP, "user__username", "user__display_name", "text")
-            sql, params = rows[:SQL_BATCH_SIZE].query.get_compiler(messages.db).as_sql()
-            with connections[messages.db].cursor() as cursor:
-                cursor.execute(CSV_BATCH.format(rows=sql), params)
-                text, last_id, count = cursor.fetchone()
+            rows = rows.values_list("id", ISO_TIMESTAMP, "user__username", *COPY_NULLABLE)[:COPY_BATCH_SIZE]
+            sql, params = rows.query.get_compiler(messages.db).as_sql()
+            with connection.cursor() as cursor, cursor.cursor.copy(COPY_CSV.format(rows=sql), params) as copy:
+                # COPY sends one message per row (the protocol says so): handed on
+                # COPY_PIECE_BYTES at a time; the last row starts with the last id.
+                blocks, size, row = [], 0, b""
+                for row in copy:
+                    blocks.append(row)
+                    size += len(row)
+                    if size >= COPY_PIECE_BYTES:
+                        yield b"".join(blocks), 0, None
+                        blocks, size = [], 0
+                count = cursor.cursor.rowcount
             if not count:
                 return
-            yield text.encode(), count, last_id
-            after_id = last_id
+            after_id = int(bytes(row[:20]).partition(b",")[0])
+            yield b"".join(blocks), count, after_id
 
 
-# On PostgreSQL a batch of rows becomes one CSV text in the server, quoted as the
-# csv module quotes (QUOTE_MINIMAL: a field with a comma, quote, CR or LF is
-# quoted, its quotes doubled): one value to fetch instead of 10,000 rows.
-SQL_BATCH_SIZE = 10_000
-_QUOTED = (
-    "CASE WHEN strpos({f}, ',') + strpos({f}, '\"') + strpos({f}, E'\\n') + strpos({f}, E'\\r') > 0"
-    " THEN '\"' || replace({f}, '\"', '\"\"') || '\"' ELSE {f} END"
-)
-CSV_BATCH = (
-    "SELECT string_agg(concat_ws(',', s.id, s.at, s.handle, "
-    + _QUOTED.format(f="s.name") + ", " + _QUOTED.format(f="s.text")
-    + ") || E'\\n', '' ORDER BY s.id), max(s.id), count(*) FROM ({rows}) AS s(id, at, handle, name, text)"
-)
+# COPY quotes a field as the csv module's QUOTE_MINIMAL does (one holding a comma,
+# a quote, CR or LF; quotes doubled), and an empty string too, as "" (to tell it
+# from NULL): empty texts go out as NULL, which COPY writes as nothing, as csv does.
+COPY_CSV = "COPY ({rows}) TO STDOUT (FORMAT csv)"
+COPY_NULLABLE = tuple(NullIf(name, Value(""), output_field=TextField()) for name in ("user__display_name", "text"))
+COPY_BATCH_SIZE = 20_000
+COPY_PIECE_BYTES = 256 * 1024
 
 # PostgreSQL's rendering of timestamp() (the connection's time zone is UTC).
 ISO_TIMESTAMP = Func(
@@ -260,6 +268,52 @@ def part_size() -> int:
     return settings.REPORTS_EXPORT_PART_BYTES
 
 
+class Part(io.RawIOBase):
+    """The next part of the file, pulled from the export's pieces as storage.save() reads it.
+
+    Only the piece being copied is in memory, never the whole part. The part
+    ends at the first batch boundary once it holds `limit` bytes, or when the
+    pieces run out (then `ended`: it is the last part). `rows` and `last_id`
+    are what the checkpoint records; `on_batch(rows)` is told of each batch.
+    """
+
+    def __init__(self, pieces: Iterator[Piece], limit: int, on_batch: Callable[[int], None]) -> None:
+        super().__init__()
+        self.pieces = pieces
+        self.limit = limit
+        self.on_batch = on_batch
+        self.size = 0
+        self.rows = 0
+        self.last_id: int | None = None
+        self.full = False
+        self.ended = False
+        self.pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self.pending:
+            if self.full or self.ended:
+                return 0
+            try:
+                data, rows, last_id = next(self.pieces)
+            except StopIteration:
+                self.ended = True
+                return 0
+            self.pending = memoryview(data)
+            self.size += len(data)
+            if last_id is not None:
+                self.rows += rows
+                self.last_id = last_id
+                self.full = self.size >= self.limit
+                self.on_batch(rows)
+        count = min(len(buffer), len(self.pending))
+        buffer[:count] = self.pending[:count]
+        self.pending = self.pending[count:]
+        return count
+
+
 def write_export(job: Job, progress: Progress) -> None:
     """Write (or go on writing) the job's file; the job ends with `file` set.
 
@@ -274,20 +328,28 @@ def write_export(job: Job, progress: Progress) -> None:
         # A part saved after the last checkpoint was cut short, or written again below.
         default_storage.delete(job.part_name(job.parts + 1))
         done = job.rows_done
-        chunks = [] if job.parts else [writer.head().encode()]
-        size = sum(map(len, chunks))
-        last_id = job.last_id
-        for data, count, last_id in writer.batches(messages, after_id=job.last_id):
-            chunks.append(data)
-            size += len(data)
-            done += count
-            if size >= part_size():
-                save_part(job, chunks, last_id=last_id, rows_done=done)
-                chunks, size = [], 0
+
+        def on_batch(rows: int) -> None:
+            nonlocal done
+            done += rows
             progress(done, max(total, done), f"{done:,} of {max(total, done):,} messages{note_suffix}")
-        job.rows_done = done  # the footer counts them
-        chunks.append(writer.foot().encode())
-        save_part(job, chunks, last_id=last_id, rows_done=done, complete=True)
+
+        def pieces() -> Iterator[Piece]:
+            if not job.parts:
+                yield writer.head().encode(), 0, None
+            yield from writer.batches(messages, after_id=job.last_id)
+            job.rows_done = done  # the footer counts them
+            yield writer.foot().encode(), 0, None
+
+        stream = pieces()
+        try:
+            while True:
+                part = Part(stream, part_size(), on_batch)
+                save_part(job, part)
+                if part.ended:
+                    break
+        finally:
+            stream.close()  # a batch cut short (an error, a cancel) ends its query here, not at GC
     progress(job.rows_done, job.rows_done, "joining the parts")
     finish_export(job, writer)
 
@@ -297,23 +359,26 @@ class Superseded(Exception):
     the runner's lease): this attempt stops, and leaves every file to the other."""
 
 
-def save_part(job: Job, chunks: list[bytes], *, last_id: int, rows_done: int, complete: bool = False) -> None:
-    """Save the next part, then record the checkpoint that includes it."""
-    data = b"".join(chunks)
+def save_part(job: Job, part: Part) -> None:
+    """Save the next part as it is written, then record the checkpoint that includes it."""
     number = job.parts + 1
-    saved = default_storage.save(job.part_name(number), io.BytesIO(data))
+    rows_before = job.rows_done  # read first: writing the footer sets job.rows_done to the total
+    with io.BufferedReader(part, 1 << 16) as stream:  # full reads: S3's multipart upload needs them
+        saved = default_storage.save(job.part_name(number), File(stream))
     if saved != job.part_name(number):  # the name was taken: by another attempt
         default_storage.delete(saved)
         raise Superseded(f"part {number} of job {job.pk} exists")
-    bytes_written = job.bytes_written + len(data)
+    last_id = job.last_id if part.last_id is None else part.last_id
+    rows_done = rows_before + part.rows
+    bytes_written = job.bytes_written + part.size
     moved = Job.objects.filter(pk=job.pk, parts=job.parts).update(
-        parts=number, last_id=last_id, rows_done=rows_done, bytes_written=bytes_written, parts_complete=complete
+        parts=number, last_id=last_id, rows_done=rows_done, bytes_written=bytes_written, parts_complete=part.ended
     )
     if not moved:
         raise Superseded(f"job {job.pk} has more than {job.parts} parts")
     job.parts, job.last_id, job.rows_done = number, last_id, rows_done
     job.bytes_written = bytes_written
-    job.parts_complete = complete
+    job.parts_complete = part.ended
 
 
 def finish_export(job: Job, writer: Writer) -> None:

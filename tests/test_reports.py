@@ -135,15 +135,29 @@ def test_csv_export_escapes_commas_quotes_and_newlines(room, alice):
     assert [(int(r[0]), r[2], r[4]) for r in rows[1:]] == expected_rows(room)
 
 
-def test_csv_from_postgresql_copy_is_what_the_csv_module_writes(room, alice):
-    """On PostgreSQL the rows are formatted by COPY; the bytes must not depend on the database."""
-    from reports.export import CsvWriter, Writer
+def test_csv_from_postgresql_copy_is_what_the_csv_module_writes(room, alice, monkeypatch):
+    """On PostgreSQL the rows are formatted by COPY; the bytes must not depend on the database.
 
+    Batches of 3 rows handed on in pieces of a few bytes: a batch's count and last
+    id come with its last piece only, where a part may end.
+    """
+    from reports import export
+
+    carol = User.objects.create_user("carol", display_name='Carol, "C"\nthe second')
+    for text in TRICKY:
+        post(room, carol, text)
+    monkeypatch.setattr(export, "COPY_BATCH_SIZE", 3)
+    monkeypatch.setattr(export, "COPY_PIECE_BYTES", 10)
     job, _ = start_export(alice, room, "csv")
-    writer = CsvWriter(job)
-    in_python = b"".join(data for data, _, _ in Writer.batches(writer, job_messages(job), 0))
-    as_used = b"".join(data for data, _, _ in writer.batches(job_messages(job), 0))
-    assert as_used == in_python
+    writer = export.CsvWriter(job)
+    in_python = list(export.Writer.batches(writer, job_messages(job), 0))
+    as_used = list(writer.batches(job_messages(job), 0))
+    assert b"".join(data for data, _, _ in as_used) == b"".join(data for data, _, _ in in_python)
+    ids = list(job_messages(job).order_by("id").values_list("id", flat=True))
+    if job_messages(job).db == "default" and export.connections["default"].vendor == "postgresql":
+        boundaries = [(rows, last_id) for _, rows, last_id in as_used if last_id is not None]
+        assert boundaries == [(len(ids[i : i + 3]), ids[i : i + 3][-1]) for i in range(0, len(ids), 3)]
+        assert len(as_used) > len(boundaries)  # pieces inside batches
 
 
 def test_html_export_escapes_messages_and_inlines_avatars(room, alice, bob):
@@ -207,7 +221,9 @@ def test_export_resumes_after_its_checkpoint(settings, alice, bob):
     job.refresh_from_db()
     assert 0 < job.rows_done < 5000 and job.parts >= 1 and not job.finished_at
     resumed_after = job.last_id
-    # An orphan part saved after the checkpoint (the worker died before recording it) is replaced.
+    # The part being written when the worker died is there, cut short; it is written again.
+    assert default_storage.exists(job.part_name(job.parts + 1))
+    default_storage.delete(job.part_name(job.parts + 1))
     default_storage.save(job.part_name(job.parts + 1), ContentFile(b"garbage\n"))
 
     notes = []
@@ -219,16 +235,19 @@ def test_export_resumes_after_its_checkpoint(settings, alice, bob):
 
 def test_a_superseded_attempt_leaves_the_other_attempts_files_alone(room, alice):
     """A worker that stalled past its lease wakes up while another attempt runs the job."""
-    from reports.export import Superseded, save_part
+    from reports.export import Part, Superseded, save_part
     from reports.tasks import reported_failures
     from tasks.exceptions import TaskCancelled
 
     job, _ = start_export(alice, room, "jsonl")
     stale = Job.objects.select_related("room").get(pk=job.pk)
     current = Job.objects.select_related("room").get(pk=job.pk)
-    save_part(current, [b"current\n"], last_id=1, rows_done=1)
+    def part(data: bytes) -> Part:
+        return Part(iter([(data, 1, 1)]), limit=1 << 20, on_batch=lambda rows: None)
+
+    save_part(current, part(b"current\n"))
     with pytest.raises(Superseded):
-        save_part(stale, [b"stale\n"], last_id=1, rows_done=1)
+        save_part(stale, part(b"stale\n"))
     # The runner tells a stalled attempt it lost its lease with TaskCancelled, at its next report.
     with pytest.raises(TaskCancelled), reported_failures(stale, "The export"):
         raise TaskCancelled("this attempt lost its lease")
