@@ -3,6 +3,7 @@
 import asyncio
 import json
 import logging
+import time
 from datetime import timedelta
 
 import pytest
@@ -189,6 +190,20 @@ async def test_sockets_that_miss_the_same_broadcast_share_one_read(settings, cap
     assert len(reads) == 1, [r.sql for r in reads]
     for socket in sockets:
         await socket.disconnect()
+
+
+async def test_broadcasts_reach_sockets_while_the_database_thread_is_busy(lobby, ann, bob_cookie):
+    """A delivery takes no turn on the database thread (channels' own dispatch takes one per socket)."""
+    b, _ = await join("lobby", bob_cookie)
+    event = await database_sync_to_async(post_message)(lobby, ann, "while busy", "busy1")
+    busy = asyncio.ensure_future(database_sync_to_async(time.sleep)(1.5))  # a slow query, say
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    await get_channel_layer().group_send(lobby.group_name, event)
+    assert (await next_of(b, "message", timeout=1))["id"] == event["id"]
+    assert time.monotonic() - started < 0.5
+    await busy
+    await b.disconnect()
 
 
 async def test_heartbeat_sends_a_message_whose_broadcast_never_came(settings, lobby, ann, bob_cookie):
