@@ -297,18 +297,19 @@ def make_thumbnails(user_id: int, original: str) -> str | None:
             # before that reruns this idempotent task. One fsync fewer per avatar.
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit = off")
-        user = User.objects.select_for_update().filter(pk=user_id).first()
-        if user is None or user.avatar.name != original:
+        # One statement is the check (still this upload?), the row lock that keeps a new
+        # upload's original safe from the sweep below (store_avatar takes the same lock),
+        # and the write: no SELECT FOR UPDATE, no model loaded and saved.
+        if not User.objects.filter(pk=user_id, avatar=original).update(avatar_digest=digest):
             # Superseded while we worked: our files belong to no one, unless they are also current.
+            user = User.objects.select_for_update().filter(pk=user_id).first()
             if user is not None and digest != user.avatar_digest and digest not in user.avatar.name:
                 delete_set(storage, user_id, digest)
             logger.info("event=avatar_superseded user=%s original=%s", user_id, original)
             return None
-        user.avatar_digest = digest
-        user.save(update_fields=["avatar_digest"])
         sweep(storage, user_id, digest, original)
     logger.info("event=avatar_ready user=%s digest=%s", user_id, digest[:12])
-    broadcast_avatar(user)
+    broadcast_avatar(user_id)
     return digest
 
 
@@ -355,19 +356,23 @@ def thumbnails_pending(user) -> bool:
     return bool(user.avatar) and not (user.avatar_digest and user.avatar_digest in user.avatar.name)
 
 
-def broadcast_avatar(user) -> None:
+def broadcast_avatar(user_id: int) -> None:
     """Tell the rooms whose open pages show the user, so they swap the images in.
 
     Those are the rooms where the user has a socket open (presence list) and
     those they posted in lately (their messages are on screen there, even after
-    they left).
+    they left). The user is read only when some room is to be told: a user
+    nobody is looking at costs the task one query here.
     """
     from chat.models import Message, Presence, Room  # chat depends on accounts, not the other way round
 
-    present = Presence.objects.filter(user_id=user.pk).values_list("room_id", flat=True).order_by()
-    posted = Message.objects.filter(user_id=user.pk, created_at__gte=timezone.now() - RECENT_POSTS)
+    present = Presence.objects.filter(user_id=user_id).values_list("room_id", flat=True).order_by()
+    posted = Message.objects.filter(user_id=user_id, created_at__gte=timezone.now() - RECENT_POSTS)
     room_ids = set(present.union(posted.values_list("room_id", flat=True).order_by()))
     if not room_ids:
+        return
+    user = get_user_model().objects.only("username", "avatar_digest").filter(pk=user_id).first()
+    if user is None:
         return
     event = {"type": "avatar.changed", "user": user.username, "user_id": user.pk, "avatar": avatar_urls(user)}
     layer = get_channel_layer()
@@ -375,7 +380,7 @@ def broadcast_avatar(user) -> None:
         try:
             async_to_sync(layer.group_send)(Room(pk=room_id).group_name, event)
         except Exception as exc:  # a page misses a swap and shows the new avatar on reload
-            logger.warning("event=avatar_broadcast_failed user=%s room=%s error=%r", user.pk, room_id, exc)
+            logger.warning("event=avatar_broadcast_failed user=%s room=%s error=%r", user_id, room_id, exc)
 
 
 def initials(user) -> str:
