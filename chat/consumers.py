@@ -199,7 +199,8 @@ class ChatConsumer(AvatarFrames, ExportCommand, AsyncWebsocketConsumer):
         # Persisted; now everyone (the sender too) gets it. A retry is broadcast
         # again: its first broadcast may have died with another process, and
         # sockets skip ids they already sent.
-        await self.channel_layer.group_send(self.room.group_name, event)
+        if not await self.group_send(event):
+            await self.chat_message(event)  # the sender sees it stored; others read it at their next beat
 
     async def on_sync(self, frame: dict[str, Any]) -> None:
         frames, more = await database_sync_to_async(messages_after)(self.room, frame["after"])
@@ -232,9 +233,20 @@ class ChatConsumer(AvatarFrames, ExportCommand, AsyncWebsocketConsumer):
 
     async def broadcast(self, frame: dict[str, Any], skip_user: int | None = None) -> None:
         """Send a frame to every socket in the room, encoded once for all of them."""
-        await self.channel_layer.group_send(
-            self.room.group_name, {"type": "chat.frame", "text": encode(frame), "skip_user": skip_user}
-        )
+        await self.group_send({"type": "chat.frame", "text": encode(frame), "skip_user": skip_user})
+
+    async def group_send(self, event: dict[str, Any]) -> bool:
+        """Send an event to the room's group; False when the channel layer failed (Redis away).
+
+        A failed broadcast costs live delivery, not the socket: messages are
+        stored first and every socket reads what it missed (see catch_up).
+        """
+        try:
+            await self.channel_layer.group_send(self.room.group_name, event)
+        except Exception as exc:
+            logger.warning("event=broadcast_failed room=%s type=%s error=%r", self.room.label, event["type"], exc)
+            return False
+        return True
 
     async def chat_frame(self, event: dict[str, Any]) -> None:
         if event.get("skip_user") is not None and event["skip_user"] == self.user.pk:

@@ -206,6 +206,26 @@ async def test_broadcasts_reach_sockets_while_the_database_thread_is_busy(lobby,
     await b.disconnect()
 
 
+async def test_redis_outage_keeps_sockets_open_and_loses_nothing(settings, own_redis, lobby, ann_cookie, bob_cookie):
+    layer = {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [own_redis.url]}}
+    settings.CHANNEL_LAYERS = {"default": layer, "tasks": layer}
+    settings.CHAT_PRESENCE_TTL = 0.6  # beats every 0.15 to 0.2 s: what they read is what broadcasts missed
+    a, _ = await join("lobby", ann_cookie)
+    b, _ = await join("lobby", bob_cookie)
+    own_redis.stop()
+    await send(a, message("while redis is down", "d1"))
+    during = await next_of(a, "message")  # stored: the sender is told, and its socket stays open
+    assert during["text"] == "while redis is down"
+    assert (await next_of(b, "message", timeout=3))["id"] == during["id"]
+    own_redis.start()
+    await send(a, message("after it is back", "d2"))
+    after = await next_of(a, "message", timeout=5)
+    assert (await next_of(b, "message", timeout=5))["id"] == after["id"]
+    for socket in (a, b):
+        assert not [f for f in await frames_until_quiet(socket) if f["type"] == "message"]
+        await socket.disconnect()
+
+
 async def test_heartbeat_sends_a_message_whose_broadcast_never_came(settings, lobby, ann, bob_cookie):
     settings.CHAT_PRESENCE_TTL = 0.6  # a beat every 0.15 to 0.2 s
     b, _ = await join("lobby", bob_cookie)
