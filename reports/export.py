@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
@@ -23,7 +24,7 @@ from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import connections
 from django.db.models import CharField, F, Func, QuerySet, TextField, Value
-from django.db.models.functions import NullIf
+from django.db.models.functions import Cast, Concat, NullIf
 from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.html import escape
@@ -96,6 +97,8 @@ class Writer:
 
 
 class JsonLinesWriter(Writer):
+    """One JSON object a line; on PostgreSQL the server writes the lines (JSON_LINE)."""
+
     extension = "jsonl"
 
     def rows(self, rows: list[Row]) -> str:
@@ -108,6 +111,11 @@ class JsonLinesWriter(Writer):
             + "\n"
             for id_, at, _, handle, name, text in rows
         )
+
+    def batches(self, messages: QuerySet, after_id: int) -> Iterator[Piece]:
+        if connections[messages.db].vendor != "postgresql":
+            return super().batches(messages, after_id)
+        return copy_batches(messages, after_id, (JSON_LINE,), JSON_COPY)
 
 
 class CsvWriter(Writer):
@@ -140,42 +148,71 @@ class CsvWriter(Writer):
 
     def batches(self, messages: QuerySet, after_id: int) -> Iterator[Piece]:
         if connections[messages.db].vendor != "postgresql":
-            yield from super().batches(messages, after_id)
+            return super().batches(messages, after_id)
+        return copy_batches(messages, after_id, ("id", ISO_TIMESTAMP, "user__username", *COPY_NULLABLE), "FORMAT csv")
+
+
+def copy_batches(messages: QuerySet, after_id: int, columns: tuple, options: str) -> Iterator[Piece]:
+    """The rows after `after_id` as PostgreSQL's COPY writes them, a batch per statement.
+
+    COPY sends one message per row (the protocol says so: "CopyData messages
+    (always one per row)"): they are handed on COPY_PIECE_BYTES at a time, the
+    batch's count is COPY's row count, and its last id the first number of its
+    last row (every format starts a row with the message's id). A batch holds
+    about a part's worth of rows, up to COPY_BATCH_SIZE (parts end between
+    batches: they stay near REPORTS_EXPORT_PART_BYTES, and so do checkpoints).
+    """
+    connection = connections[messages.db]
+    batch, rows_seen, bytes_seen = min(COPY_FIRST_BATCH, COPY_BATCH_SIZE), 0, 0
+    while True:
+        rows = messages.filter(id__gt=after_id).order_by("id").values_list(*columns)[:batch]
+        sql, params = rows.query.get_compiler(messages.db).as_sql()
+        with connection.cursor() as cursor, cursor.cursor.copy(f"COPY ({sql}) TO STDOUT ({options})", params) as copy:
+            blocks, size, row = [], 0, b""
+            for row in copy:
+                blocks.append(row)
+                size += len(row)
+                if size >= COPY_PIECE_BYTES:
+                    bytes_seen += size
+                    yield b"".join(blocks), 0, None
+                    blocks, size = [], 0
+            count = cursor.cursor.rowcount
+        if not count:
             return
-        connection = connections[messages.db]
-        while True:
-            rows = messages.filter(id__gt=after_id).order_by("id")
-            rows = rows.values_list("id", ISO_TIMESTAMP, "user__username", *COPY_NULLABLE)[:COPY_BATCH_SIZE]
-            sql, params = rows.query.get_compiler(messages.db).as_sql()
-            with connection.cursor() as cursor, cursor.cursor.copy(COPY_CSV.format(rows=sql), params) as copy:
-                # COPY sends one message per row (the protocol says so): handed on
-                # COPY_PIECE_BYTES at a time; the last row starts with the last id.
-                blocks, size, row = [], 0, b""
-                for row in copy:
-                    blocks.append(row)
-                    size += len(row)
-                    if size >= COPY_PIECE_BYTES:
-                        yield b"".join(blocks), 0, None
-                        blocks, size = [], 0
-                count = cursor.cursor.rowcount
-            if not count:
-                return
-            after_id = int(bytes(row[:20]).partition(b",")[0])
-            yield b"".join(blocks), count, after_id
+        after_id = int(FIRST_NUMBER.match(bytes(row[:40])).group(1))
+        rows_seen, bytes_seen = rows_seen + count, bytes_seen + size
+        batch = max(1, min(COPY_BATCH_SIZE, part_size() * rows_seen // bytes_seen))
+        yield b"".join(blocks), count, after_id
 
 
-# COPY quotes a field as the csv module's QUOTE_MINIMAL does (one holding a comma,
-# a quote, CR or LF; quotes doubled), and an empty string too, as "" (to tell it
-# from NULL): empty texts go out as NULL, which COPY writes as nothing, as csv does.
-COPY_CSV = "COPY ({rows}) TO STDOUT (FORMAT csv)"
-COPY_NULLABLE = tuple(NullIf(name, Value(""), output_field=TextField()) for name in ("user__display_name", "text"))
+COPY_FIRST_BATCH = 1000
 COPY_BATCH_SIZE = 20_000
 COPY_PIECE_BYTES = 256 * 1024
+FIRST_NUMBER = re.compile(rb"\D*(\d+)")
+# COPY quotes a CSV field as the csv module's QUOTE_MINIMAL does (one holding a
+# comma, a quote, CR or LF; quotes doubled), and an empty string too, as "" (to
+# tell it from NULL): empty texts go out as NULL, which COPY writes as nothing, as csv does.
+COPY_NULLABLE = tuple(NullIf(name, Value(""), output_field=TextField()) for name in ("user__display_name", "text"))
+
+
+def _json(field: str) -> Func:
+    """A string as JSON: PostgreSQL escapes exactly what json.dumps(ensure_ascii=False) does."""
+    return Func(F(field), template="to_json(%(expressions)s)::text", output_field=TextField())
+
 
 # PostgreSQL's rendering of timestamp() (the connection's time zone is UTC).
 ISO_TIMESTAMP = Func(
     F("created_at"), Value('YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'), function="to_char", output_field=CharField()
 )
+# JsonLinesWriter's line, built by PostgreSQL. COPY writes it as it is with CSV
+# quote and delimiter characters that JSON never holds unescaped (control
+# characters), and no raw newline either: nothing to quote.
+JSON_LINE = Concat(
+    Value('{"id": '), Cast("id", TextField()), Value(', "created_at": "'), ISO_TIMESTAMP,
+    Value('", "user": '), _json("user__username"), Value(', "display_name": '), _json("user__display_name"),
+    Value(', "text": '), _json("text"), Value("}"), output_field=TextField(),
+)  # fmt: skip
+JSON_COPY = "FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01'"
 
 
 class HtmlWriter(Writer):

@@ -135,8 +135,9 @@ def test_csv_export_escapes_commas_quotes_and_newlines(room, alice):
     assert [(int(r[0]), r[2], r[4]) for r in rows[1:]] == expected_rows(room)
 
 
-def test_csv_from_postgresql_copy_is_what_the_csv_module_writes(room, alice, monkeypatch):
-    """On PostgreSQL the rows are formatted by COPY; the bytes must not depend on the database.
+@pytest.mark.parametrize("format", ["csv", "jsonl"])
+def test_rows_from_postgresql_copy_are_what_python_writes(room, alice, monkeypatch, format):
+    """On PostgreSQL, COPY writes the CSV and JSON Lines rows; the bytes must not depend on the database.
 
     Batches of 3 rows handed on in pieces of a few bytes: a batch's count and last
     id come with its last piece only, where a part may end.
@@ -144,17 +145,17 @@ def test_csv_from_postgresql_copy_is_what_the_csv_module_writes(room, alice, mon
     from reports import export
 
     carol = User.objects.create_user("carol", display_name='Carol, "C"\nthe second')
-    for text in TRICKY:
+    for text in [*TRICKY, "back\\slash \t tab \x01\x02 controls \x7f del \u2028 separator", "\\."]:
         post(room, carol, text)
     monkeypatch.setattr(export, "COPY_BATCH_SIZE", 3)
     monkeypatch.setattr(export, "COPY_PIECE_BYTES", 10)
-    job, _ = start_export(alice, room, "csv")
-    writer = export.CsvWriter(job)
+    job, _ = start_export(alice, room, format)
+    writer = export.WRITERS[format](job)
     in_python = list(export.Writer.batches(writer, job_messages(job), 0))
     as_used = list(writer.batches(job_messages(job), 0))
     assert b"".join(data for data, _, _ in as_used) == b"".join(data for data, _, _ in in_python)
-    ids = list(job_messages(job).order_by("id").values_list("id", flat=True))
-    if job_messages(job).db == "default" and export.connections["default"].vendor == "postgresql":
+    if export.connections[job_messages(job).db].vendor == "postgresql":
+        ids = list(job_messages(job).order_by("id").values_list("id", flat=True))
         boundaries = [(rows, last_id) for _, rows, last_id in as_used if last_id is not None]
         assert boundaries == [(len(ids[i : i + 3]), ids[i : i + 3][-1]) for i in range(0, len(ids), 3)]
         assert len(as_used) > len(boundaries)  # pieces inside batches
