@@ -41,13 +41,7 @@ LOSS_ALLOWED = 0.001  # a step that loses more than 0.1% of deliveries fails, wh
 PUBSUB = "channels_redis.pubsub.RedisPubSubChannelLayer"
 CORE = "channels_redis.core.RedisChannelLayer"
 # Parley's variants, by environment: as shipped (the pub/sub layer), and on channels-redis' core layer.
-PARLEY_ENV = {
-    "pubsub": {},
-    "core": {"CHANNEL_LAYER": "core"},
-    # Posts on the thread pool instead of daphne's one database thread (bench.peers.parley_parallel_asgi).
-    "parallel": {},
-}
-PARLEY_APPS = {"parallel": "bench.peers.parley_parallel_asgi:application"}
+PARLEY_ENV = {"pubsub": {}, "core": {"CHANNEL_LAYER": "core"}}
 
 
 class Target:
@@ -255,7 +249,7 @@ def login_users(count: int, prefix: str = "bench") -> list[str]:
 def summarize_profile(path: Path, top: int = 25) -> list[tuple[str, float, float]]:
     """(function, self %, inclusive %) from py-spy's collapsed stacks, most inclusive first."""
     own, inclusive, total = Counter(), Counter(), 0
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack:
             continue
@@ -295,8 +289,7 @@ def main() -> None:
     parser.add_argument("--loadgens", type=int, default=3, help="load generator processes")
     parser.add_argument("--layers", default="core,pubsub", help="channel layers of the baseline: core, pubsub")
     parser.add_argument("--parley-layers", default="pubsub,core",
-                        help="Parley variants: pubsub (as shipped), core (CHANNEL_LAYER=core), parallel (posts on the "
-                             "thread pool)")
+                        help="Parley variants: pubsub (as shipped), core (CHANNEL_LAYER=core)")
     parser.add_argument("--profile", action="store_true", help="only profile one loaded daphne per target")
     parser.add_argument("--profile-rate", type=float, default=60.0)
     args = parser.parse_args()
@@ -319,7 +312,7 @@ def main() -> None:
                    {**bare_env, "BARE_CHANNEL_LAYER": PUBSUB if layer == "pubsub" else CORE})
             for layer in layers
         ] + [
-            Target(f"parley-{variant}", "parley", PARLEY_APPS.get(variant, "project.asgi:application"),
+            Target(f"parley-{variant}", "parley", "project.asgi:application",
                    {**parley_env, **PARLEY_ENV[variant]})
             for variant in parley_layers
         ]  # fmt: skip

@@ -226,6 +226,19 @@ async def test_redis_outage_keeps_sockets_open_and_loses_nothing(settings, own_r
         await socket.disconnect()
 
 
+async def test_messages_are_stored_while_the_database_thread_is_busy(lobby, ann_cookie):
+    """Posts have threads of their own: a slow query elsewhere in the process does not hold them up."""
+    a, _ = await join("lobby", ann_cookie)
+    busy = asyncio.ensure_future(database_sync_to_async(time.sleep)(1.5))
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    await send(a, message("not stuck", "t1"))
+    assert (await next_of(a, "message", timeout=1))["text"] == "not stuck"
+    assert time.monotonic() - started < 0.5
+    await busy
+    await a.disconnect()
+
+
 async def test_heartbeat_sends_a_message_whose_broadcast_never_came(settings, lobby, ann, bob_cookie):
     settings.CHAT_PRESENCE_TTL = 0.6  # a beat every 0.15 to 0.2 s
     b, _ = await join("lobby", bob_cookie)
