@@ -341,10 +341,12 @@ def test_start_attaches_to_the_running_export_and_limits_to_three(client, room, 
 
 
 async def test_progress_over_websocket_is_monotonic_and_ends_with_download(fresh_channel_layer, alice, bob, settings):
-    # Small parts: more checkpoints, so the export runs long enough for a rate (0.2 s of samples).
+    count = 80_000
+    # Enough rows that the export lasts several progress intervals (0.1 s each; an
+    # HTML export of 30,000 took 0.2 s on SQLite), small parts for more checkpoints.
     settings.REPORTS_EXPORT_PART_BYTES = 16 * 1024
     room = await sync_to_async(make_room)(members=[alice, bob])
-    await sync_to_async(bulk_messages)(room, [alice, bob], 30000)
+    await sync_to_async(bulk_messages)(room, [alice, bob], count)
     job, _ = await sync_to_async(start_export)(alice, room, "html")
     communicator = await sync_to_async(authenticated)(alice, f"/reports/{job.pk}/live/")
     connected, _ = await communicator.connect(timeout=5)
@@ -360,8 +362,8 @@ async def test_progress_over_websocket_is_monotonic_and_ends_with_download(fresh
     await communicator.disconnect()
     percents = [f["percent"] for f in frames]
     assert percents == sorted(percents) and len([f for f in frames if f["status"] == "running"]) >= 2
-    running = [(f, at) for f, at in zip(frames, received_at) if f["status"] == "running" and f["done"] < 30000]
-    assert running and all(f["total"] == 30000 for f, _ in running)
+    running = [(f, at) for f, at in zip(frames, received_at) if f["status"] == "running" and f["done"] < count]
+    assert running and all(f["total"] == count for f, _ in running)
     # A rate needs samples 0.2 s apart (reports.live.RateMeter): a fast machine may finish sooner.
     if running[-1][1] - running[0][1] >= 0.5:
         assert any(f["rate"] for f, _ in running) and any(f["eta"] is not None for f, _ in running)
