@@ -297,7 +297,7 @@ def main() -> None:
     smoke = args.smoke
     daphne_counts = [1] if smoke else [int(x) for x in args.daphnes.split(",")]
     small, big = ((20, 5.0), (40, 10.0)) if smoke else ((100, 20.0), (200, 50.0))
-    knee_rates = [10.0, 20.0] if smoke else [20.0, 40.0, 60.0, 80.0, 100.0, 120.0, 150.0]
+    knee_rates = [10.0, 20.0] if smoke else [20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 100.0, 120.0, 150.0]
     warmup, duration, drain = (0.5, 1.5, 2.0) if smoke else (2.0, 5.0, 3.0)
     layers = ["core"] if smoke else [x for x in args.layers.split(",") if x]
     parley_layers = ["pubsub"] if smoke else [x for x in args.parley_layers.split(",") if x]
