@@ -63,6 +63,27 @@ def beat(room: Room, channel_name: str, after: int) -> tuple[bool, list[str], li
     return refreshed, left, messages_after(room, after)[0]
 
 
+def post_message(room: Room, user: "User", text: str, client_id: str) -> dict[str, Any]:
+    """Store a message; returns the event that broadcasts it to the room's sockets (see chat_message)."""
+    message, created = room.post(user, text, client_id)
+    if not created:
+        message = Message.objects.select_related("room", "user").get(pk=message.pk)
+    return {"type": "chat.message", "text": encode(message_frame(message)), "id": message.pk, "previous": message.previous_id}
+
+
+# Messages are stored, and missed ones read, on threads of their own, each with
+# its own database connection. On daphne's one database thread (channels'
+# default) a process stored at most 1 / (one post's round trips) messages a
+# second, all rooms together, and a read for sockets waiting on a missed
+# message queued behind every presence beat. Room.post's lock still orders a
+# room's inserts; sockets put crossing broadcasts back in id order. Each daphne
+# holds up to POST_THREADS more connections.
+POST_THREADS = 4
+_post_threads = ThreadPoolExecutor(POST_THREADS, thread_name_prefix="parley-post")
+store_message = database_sync_to_async(post_message, thread_sensitive=False, executor=_post_threads)
+read_missed = database_sync_to_async(messages_after, thread_sensitive=False, executor=_post_threads)
+
+
 # (room pk, id) -> the read of the room's messages after that id, while it runs.
 _reads_after: dict[tuple[int, int], asyncio.Future] = {}
 
@@ -73,35 +94,16 @@ async def missed_after(room: Room, after: int) -> list[dict[str, Any]]:
     A broadcast that overtakes its predecessor (two daphnes' publishes cross)
     reaches every socket of the room at once, and they all miss the same
     message: the sockets of this process that ask for the same id share one
-    read instead of each queueing its own on the database thread.
+    read instead of each making its own.
     """
     key = (room.pk, after)
     read = _reads_after.get(key)
     if read is None:
-        read = asyncio.ensure_future(database_sync_to_async(messages_after)(room, after))
+        read = asyncio.ensure_future(read_missed(room, after))
         _reads_after[key] = read
         read.add_done_callback(lambda _: _reads_after.pop(key, None))
     frames, _ = await asyncio.shield(read)
     return frames
-
-
-def post_message(room: Room, user: "User", text: str, client_id: str) -> dict[str, Any]:
-    """Store a message; returns the event that broadcasts it to the room's sockets (see chat_message)."""
-    message, created = room.post(user, text, client_id)
-    if not created:
-        message = Message.objects.select_related("room", "user").get(pk=message.pk)
-    return {"type": "chat.message", "text": encode(message_frame(message)), "id": message.pk, "previous": message.previous_id}
-
-
-# Messages are stored on threads of their own, each with its own database
-# connection. On daphne's one database thread (channels' default) a process
-# stored at most 1 / (one post's round trips) messages a second, all rooms
-# together, and every presence beat and sync queued behind them. Room.post's
-# lock still orders a room's inserts; sockets put crossing broadcasts back in
-# id order. Each daphne holds up to POST_THREADS more connections.
-POST_THREADS = 4
-_post_threads = ThreadPoolExecutor(POST_THREADS, thread_name_prefix="parley-post")
-store_message = database_sync_to_async(post_message, thread_sensitive=False, executor=_post_threads)
 
 
 class ChatConsumer(AvatarFrames, ExportCommand, AsyncWebsocketConsumer):
