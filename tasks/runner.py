@@ -11,6 +11,7 @@ The rules that make the runner lose nothing and double nothing live here:
 - every outcome is written conditionally on still holding the task.
 """
 
+import functools
 import logging
 import random
 import threading
@@ -72,34 +73,189 @@ def error_entry(exc: BaseException) -> dict[str, str]:
     }
 
 
+# --- The hot path: claim a task, record an outcome ---------------------------------
+#
+# Every task pays these statements, so they go straight to the cursor as SQL
+# built once per shape: through the ORM, building the query and loading the
+# row cost this machine 0.4-0.9 ms of CPU a statement, as much as a thumbnail's
+# WebP encoding (bench/thumbnails.py, profiled). On PostgreSQL the outcome of
+# the task just run and the claim of the next are one statement (one round
+# trip, one commit): see release_and_claim().
+
+FIELDS = TaskRecord._meta.concrete_fields
+_FIELD = {field.name: field for field in FIELDS}
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How an attempt ended: the columns to write, if its worker still holds the task."""
+
+    record: TaskRecord
+    task: Task
+    changes: dict[str, Any]
+    error: BaseException | None = None
+
+
+def outcome_of(record: TaskRecord, task: Task, value: Any, exc: BaseException | None) -> Outcome:
+    """The outcome of an attempt that returned `value` or raised `exc`."""
+    if exc is None:
+        try:
+            return Outcome(record, task, success_changes(to_json(value)))
+        except (TypeError, ValueError) as error:
+            exc = TypeError(f"Return value of task {record.task_path} is not JSON-serializable: {error}")
+    return Outcome(record, task, failure_changes(record, exc), exc)
+
+
+def success_changes(return_value: Any) -> dict[str, Any]:
+    return {"status": SUCCESSFUL, "finished_at": timezone.now(), "return_value": return_value}
+
+
+def retry_delay(record: TaskRecord, failures: int) -> float:
+    """Exponential backoff, +-20% jitter so retries of a burst do not stampede."""
+    delay = min(record.retry_backoff_max, record.retry_backoff * 2 ** (failures - 1))
+    return delay * random.uniform(0.8, 1.2)
+
+
+def failure_changes(record: TaskRecord, exc: BaseException) -> dict[str, Any]:
+    """Keep the error; retry later if the task has attempts left, else FAILED."""
+    errors = [*record.errors, error_entry(exc)]
+    failures = sum(1 for e in errors if e["exception_class_path"] != WORKER_LOST)
+    now = timezone.now()
+    if isinstance(exc, TaskCancelled) or failures >= record.max_attempts:
+        return {"status": FAILED, "errors": errors, "finished_at": now}
+    delay = exc.delay if isinstance(exc, RetryLater) else retry_delay(record, failures)
+    logger.info("event=task_retry task=%s path=%s failures=%d delay=%.2f", record.pk, record.task_path, failures, delay)
+    return {"status": READY, "errors": errors, "available_at": now + timedelta(seconds=delay)}
+
+
 def claim(queue_names: list[str], worker_id: str) -> TaskRecord | None:
     """Take the next due READY task of these queues for `worker_id`, or None.
 
-    Highest priority first, then the longest due. One statement, so one round
-    trip and one commit: this is the runner's hot path. SKIP LOCKED lets
-    workers claim side by side on PostgreSQL; on SQLite a write statement
-    holds the database lock, which serialises claims just as well.
-    A READY task whose cancel came too late to stop it is never claimed; the
-    sweep fails it (fail_cancelled).
+    Highest priority first, then the longest due. SKIP LOCKED lets workers
+    claim side by side on PostgreSQL; on SQLite a write statement holds the
+    database lock, which serialises claims just as well. A READY task whose
+    cancel came too late to stop it is never claimed; the sweep fails it
+    (fail_cancelled).
     """
-    ops = connection.ops
-    now = ops.adapt_datetimefield_value(timezone.now())
-    table = ops.quote_name(TaskRecord._meta.db_table)
-    if connection.vendor == "postgresql":
+    return release_and_claim(None, queue_names, worker_id)[1]
+
+
+def record_success(record: TaskRecord, worker_id: str, return_value: Any) -> bool:
+    return _release(record, worker_id, success_changes(return_value))
+
+
+def record_failure(record: TaskRecord, worker_id: str, exc: BaseException) -> bool:
+    return _release(record, worker_id, failure_changes(record, exc))
+
+
+def release_and_claim(ended: Outcome | None, queue_names: list[str], worker_id: str) -> tuple[bool, TaskRecord | None]:
+    """Record `ended` (the attempt this worker just finished, if any), then claim the next task.
+
+    Returns (whether `ended` was recorded, the claimed task or None). On
+    PostgreSQL both are one statement; a worker draining a queue so pays one
+    round trip and one commit per task.
+    """
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    claim_sql, claim_params = _claim_sql(connection.vendor, len(queue_names)), [
+        RUNNING, worker_id, now, now, now, worker_id, READY, *queue_names, now,
+    ]  # fmt: skip
+    if ended is not None and connection.vendor == "postgresql":
+        release_sql, release_params = _release_statement(ended.record, worker_id, ended.changes)
+        sql = (
+            f"WITH released AS ({release_sql} RETURNING 1), claimed AS ({claim_sql}) "
+            "SELECT (SELECT count(*) FROM released), claimed.* FROM (SELECT 1) AS one LEFT JOIN claimed ON true"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, release_params + claim_params)
+            held, *row = cursor.fetchone()
+        _note_release(ended.record, worker_id, ended.changes, held)
+        return bool(held), _load(row) if row[0] is not None else None
+    held = ended is not None and _release(ended.record, worker_id, ended.changes)
+    with connection.cursor() as cursor:
+        cursor.execute(claim_sql, claim_params)
+        row = cursor.fetchone()
+    return held, _load(row) if row is not None else None
+
+
+def _release(record: TaskRecord, worker_id: str, changes: dict[str, Any]) -> bool:
+    """Write an attempt's outcome if `worker_id` still holds the task."""
+    sql, params = _release_statement(record, worker_id, changes)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        held = cursor.rowcount
+    return _note_release(record, worker_id, changes, held)
+
+
+def _release_statement(record: TaskRecord, worker_id: str, changes: dict[str, Any]) -> tuple[str, list]:
+    changes = {**changes, "worker_id": "", "heartbeat_at": None}  # the task is no longer held
+    params = [_FIELD[name].get_db_prep_save(value, connection) for name, value in changes.items()]
+    params += [_FIELD["id"].get_db_prep_value(record.pk, connection), worker_id]
+    return _release_sql(connection.vendor, tuple(changes)), params
+
+
+def _note_release(record: TaskRecord, worker_id: str, changes: dict[str, Any], held: int) -> bool:
+    if not held:
+        logger.warning("event=lease_lost task=%s worker=%s", record.pk, worker_id)
+        return False
+    for name, value in {**changes, "worker_id": "", "heartbeat_at": None}.items():
+        setattr(record, name, value)
+    return True
+
+
+# The SQL below is built once per database vendor (the cache key) and shape.
+
+
+def _table() -> str:
+    return connection.ops.quote_name(TaskRecord._meta.db_table)
+
+
+@functools.cache
+def _release_sql(vendor: str, names: tuple[str, ...]) -> str:
+    # worker_id is set only while a task is RUNNING (the claim sets it, every
+    # way out of RUNNING clears it), so it alone says who holds the task. With
+    # "status = RUNNING" too, PostgreSQL may pick the partial index of running
+    # tasks over the primary key and read every running task (seen in EXPLAIN).
+    sets = ", ".join(f"{connection.ops.quote_name(_FIELD[name].column)} = %s" for name in names)
+    return f"UPDATE {_table()} SET {sets} WHERE id = %s AND worker_id = %s"
+
+
+@functools.cache
+def _claim_sql(vendor: str, queue_count: int) -> str:
+    if vendor == "postgresql":
         append = "worker_ids || to_jsonb(%s::text)"
     else:
         append = "json_insert(worker_ids, '$[#]', %s)"
     skip_locked = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
-    queues = ", ".join(["%s"] * len(queue_names))
-    sql = (
+    queues = ", ".join(["%s"] * queue_count)
+    table = _table()
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in FIELDS)
+    return (
         f"UPDATE {table} SET status = %s, worker_id = %s, heartbeat_at = %s, last_attempted_at = %s, "
         f"started_at = COALESCE(started_at, %s), worker_ids = {append} "
         f"WHERE id = (SELECT id FROM {table} WHERE status = %s AND NOT cancel_requested "
         f"AND queue_name IN ({queues}) AND available_at <= %s "
-        f"ORDER BY priority DESC, available_at, enqueued_at LIMIT 1{skip_locked}) RETURNING *"
+        f"ORDER BY priority DESC, available_at, enqueued_at LIMIT 1{skip_locked}) RETURNING {columns}"
     )
-    params = [RUNNING, worker_id, now, now, now, worker_id, READY, *queue_names, now]
-    return next(iter(TaskRecord.objects.raw(sql, params)), None)
+
+
+@functools.cache
+def _converters(vendor: str) -> list[tuple[int, list, Any]]:
+    """What the ORM would apply to each column of a TaskRecord row (JSON decoding, SQLite's types)."""
+    converters = []
+    for i, field in enumerate(FIELDS):
+        column = field.get_col(TaskRecord._meta.db_table)
+        found = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
+        if found:
+            converters.append((i, found, column))
+    return converters
+
+
+def _load(row: list) -> TaskRecord:
+    values = list(row)
+    for i, converters, column in _converters(connection.vendor):
+        for convert in converters:
+            values[i] = convert(values[i], column, connection)
+    return TaskRecord.from_db(connection.alias, None, values)
 
 
 def fail_cancelled() -> int:
@@ -125,41 +281,6 @@ def next_due(queue_names: list[str]) -> datetime | None:
         .values_list("available_at", flat=True)
         .first()
     )
-
-
-def _release(record: TaskRecord, worker_id: str, **changes: Any) -> bool:
-    """Write an attempt's outcome if `worker_id` still holds the task."""
-    changes.setdefault("worker_id", "")
-    changes.setdefault("heartbeat_at", None)
-    held = TaskRecord.objects.filter(pk=record.pk, status=RUNNING, worker_id=worker_id).update(**changes)
-    if not held:
-        logger.warning("event=lease_lost task=%s worker=%s", record.pk, worker_id)
-        return False
-    for name, value in changes.items():
-        setattr(record, name, value)
-    return True
-
-
-def record_success(record: TaskRecord, worker_id: str, return_value: Any) -> bool:
-    return _release(record, worker_id, status=SUCCESSFUL, finished_at=timezone.now(), return_value=return_value)
-
-
-def retry_delay(record: TaskRecord, failures: int) -> float:
-    """Exponential backoff, +-20% jitter so retries of a burst do not stampede."""
-    delay = min(record.retry_backoff_max, record.retry_backoff * 2 ** (failures - 1))
-    return delay * random.uniform(0.8, 1.2)
-
-
-def record_failure(record: TaskRecord, worker_id: str, exc: BaseException) -> bool:
-    """Keep the error; retry later if the task has attempts left, else FAILED."""
-    errors = [*record.errors, error_entry(exc)]
-    failures = sum(1 for e in errors if e["exception_class_path"] != WORKER_LOST)
-    now = timezone.now()
-    if isinstance(exc, TaskCancelled) or failures >= record.max_attempts:
-        return _release(record, worker_id, status=FAILED, errors=errors, finished_at=now)
-    delay = exc.delay if isinstance(exc, RetryLater) else retry_delay(record, failures)
-    logger.info("event=task_retry task=%s path=%s failures=%d delay=%.2f", record.pk, record.task_path, failures, delay)
-    return _release(record, worker_id, status=READY, errors=errors, available_at=now + timedelta(seconds=delay))
 
 
 def hand_back(worker_id: str, record: TaskRecord | None = None) -> list[str]:
@@ -323,13 +444,18 @@ def on_db_thread(func):
     return sync_to_async(func, thread_sensitive=True)
 
 
-def claim_and_start(queue_names: list[str], worker_id: str) -> tuple[TaskRecord, Task | None, Any] | None:
-    """Claim the next task and announce it (task_started), in one trip to the database thread.
+def claim_and_start(
+    queue_names: list[str], worker_id: str, ended: Outcome | None = None
+) -> tuple[TaskRecord, Task | None, Any] | None:
+    """Record the attempt just ended, if any, claim the next task, and announce both
+    (task_finished, then task_started): one trip to the database thread, one statement.
 
     Returns None when no task is due, and (record, None, None) for a task whose
     code cannot be loaded: that attempt is recorded as failed here.
     """
-    record = claim(queue_names, worker_id)
+    held, record = release_and_claim(ended, queue_names, worker_id)
+    if ended is not None:
+        announce(ended, worker_id, held)
     if record is None:
         return None
     try:
@@ -345,30 +471,31 @@ def claim_and_start(queue_names: list[str], worker_id: str) -> tuple[TaskRecord,
     return record, task, result
 
 
-def finish(record: TaskRecord, task: Task, worker_id: str, value: Any, outcome: BaseException | None) -> bool:
-    """Record an attempt's outcome and announce it (task_finished, and the task's group
-    for takes_context tasks); False if the lease was lost."""
-    if outcome is None:
-        try:
-            value = to_json(value)
-        except (TypeError, ValueError) as exc:
-            outcome = TypeError(f"Return value of task {record.task_path} is not JSON-serializable: {exc}")
+def finish(ended: Outcome, worker_id: str) -> bool:
+    """Record an attempt's outcome and announce it; False if the lease was lost."""
+    held = _release(ended.record, worker_id, ended.changes)
+    announce(ended, worker_id, held)
+    return held
+
+
+def announce(ended: Outcome, worker_id: str, held: bool) -> None:
+    """Log a recorded outcome and tell who listens: task_finished, and the task's
+    group for takes_context tasks. An outcome not held (the sweep gave the task
+    to another worker, whose outcome counts) is only logged, by _release."""
+    if not held:
+        return
+    record, task = ended.record, ended.task
     log = "task=%s path=%s queue=%s attempt=%d worker=%s"
     log_args = (record.pk, record.task_path, record.queue_name, record.attempts, worker_id)
-    if outcome is None:
-        held = record_success(record, worker_id, value)
+    if ended.error is None:
         logger.info("event=task_succeeded " + log, *log_args)
     else:
-        held = record_failure(record, worker_id, outcome)
-        logger.info("event=task_failed " + log + " status=%s error=%r", *log_args, record.status, outcome)
-    if not held:  # the sweep gave it to another worker, whose outcome counts
-        return False
+        logger.info("event=task_failed " + log + " status=%s error=%r", *log_args, record.status, ended.error)
     if record.status != READY:
         task_finished.send(sender=ChannelsBackend, task_result=to_task_result(record, task))
     if task.takes_context:
         record.refresh_from_db()  # progress was written by the context, not on this copy
         broadcast(record)
-    return True
 
 
 def task_args(record: TaskRecord, task: Task, result: Any) -> list:
@@ -378,34 +505,38 @@ def task_args(record: TaskRecord, task: Task, result: Any) -> list:
     return args
 
 
-def run_sync(record: TaskRecord, task: Task, result: Any, worker_id: str) -> None:
-    """Run a claimed sync task to its outcome and record it, all in the calling thread."""
+def run_sync(record: TaskRecord, task: Task, result: Any, worker_id: str) -> Outcome | None:
+    """Run a claimed sync task in the calling thread; its outcome, still to record,
+    or None if it handed itself back."""
     try:
         value = task.func(*task_args(record, task, result), **record.kwargs)
     except HandedBack:
         logger.info("event=task_handed_back task=%s path=%s worker=%s", record.pk, record.task_path, worker_id)
         for queue in hand_back(worker_id, record):
             ring(queue)
+        return None
     except Exception as exc:
-        finish(record, task, worker_id, None, exc)
-    else:
-        finish(record, task, worker_id, value, None)
+        return outcome_of(record, task, None, exc)
+    return outcome_of(record, task, value, None)
 
 
 def drain_sync(queue_names: list[str], worker_id: str, state: Any, limit: int = 100) -> Any:
     """Claim and run due tasks of these queues in the calling thread, one after another.
 
-    The fast path of a worker: a sync task costs its claim and its outcome,
-    one statement each, and no trip between threads. Stops at an async task,
-    returning its claim_and_start() tuple for the event loop to run; otherwise
-    returns True after `limit` tasks (more may be due) or False when none is
-    left. `state.running` names the task in hand, for the worker's heartbeat.
+    The fast path of a worker: a sync task costs one statement, which records
+    its outcome and claims the next, and no trip between threads. Stops at an
+    async task, returning its claim_and_start() tuple for the event loop to
+    run; otherwise returns True after `limit` tasks (more may be due) or False
+    when none is left. `state.running` names the task in hand, for the
+    worker's heartbeat.
     """
     close_old_connections()  # once per batch, not per task: drop a broken or aged connection
+    ended = None
     for _ in range(limit):
         if shutting_down.is_set():
-            return False
-        claimed = claim_and_start(queue_names, worker_id)
+            break
+        claimed = claim_and_start(queue_names, worker_id, ended)
+        ended = None
         if claimed is None:
             return False
         record, task, result = claimed
@@ -415,16 +546,25 @@ def drain_sync(queue_names: list[str], worker_id: str, state: Any, limit: int = 
             return claimed
         state.running = record.pk
         try:
-            run_sync(record, task, result, worker_id)
+            ended = run_sync(record, task, result, worker_id)
         finally:
             state.running = None
-    return True
+    if ended is not None:  # the batch's last task: no next claim to record it with
+        finish(ended, worker_id)
+    return not shutting_down.is_set()
+
+
+def run_to_end(record: TaskRecord, task: Task, result: Any, worker_id: str) -> None:
+    """Run a claimed sync task and record its outcome."""
+    ended = run_sync(record, task, result, worker_id)
+    if ended is not None:
+        finish(ended, worker_id)
 
 
 async def execute(record: TaskRecord, task: Task, result: Any, worker_id: str) -> None:
     """Run a claimed task (from claim_and_start) to an outcome, and record it."""
     if not iscoroutinefunction(task.func):
-        await sync_to_async(run_sync, thread_sensitive=False)(record, task, result, worker_id)
+        await sync_to_async(run_to_end, thread_sensitive=False)(record, task, result, worker_id)
         return
     try:
         value = await task.func(*task_args(record, task, result), **record.kwargs)
@@ -432,7 +572,9 @@ async def execute(record: TaskRecord, task: Task, result: Any, worker_id: str) -
         logger.info("event=task_handed_back task=%s path=%s worker=%s", record.pk, record.task_path, worker_id)
         for queue in await on_db_thread(hand_back)(worker_id, record):
             await aring(queue)
+        return
     except Exception as exc:
-        await on_db_thread(finish)(record, task, worker_id, None, exc)
+        ended = outcome_of(record, task, None, exc)
     else:
-        await on_db_thread(finish)(record, task, worker_id, value, None)
+        ended = outcome_of(record, task, value, None)
+    await on_db_thread(finish)(ended, worker_id)
