@@ -366,18 +366,14 @@ def thumbnails_pending(user) -> bool:
 
 
 def broadcast_avatar(user_id: int) -> None:
-    """Tell the rooms whose open pages show the user, so they swap the images in.
+    """Tell the rooms whose open pages show the user (chat.models.rooms_showing), so they swap the images in.
 
-    Those are the rooms where the user has a socket open (presence list) and
-    those they posted in lately (their messages are on screen there, even after
-    they left). The user is read only when some room is to be told: a user
-    nobody is looking at costs the task one query here.
+    The user is read only when some room is to be told: a user nobody is
+    looking at costs the task one query here.
     """
-    from chat.models import Message, Presence, Room  # chat depends on accounts, not the other way round
+    from chat.models import Room, rooms_showing  # chat depends on accounts, not the other way round
 
-    present = Presence.objects.filter(user_id=user_id).values_list("room_id", flat=True).order_by()
-    posted = Message.objects.filter(user_id=user_id, created_at__gte=timezone.now() - RECENT_POSTS)
-    room_ids = set(present.union(posted.values_list("room_id", flat=True).order_by()))
+    room_ids = rooms_showing(user_id, timezone.now() - RECENT_POSTS)
     if not room_ids:
         return
     user = get_user_model().objects.only("username", "avatar_digest").filter(pk=user_id).first()

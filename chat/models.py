@@ -1,9 +1,9 @@
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -173,3 +173,22 @@ class Presence(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.room} via {self.channel_name}"
+
+
+def rooms_showing(user_id: int, since: datetime) -> set[int]:
+    """Ids of the rooms whose open pages may show this user.
+
+    Those where the user has a socket open (the presence list), and those they
+    posted in since `since` (their messages are on screen there, even after
+    they left). Plain SQL: a worker asks this for every avatar it makes, and the
+    ORM took 0.6 ms of CPU to build this union, six times what the query itself
+    costs (bench/thumbnails.py, profiled).
+    """
+    quote = connection.ops.quote_name
+    sql = (
+        f"SELECT room_id FROM {quote(Presence._meta.db_table)} WHERE user_id = %s "
+        f"UNION SELECT room_id FROM {quote(Message._meta.db_table)} WHERE user_id = %s AND created_at >= %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [user_id, user_id, connection.ops.adapt_datetimefield_value(since)])
+        return {room_id for (room_id,) in cursor.fetchall()}

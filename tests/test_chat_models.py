@@ -1,10 +1,12 @@
 import threading
+from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from accounts.models import User
-from chat.models import Message, RateLimited, Room, is_valid_label
+from chat.models import Message, Presence, RateLimited, Room, is_valid_label, rooms_showing
 
 
 @pytest.fixture
@@ -109,3 +111,20 @@ def test_concurrent_posts_commit_in_id_order(ann):
     for user in users:  # each user's messages in their own order
         texts = list(Message.objects.filter(user=user).order_by("id").values_list("text", flat=True))
         assert texts == [f"{user.username}-{i}" for i in range(8)]
+
+
+@pytest.mark.django_db
+def test_rooms_showing_a_user_are_where_they_are_present_or_posted_lately(ann):
+    here, posted, long_ago, elsewhere = (Room.objects.create(label=label) for label in ("here", "posted", "old", "else"))
+    bob = User.objects.create_user("bob")
+    Presence.objects.create(channel_name="ann-1", room=here, user=ann, last_seen=timezone.now())
+    Presence.objects.create(channel_name="bob-1", room=elsewhere, user=bob, last_seen=timezone.now())
+    posted.post(ann, "recent", "c1")
+    posted.post(ann, "twice in one room", "c2")
+    old, _ = long_ago.post(ann, "a month ago", "c3")
+    Message.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=31))
+    elsewhere.post(bob, "not ann", "c4")
+    since = timezone.now() - timedelta(days=30)
+    assert rooms_showing(ann.pk, since) == {here.pk, posted.pk}
+    assert rooms_showing(bob.pk, since) == {elsewhere.pk}
+    assert rooms_showing(User.objects.create_user("cy").pk, since) == set()
