@@ -104,6 +104,12 @@ if DATABASE_URL:
             conn_health_checks=env_bool("DB_CONN_HEALTH_CHECKS", False),
         )
     }
+    if env_bool("DB_PREPARED_STATEMENTS", True):
+        # Server-side parameters, and psycopg prepares a statement once it has run
+        # 5 times: PostgreSQL then skips parsing and planning it. Django has both
+        # off (for transaction-mode poolers); on, a worker's per-task statements
+        # cost PostgreSQL ~0.7 ms less CPU per avatar (bench/thumbnails.py).
+        DATABASES["default"].setdefault("OPTIONS", {}).update(server_side_binding=True, prepare_threshold=5)
 else:
     SQLITE_PATH = os.environ.get("SQLITE_PATH", str(BASE_DIR / "db.sqlite3"))
     DATABASES = {
