@@ -97,8 +97,13 @@ def loop_one(job: tuple[str, str, bool]) -> float:
 
 
 def run_loop(sources: list[Path], out_dir: Path, draft: bool) -> tuple[float, float]:
-    """Avatars per second of render_thumbnails over `sources` in WORKERS processes, and CPU ms per avatar."""
-    shutil.rmtree(out_dir, ignore_errors=True)
+    """Avatars per second of render_thumbnails over `sources` in WORKERS processes, and CPU ms per avatar.
+
+    `out_dir` must be new. Nothing is deleted until every measurement is done:
+    this machine's ext4 scans past the inodes freed in the last ~30 s for each
+    new one, so removing a turn's 960 files made the next turn's file creation
+    cost up to 5 ms of kernel CPU per avatar, whoever's turn that was.
+    """
     out_dir.mkdir(parents=True)
     with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
         pool.map(loop_one, [(str(sources[0]), str(out_dir), draft)] * WORKERS)  # warm up both processes
@@ -239,11 +244,11 @@ def main() -> None:
             parley = Parley(redis.url, database, work / "media", log_dir, [redis.proc.pid, postgres.proc.pid])
             results: dict[str, list[float]] = {"parley": [], "loop": [], "naive": [], "e2e": []}
             cpu: dict[str, list[float]] = {"parley": [], "loop": [], "naive": []}
-            for _ in range(rounds):
+            for turn in range(rounds):
                 for name, measure in (
                     ("parley", lambda: parley.drain(originals, count)),
-                    ("loop", lambda: run_loop(sources, work / "loop", draft=True)),
-                    ("naive", lambda: run_loop(sources, work / "naive", draft=False)),
+                    ("loop", lambda: run_loop(sources, work / f"loop-{turn}", draft=True)),
+                    ("naive", lambda: run_loop(sources, work / f"naive-{turn}", draft=False)),
                 ):
                     rate, cpu_ms = measure()
                     results[name].append(rate)
