@@ -300,12 +300,6 @@ def make_thumbnails(user_id: int, original: str) -> str | None:
         if delay:
             time.sleep(delay)  # tests only: a window to kill the worker between two files
     with transaction.atomic():
-        if connection.vendor == "postgresql":
-            # No need to wait for this commit's flush to disk: the runner's own (synchronous)
-            # commit of the task's success comes after it and flushes it too, and a crash
-            # before that reruns this idempotent task. One fsync fewer per avatar.
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL synchronous_commit = off")
         if not point_at_set(user_id, original, digest):
             # Superseded while we worked: our files belong to no one, unless they are also current.
             user = User.objects.select_for_update().filter(pk=user_id).first()
