@@ -10,11 +10,12 @@ from datetime import timedelta
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
-from django.db import transaction
+from django.db import connection, transaction
 from django.tasks import task
 from django.tasks.base import TaskResultStatus
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued, task_finished, task_started
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from tasks import runner
@@ -196,6 +197,26 @@ def test_a_cancelled_attempt_fails_at_once_whatever_attempts_are_left():
     record.refresh_from_db()
     assert record.status == "FAILED"
     assert record.errors[-1]["exception_class_path"] == "tasks.exceptions.TaskCancelled"
+
+
+def test_an_outcome_and_the_next_claim_go_together_in_one_statement_on_postgresql():
+    first, second = sample_tasks.add.enqueue(1, 1), sample_tasks.add.enqueue(2, 2)
+    record = runner.claim(["compute"], W1)
+    ended = runner.outcome_of(record, sample_tasks.add, 2, None)
+    with CaptureQueriesContext(connection) as queries:
+        held, claimed = runner.release_and_claim(ended, ["compute"], W1)
+    assert len(queries) == (1 if connection.vendor == "postgresql" else 2)
+    assert held and str(claimed.pk) == second.id and claimed.worker_id == W1 and claimed.attempts == 1
+    done = record_of(first)
+    assert (done.status, done.return_value, done.worker_id, done.heartbeat_at) == ("SUCCESSFUL", 2, "", None)
+    assert (record.status, record.worker_id) == ("SUCCESSFUL", "")  # the caller's copy follows
+
+    # A lost lease: the outcome is not written, the claim still is; with nothing left, no claim.
+    TaskRecord.objects.filter(pk=claimed.pk).update(worker_id=W2)
+    failed = runner.outcome_of(claimed, sample_tasks.add, None, RuntimeError("boom"))
+    assert runner.release_and_claim(failed, ["compute"], W1) == (False, None)
+    again = record_of(second)
+    assert (again.status, again.worker_id, again.errors) == ("RUNNING", W2, [])
 
 
 def test_an_outcome_is_only_recorded_by_the_worker_holding_the_task():
