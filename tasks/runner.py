@@ -481,7 +481,7 @@ def finish(ended: Outcome, worker_id: str) -> bool:
 def announce(ended: Outcome, worker_id: str, held: bool) -> None:
     """Log a recorded outcome and tell who listens: task_finished, and the task's
     group for takes_context tasks. An outcome not held (the sweep gave the task
-    to another worker, whose outcome counts) is only logged, by _release."""
+    to another worker, whose outcome counts) is only logged, by _note_release."""
     if not held:
         return
     record, task = ended.record, ended.task
