@@ -4,11 +4,15 @@ import io
 import os
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection, transaction
 from django.test import Client
 from PIL import Image
 
@@ -16,6 +20,7 @@ from accounts import avatars
 from accounts.models import User
 from tasks.models import TaskRecord
 from tests.avatar_images import BLUE, GREEN, RED, YELLOW, camera_jpeg, encode, png_claiming, quadrants
+from tests.processes import wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -277,6 +282,61 @@ def test_a_superseded_task_does_nothing(client, user):
     assert thumbnail_files(user) == []
     user.refresh_from_db()
     assert not user.avatar_digest
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(os.environ["PARLEY_TEST_STACK"] != "postgres", reason="row locks are PostgreSQL's")
+def test_a_task_finishing_during_an_upload_waits_and_leaves_its_original_alone(client, user):
+    """The replaced avatar's task sweeps; an upload in progress meanwhile holds the row lock
+    with its original already on disk. The task must wait for it, find itself superseded,
+    and remove only its own set."""
+    upload(client, camera_jpeg(1, 800, 600))
+    first_digest = run_queued_task(user)
+    upload(client, encode(quadrants(300, 300), "PNG"))
+    second = TaskRecord.objects.filter(queue_name="thumbnails").latest("enqueued_at").args
+    third = camera_jpeg(2, 640, 480)
+    third_name = avatars.original_name(user.pk, avatars.content_digest(third), "JPEG")
+    uploading, finish_upload = threading.Event(), threading.Event()
+
+    def upload_held_open():
+        try:
+            with transaction.atomic():  # store_avatar's lock and original stay until this commits
+                avatars.store_avatar(User.objects.get(pk=user.pk), ContentFile(third, name="x.jpg"), "JPEG")
+                uploading.set()
+                assert finish_upload.wait(10)
+        finally:
+            connection.close()
+
+    def task_in_a_worker_thread():
+        try:
+            return avatars.make_thumbnails.func(*second)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(2) as pool:
+        uploader = pool.submit(upload_held_open)
+        assert uploading.wait(10)
+        task = pool.submit(task_in_a_worker_thread)
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+
+        def task_waits_for_the_lock() -> bool:
+            with connection.cursor() as cursor:
+                cursor.execute(waiting)
+                return cursor.fetchone()[0] == 1
+
+        wait_until(task_waits_for_the_lock, timeout=10, message="the task waiting for the upload's row lock")
+        assert not task.done()
+        finish_upload.set()
+        uploader.result(timeout=10)
+        assert task.result(timeout=10) is None  # superseded by the upload it waited for
+
+    assert (Path(settings.MEDIA_ROOT) / third_name).read_bytes() == third
+    # The task wrote its set, then took it away again; the first set waits for the third's task.
+    assert sorted(thumbnail_files(user)) == sorted(
+        avatars.thumbnail_name(user.pk, first_digest, output) for output in avatars.OUTPUTS
+    )
+    user.refresh_from_db()
+    assert user.avatar.name == third_name
 
 
 def test_request_thumbnails_uses_the_stored_avatar_and_skips_users_without_one(client, user):
