@@ -1,11 +1,30 @@
 import pytest
 from channels.layers import get_channel_layer
+from django.db import connection
 
 
 @pytest.fixture(autouse=True)
 def _media_root(settings, tmp_path):
     """Each test writes uploads into its own folder."""
     settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _end_lingering_connections(django_db_setup, django_db_blocker):
+    """End the test database's other sessions before it is dropped.
+
+    Async tests run their ORM calls on asgiref's executor thread and the
+    consumers' own thread pools; those threads outlive the tests, each with a
+    persistent connection (DB_CONN_MAX_AGE) that pytest-django never sees, and
+    PostgreSQL refuses to drop a database in use.
+    """
+    yield
+    if connection.vendor == "postgresql":
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
 
 
 @pytest.fixture
