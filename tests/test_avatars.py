@@ -339,6 +339,27 @@ def test_a_task_finishing_during_an_upload_waits_and_leaves_its_original_alone(c
     assert user.avatar.name == third_name
 
 
+@pytest.mark.skipif(os.environ["PARLEY_TEST_STACK"] != "postgres", reason="synchronous_commit is PostgreSQL's")
+def test_the_swap_waits_for_the_disk_only_when_files_are_deleted_after_it(client, user):
+    upload(client, camera_jpeg(1, 800, 600))
+    user.refresh_from_db()
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL synchronous_commit = on")  # the test server's default is off
+
+    def commit_mode_after_pointing(durable: bool) -> str:
+        with transaction.atomic():  # a savepoint, rolled back: so is what the statement set
+            assert avatars.point_at_set(user.pk, user.avatar.name, "d" * 64, durable=durable)
+            with connection.cursor() as cursor:
+                cursor.execute("SHOW synchronous_commit")
+                mode = cursor.fetchone()[0]
+            transaction.set_rollback(True)
+        return mode
+
+    assert commit_mode_after_pointing(durable=True) == "on"
+    assert commit_mode_after_pointing(durable=False) == "off"
+    assert not avatars.point_at_set(user.pk, "avatar-originals/another.jpg", "d" * 64, durable=False)
+
+
 def test_request_thumbnails_uses_the_stored_avatar_and_skips_users_without_one(client, user):
     assert avatars.request_thumbnails(user) is None
     upload(client, camera_jpeg(1, 800, 600))
