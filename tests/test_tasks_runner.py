@@ -129,6 +129,19 @@ def test_claim_takes_priority_first_then_the_oldest():
     assert record.started_at == record.last_attempted_at == record.heartbeat_at
 
 
+def test_a_claimed_task_runs_as_it_was_enqueued():
+    """.using() values stored with the task come back with it; a task enqueued as
+    defined runs as the module's own Task, not a copy."""
+    plain = sample_tasks.add.enqueue(1, 1)
+    tuned = sample_tasks.add.using(priority=7).enqueue(2, 2)
+    record, task, result = runner.claim_and_start(["compute"], W1)
+    assert (str(record.pk), task.priority, result.task.priority) == (tuned.id, 7, 7)
+    ended = runner.outcome_of(record, task, 4, None)
+    record, task, result = runner.claim_and_start(["compute"], W1, ended)
+    assert str(record.pk) == plain.id
+    assert task is result.task is sample_tasks.add
+
+
 def test_claim_honours_run_after():
     soon = timezone.now() + timedelta(seconds=0.6)
     deferred = sample_tasks.add.using(run_after=soon).enqueue(1, 1)
