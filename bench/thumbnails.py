@@ -288,8 +288,10 @@ def main() -> None:
 
     rates = {name: median(values) for name, values in results.items()}
     cpu_ms = {name: median(values) for name, values in cpu.items()}
-    paired = {name: [a / b for a, b in zip(results[name], results["loop"])] for name in ("parley", "naive")}
-    ratio = {name: median(values) for name, values in paired.items()}
+    def per_round(name: str, against: str) -> list[float]:
+        return [a / b for a, b in zip(results[name], results[against])]
+
+    ratio = {name: median(per_round(name, "loop")) for name in ("parley", "naive")}
     rows = [
         ("Parley: 2 runworker, uploaded avatars", rates["parley"], ratio["parley"], cpu_ms["parley"], cpu_ms["loop"] / cpu_ms["parley"]),
         ("plain loop, 2 processes (draft)", rates["loop"], 1.0, cpu_ms["loop"], 1.0),
@@ -298,10 +300,10 @@ def main() -> None:
     ]  # fmt: skip
     headers = ["", "avatars/s", "vs loop", "CPU ms/avatar", "vs loop (CPU)"]
     print_table("Avatar thumbnails (256/64/32 WebP + 32 PNG); medians, vs loop: median of the rounds' ratios", headers, rows)
-    vs_naive = median([a / b for a, b in zip(results["parley"], results["naive"])])
+    vs_naive = median(per_round("parley", "naive"))
     print(f"Parley vs naive: {vs_naive:.2f}x   (targets: vs loop >= 0.9, vs naive >= 1.8)")
     print("Per round, avatars/s: " + "; ".join(f"{k} {', '.join(f'{v:.1f}' for v in vs)}" for k, vs in results.items()))
-    print(f"Per round, Parley vs loop: {', '.join(f'{v:.3f}' for v in paired['parley'])}; "
+    print(f"Per round, Parley vs loop: {', '.join(f'{v:.3f}' for v in per_round('parley', 'loop'))}; "
           f"ratio of the medians {rates['parley'] / rates['loop']:.3f}")  # fmt: skip
     print("Parley's CPU counts its workers, PostgreSQL and Redis; the loops' their own processes.")
     emit({
