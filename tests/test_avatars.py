@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection, transaction
 from django.test import Client
@@ -358,6 +359,30 @@ def test_the_swap_waits_for_the_disk_only_when_files_are_deleted_after_it(client
     assert commit_mode_after_pointing(durable=True) == "on"
     assert commit_mode_after_pointing(durable=False) == "off"
     assert not avatars.point_at_set(user.pk, "avatar-originals/another.jpg", "d" * 64, durable=False)
+
+
+@pytest.mark.skipif(os.environ["PARLEY_TEST_STACK"] != "postgres", reason="synchronous_commit is PostgreSQL's")
+def test_only_a_replacement_swap_waits_for_the_disk(client, user):
+    """A first avatar deletes nothing, so its swap need not wait for the disk; a
+    replacement deletes the old files once swapped, so its swap must."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL synchronous_commit = on")  # the test server's default is off
+
+    def swap_in_current() -> tuple[bool, str]:
+        original = User.objects.get(pk=user.pk).avatar.name
+        digest = original.rsplit("/", 1)[-1].split(".")[0]
+        with transaction.atomic():  # a savepoint, rolled back: so is what the swap set
+            swapped = avatars.swap_in(default_storage, user.pk, digest, original)
+            with connection.cursor() as cursor:
+                cursor.execute("SHOW synchronous_commit")
+                mode = cursor.fetchone()[0]
+            transaction.set_rollback(True)
+        return swapped, mode
+
+    upload(client, camera_jpeg(1, 800, 600))
+    assert swap_in_current() == (True, "off")
+    upload(client, camera_jpeg(2, 800, 600))  # the first original is now stale
+    assert swap_in_current() == (True, "on")
 
 
 def test_request_thumbnails_uses_the_stored_avatar_and_skips_users_without_one(client, user):
