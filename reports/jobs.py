@@ -11,7 +11,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from chat.models import Room
-from tasks import runner
+from tasks.progress import cancel
 
 from .models import Job
 from .tasks import compute_insights, export_room
@@ -97,5 +97,5 @@ def cancel_job(job: Job, user) -> None:
     if job.requested_by_id != user.pk or not job.room.can_view(user):
         raise PermissionDenied("Only the user who started a job may cancel it.")
     if job.task_id is not None:
-        runner.cancel(str(job.task_id))
+        cancel(job.task_id)
         logger.info("event=report_cancel_requested job=%s user=%s", job.pk, user.pk)

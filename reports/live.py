@@ -14,7 +14,7 @@ from channels.db import database_sync_to_async
 from django.tasks.base import TaskResultStatus
 from django.urls import reverse
 
-from tasks.runner import snapshot
+from tasks.progress import snapshot
 
 from .models import Job
 

@@ -238,7 +238,7 @@ def test_a_superseded_attempt_leaves_the_other_attempts_files_alone(room, alice)
     """A worker that stalled past its lease wakes up while another attempt runs the job."""
     from reports.export import Part, Superseded, save_part
     from reports.tasks import reported_failures
-    from tasks.exceptions import TaskCancelled
+    from tasks.exceptions import LeaseLost
 
     job, _ = start_export(alice, room, "jsonl")
     stale = Job.objects.select_related("room").get(pk=job.pk)
@@ -249,13 +249,34 @@ def test_a_superseded_attempt_leaves_the_other_attempts_files_alone(room, alice)
     save_part(current, part(b"current\n"))
     with pytest.raises(Superseded):
         save_part(stale, part(b"stale\n"))
-    # The runner tells a stalled attempt it lost its lease with TaskCancelled, at its next report.
-    with pytest.raises(TaskCancelled), reported_failures(stale, "The export"):
-        raise TaskCancelled("this attempt lost its lease")
+    # The runner tells a stalled attempt it lost its lease with LeaseLost, at its next report.
+    with pytest.raises(LeaseLost), reported_failures(stale, "The export"):
+        raise LeaseLost("this attempt lost its lease")
     with default_storage.open(current.part_name(1)) as fh:
         assert fh.read() == b"current\n"
     assert default_storage.listdir(current.storage_dir)[1] == ["part-000001"]
     assert Job.objects.get(pk=job.pk).parts == 1 and not Job.objects.get(pk=job.pk).error
+
+
+def test_an_attempt_that_lost_its_lease_leaves_the_other_attempts_export_alone(room, alice):
+    """A stalled worker's attempt, whose task another worker finished, is told so at its next report."""
+    from reports.tasks import export_room, reported_failures
+    from tasks import runner
+    from tasks.exceptions import LeaseLost
+    from tasks.progress import ProgressContext
+
+    job, _ = start_export(alice, room, "csv")
+    runner.claim(["compute"], "stalled-worker")
+    stale = ProgressContext(task_result=export_room.get_result(str(job.task_id)))
+    stale_job = Job.objects.select_related("room").get(pk=job.pk)
+    # The stalled worker's lease runs out; another worker runs the export to its end.
+    TaskRecord.objects.filter(pk=job.task_id).update(heartbeat_at=datetime.now(UTC) - timedelta(minutes=5))
+    runner.reclaim_lost()
+    assert run_jobs() == 1
+    with pytest.raises(LeaseLost), reported_failures(stale_job, "The export"):
+        stale.progress(1, 10)
+    job = Job.objects.get(pk=job.pk)
+    assert job.status == Job.Status.DONE and not job.error and default_storage.exists(job.file.name)
 
 
 def test_non_member_cannot_start_watch_or_download(client, room, alice, mallory):
