@@ -2,12 +2,11 @@
 
 from django.tasks import task
 
-from tasks.exceptions import RetryLater, WorkerLost
+from tasks.exceptions import RetryLater
+from tasks.progress import ProgressContext
 
 from . import delivery, notify
 from .providers import TransientFailure
-
-WORKER_LOST = f"{WorkerLost.__module__}.{WorkerLost.__qualname__}"
 
 
 @task(queue_name="notifications", max_attempts=3, retry_backoff=2.0)
@@ -26,12 +25,10 @@ def send_test_notification(user_id: int) -> int | None:
 # 6 attempts over about 2.5 minutes (5 s, 10 s, 20 s, 40 s, 80 s): a provider
 # outage longer than that is recorded as a failure the user can see.
 @task(queue_name="notifications", takes_context=True, max_attempts=6, retry_backoff=5.0)
-def send_delivery(context, delivery_id: int) -> str:
-    # Attempts lost with their worker do not count against max_attempts (tasks.runner).
-    failures = sum(1 for e in context.task_result.errors if e.exception_class_path != WORKER_LOST)
-    last_attempt = failures + 1 >= send_delivery.max_attempts
+def send_delivery(context: ProgressContext, delivery_id: int) -> str:
+    # Attempts lost with their worker do not count against max_attempts: the context knows.
     try:
-        return delivery.attempt(delivery_id, last_attempt)
+        return delivery.attempt(delivery_id, context.is_last_attempt)
     except TransientFailure as exc:
         if exc.retry_after is not None:
             raise RetryLater(exc.retry_after, str(exc)) from exc

@@ -1,6 +1,13 @@
 from django.contrib import admin
+from django.contrib.admin.views.main import ChangeList
 
-from .models import Job
+from .models import Job, with_task_results
+
+
+class JobChangeList(ChangeList):
+    def get_results(self, request) -> None:
+        super().get_results(request)
+        self.result_list = with_task_results(self.result_list)  # each row shows its job's status
 
 
 @admin.register(Job)
@@ -10,8 +17,11 @@ class JobAdmin(admin.ModelAdmin):
     list_display = ("id", "kind", "format", "room", "requested_by", "status", "rows_done", "created_at", "expires_at")
     list_filter = ("kind", "format")
     search_fields = ("room__label", "requested_by__username")
-    list_select_related = ("room", "requested_by", "task")
-    raw_id_fields = ("room", "requested_by", "task")
+    list_select_related = ("room", "requested_by")
+    raw_id_fields = ("room", "requested_by")
+
+    def get_changelist(self, request, **kwargs) -> type[ChangeList]:
+        return JobChangeList
 
     def has_add_permission(self, request) -> bool:
         return False

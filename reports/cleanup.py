@@ -5,7 +5,9 @@ import logging
 from django.db.models import Q
 from django.utils import timezone
 
-from .models import ACTIVE_TASK_STATUSES, Job
+from tasks.progress import unfinished_task_ids
+
+from .models import Job
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +30,7 @@ def remove_expired() -> int:
     """
     expired = Job.objects.filter(expires_at__lte=timezone.now()).exclude(file="", parts=0, result__isnull=True)
     abandoned = Job.objects.filter(finished_at__isnull=True, parts__gt=0).filter(
-        Q(task__isnull=True) | ~Q(task__status__in=ACTIVE_TASK_STATUSES)
+        Q(task_id__isnull=True) | ~Q(task_id__in=unfinished_task_ids())
     )
     count = 0
     for job in expired.iterator():

@@ -12,6 +12,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.core.exceptions import PermissionDenied
 
+from tasks.progress import progress_group
+
 from .forms import parse_export_command
 from .jobs import TooManyJobs, cancel_job, start_export
 from .live import JobWatcher, load_job
@@ -120,14 +122,14 @@ class ExportCommand:
         except (ValueError, TooManyJobs, PermissionDenied) as exc:
             await self.send_export_frame({"type": "export.error", "error": str(exc)})
             return
-        watcher = self.export_watchers.get(f"task.{job.task_id}")
+        watcher = self.export_watchers.get(progress_group(job.task_id))
         if watcher is None:  # else: the same export again, already watched here
-            watcher = self.export_watchers[f"task.{job.task_id}"] = JobWatcher(job)
+            watcher = self.export_watchers[progress_group(job.task_id)] = JobWatcher(job)
             await self.channel_layer.group_add(watcher.group_name, self.channel_name)
         await self.send_export_frame({**await watcher.refresh(), "type": "export.progress"})
 
     async def task_update(self, event: dict) -> None:
-        watcher = getattr(self, "export_watchers", {}).get(f"task.{event['task']['id']}")
+        watcher = getattr(self, "export_watchers", {}).get(progress_group(event["task"]["id"]))
         if watcher is None:
             return
         frame = await watcher.on_update(event["task"])

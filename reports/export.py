@@ -238,7 +238,7 @@ class HtmlWriter(Writer):
 
     def rows(self, rows: list[Row]) -> str:
         # html.escape is all django.utils.html.escape does, less its lazy-string
-        # wrapper (a tenth of the export's time); the shown minute is cut from the
+        # wrapper (see README.md, Room exports); the shown minute is cut from the
         # ISO timestamp, not formatted again with strftime.
         lines = []
         for id_, at, uid, handle, name, text in rows:

@@ -11,7 +11,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from chat.models import Room
-from tasks import runner
+from tasks.progress import cancel
 
 from .models import Job
 from .tasks import compute_insights, export_room
@@ -59,15 +59,15 @@ def start_export(
     with transaction.atomic():
         _lock_user(user)
         same = {"room": room, "kind": Job.Kind.EXPORT, "format": format, "since": since, "until": until}
-        running = Job.objects.active().filter(requested_by=user, **same).select_related("task", "room").first()
+        running = Job.objects.active().filter(requested_by=user, **same).select_related("room").first()
         if running is not None:
             return running, False
         _check_limit(user)
         job = Job.objects.create(requested_by=user, last_message_id=_last_message_id(room), **same)
         job.task_id = export_room.enqueue(job.pk).id
-        job.save(update_fields=["task"])
+        job.save(update_fields=["task_id"])
     logger.info("event=export_started job=%s room=%s format=%s user=%s", job.pk, room.pk, format, user.pk)
-    return Job.objects.select_related("task", "room").get(pk=job.pk), True
+    return Job.objects.select_related("room").get(pk=job.pk), True
 
 
 def start_insights(user, room: Room) -> tuple[Job, bool]:
@@ -77,7 +77,7 @@ def start_insights(user, room: Room) -> tuple[Job, bool]:
     with transaction.atomic():
         _lock_user(user)
         same = {"room": room, "kind": Job.Kind.INSIGHTS, "last_message_id": _last_message_id(room)}
-        jobs = Job.objects.filter(**same).select_related("task", "room")
+        jobs = Job.objects.filter(**same).select_related("room")
         cached = jobs.filter(finished_at__isnull=False, expires_at__gt=timezone.now()).first()
         if cached is not None:
             return cached, False
@@ -87,9 +87,9 @@ def start_insights(user, room: Room) -> tuple[Job, bool]:
         _check_limit(user)
         job = Job.objects.create(requested_by=user, **same)
         job.task_id = compute_insights.enqueue(job.pk).id
-        job.save(update_fields=["task"])
+        job.save(update_fields=["task_id"])
     logger.info("event=insights_started job=%s room=%s user=%s", job.pk, room.pk, user.pk)
-    return Job.objects.select_related("task", "room").get(pk=job.pk), True
+    return Job.objects.select_related("room").get(pk=job.pk), True
 
 
 def cancel_job(job: Job, user) -> None:
@@ -97,5 +97,5 @@ def cancel_job(job: Job, user) -> None:
     if job.requested_by_id != user.pk or not job.room.can_view(user):
         raise PermissionDenied("Only the user who started a job may cancel it.")
     if job.task_id is not None:
-        runner.cancel(str(job.task_id))
+        cancel(job.task_id)
         logger.info("event=report_cancel_requested job=%s user=%s", job.pk, user.pk)

@@ -1,6 +1,6 @@
 """What a job's watchers are told, and how often: shared by the job page's socket and the chat box.
 
-The task broadcasts its TaskRecord snapshot on `task.<id>` (at most 10 a second);
+The task broadcasts its snapshot on its progress group (at most 10 a second);
 a JobWatcher turns snapshots into frames with a percent, a rate and an ETA,
 drops frames that come too fast, and says when a frame is due because the task
 has been silent (queued, or its worker died) for MAX_SILENCE seconds.
@@ -11,10 +11,10 @@ from collections import deque
 from typing import Any
 
 from channels.db import database_sync_to_async
-from django.tasks.base import TaskResultStatus
+from django.tasks import TaskResultStatus
 from django.urls import reverse
 
-from tasks.runner import snapshot
+from tasks.progress import progress_group, snapshot_of
 
 from .models import Job
 
@@ -22,7 +22,6 @@ MIN_INTERVAL = 0.1  # at most 10 frames a second
 MAX_SILENCE = 2.0  # and at least one every 2 seconds
 RATE_WINDOW = 10.0  # the rate is measured over the last 10 seconds
 TERMINAL = {TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED}
-LIVE = {TaskResultStatus.READY: Job.Status.QUEUED, TaskResultStatus.RUNNING: Job.Status.RUNNING}
 
 
 class RateMeter:
@@ -47,7 +46,7 @@ class RateMeter:
 
 def job_frame(job: Job, task: dict[str, Any] | None, rate: float | None) -> dict[str, Any]:
     """A job's state for the browser; `task` is its runner snapshot (None once the record is gone)."""
-    status = LIVE.get(task["status"], job.status) if task and job.finished_at is None else job.status
+    status = job.status_for(task["status"], task.get("error")) if task else job.status
     done = (task or {}).get("done") or 0
     total = (task or {}).get("total")
     if status == Job.Status.DONE:
@@ -81,7 +80,10 @@ def job_frame(job: Job, task: dict[str, Any] | None, rate: float | None) -> dict
 
 @database_sync_to_async
 def load_job(pk: int) -> Job | None:
-    return Job.objects.select_related("room", "task", "requested_by").filter(pk=pk).first()
+    job = Job.objects.select_related("room", "requested_by").filter(pk=pk).first()
+    if job is not None:
+        job.task_result  # read here, off the event loop: frames read the job's status
+    return job
 
 
 class JobWatcher:
@@ -95,7 +97,7 @@ class JobWatcher:
 
     @property
     def group_name(self) -> str:
-        return f"task.{self.job.task_id}"
+        return progress_group(self.job.task_id)
 
     def due(self) -> bool:
         return not self.finished and time.monotonic() - self.last_sent >= MAX_SILENCE
@@ -120,4 +122,5 @@ class JobWatcher:
     async def refresh(self) -> dict[str, Any]:
         """The frame for the job as the database has it now."""
         self.job = await load_job(self.job.pk) or self.job
-        return self._frame(snapshot(self.job.task) if self.job.task else None)
+        task = await database_sync_to_async(snapshot_of)(self.job.task_id) if self.job.task_id is not None else None
+        return self._frame(task)

@@ -1,28 +1,31 @@
+from collections.abc import Iterable
+
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import models
 from django.db.models import Q
-from django.tasks.base import TaskResultStatus
+from django.tasks import TaskResult, TaskResultStatus, default_task_backend
+from django.tasks.exceptions import TaskResultDoesNotExist
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.functional import cached_property
 
-from tasks.exceptions import WorkerLost
-
-WORKER_LOST = f"{WorkerLost.__module__}.{WorkerLost.__qualname__}"
-ACTIVE_TASK_STATUSES = [TaskResultStatus.READY, TaskResultStatus.RUNNING]
+from tasks.exceptions import CANCELLED, WORKER_LOST
+from tasks.progress import get_results, unfinished_task_ids
 
 
 class JobQuerySet(models.QuerySet):
     def active(self) -> "JobQuerySet":
         """Jobs whose task is queued or running: what the per-user limit counts."""
-        return self.filter(task__status__in=ACTIVE_TASK_STATUSES, finished_at__isnull=True)
+        return self.filter(task_id__in=unfinished_task_ids(), finished_at__isnull=True)
 
 
 class Job(models.Model):
     """One export or insights computation of a room, run by a task on the `compute` queue.
 
-    The task's TaskRecord says whether it is queued, running or failed; this row
-    holds what the task needs to resume (the checkpoint) and what it produced.
+    The task's result (django.tasks) says whether it is queued, running or
+    failed; this row holds what the task needs to resume (the checkpoint) and
+    what it produced.
     """
 
     class Kind(models.TextChoices):
@@ -52,7 +55,8 @@ class Job(models.Model):
     # The room's last message when the job was asked for: an export is a snapshot
     # up to it (so a resumed run writes the same rows), and insights are cached by it.
     last_message_id = models.BigIntegerField(default=0)
-    task = models.ForeignKey("tasks.TaskRecord", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # The task's result id (django.tasks); no foreign key: the runner's tables are its own.
+    task_id = models.UUIDField(null=True, blank=True, db_column="task_id")
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
@@ -96,21 +100,46 @@ class Job(models.Model):
     def part_name(self, number: int) -> str:
         return f"{self.storage_dir}/part-{number:06d}"
 
+    @cached_property
+    def task_result(self) -> TaskResult | None:
+        """The job's task as django.tasks has it; None without one (never enqueued, or pruned).
+
+        Read once per job object; with_task_results() reads a list's in one query.
+        """
+        if self.task_id is None:
+            return None
+        try:
+            return default_task_backend.get_result(str(self.task_id))
+        except TaskResultDoesNotExist:
+            return None
+
+    def refresh_from_db(self, *args, **kwargs) -> None:
+        super().refresh_from_db(*args, **kwargs)
+        self.__dict__.pop("task_result", None)  # read again when next asked, as a relation would be
+
     @property
     def status(self) -> str:
-        """Where the job stands, from its own outcome and its task's state."""
+        """Where the job stands, from its own outcome and its task's result."""
+        result = self.task_result
+        if result is None:
+            return self.status_for(None, None)
+        return self.status_for(result.status, result.errors[-1].exception_class_path if result.errors else None)
+
+    def status_for(self, task_status: str | None, last_error: str | None) -> str:
+        """Where the job stands given its task's status and last error (None: no task).
+
+        The one mapping from a task's state to a job's, for the job's own task
+        result and for the snapshots its task broadcasts alike.
+        """
         if self.finished_at is not None:
             if self.expires_at is not None and self.expires_at <= timezone.now():
                 return self.Status.EXPIRED
             return self.Status.DONE
-        task = self.task
-        if task is None:
-            return self.Status.FAILED
-        if task.status == TaskResultStatus.READY:
+        if task_status == TaskResultStatus.READY:
             return self.Status.QUEUED
-        if task.status == TaskResultStatus.RUNNING:
+        if task_status == TaskResultStatus.RUNNING:
             return self.Status.RUNNING
-        if task.cancel_requested:
+        if task_status == TaskResultStatus.FAILED and last_error == CANCELLED:
             return self.Status.CANCELLED
         return self.Status.FAILED
 
@@ -126,8 +155,8 @@ class Job(models.Model):
             return ""
         if self.error:
             return self.error
-        errors = self.task.errors if self.task else []
-        if errors and errors[-1]["exception_class_path"] == WORKER_LOST:
+        errors = self.task_result.errors if self.task_result else []
+        if errors and errors[-1].exception_class_path == WORKER_LOST:
             return "The job was interrupted too many times (its worker kept stopping). Please try again."
         return "The job failed unexpectedly. Please try again; if it fails again, tell an administrator."
 
@@ -148,3 +177,12 @@ class Job(models.Model):
         names += (self.result or {}).get("charts", {}).values()
         for name in names:
             default_storage.delete(name)
+
+
+def with_task_results(jobs: Iterable[Job]) -> list[Job]:
+    """`jobs` with their task results read in one query, for a page that shows many jobs' status."""
+    jobs = list(jobs)
+    results = get_results(job.task_id for job in jobs if job.task_id is not None)
+    for job in jobs:
+        job.task_result = results.get(str(job.task_id))
+    return jobs

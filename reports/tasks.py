@@ -12,9 +12,8 @@ from typing import Any
 from django.db import DatabaseError
 from django.tasks import task
 
-from tasks.exceptions import TaskCancelled
-from tasks.models import TaskRecord
-from tasks.runner import HandedBack, ProgressContext
+from tasks.exceptions import HandedBack, LeaseLost, TaskCancelled
+from tasks.progress import ProgressContext
 
 from .cleanup import expire
 from .export import Superseded, write_export
@@ -37,18 +36,16 @@ def reported_failures(job: Job, what: str) -> Iterator[None]:
     """Tell the user why a job failed, and leave no partial files behind it.
 
     A worker that is shutting down hands the job back: its checkpoint is kept
-    for whichever worker takes it next. An attempt that another has superseded
-    touches nothing.
+    for whichever worker takes it next. An attempt that lost its lease, or
+    that another has superseded, touches nothing: the files are the other's.
     """
     try:
         yield
-    except (HandedBack, Superseded):
+    except (HandedBack, LeaseLost, Superseded):
         raise
     except TaskCancelled:
-        # Raised too when this attempt lost its lease to another: then the files are the other's.
-        if TaskRecord.objects.filter(pk=job.task_id, cancel_requested=True).exists():
-            logger.info("event=report_cancelled job=%s", job.pk)
-            job.delete_files()
+        logger.info("event=report_cancelled job=%s", job.pk)
+        job.delete_files()
         raise
     except Exception as exc:
         logger.exception("event=report_failed job=%s", job.pk)

@@ -24,7 +24,7 @@ def visible_room_or_404(label: str, user) -> Room:
 
 
 def visible_job_or_404(pk: int, user) -> Job:
-    job = Job.objects.select_related("room", "task", "requested_by").filter(pk=pk).first()
+    job = Job.objects.select_related("room", "requested_by").filter(pk=pk).first()
     if job is None or not job.can_view(user):
         raise Http404("No such job.")
     return job

@@ -2,7 +2,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from . import runner
+from . import progress
 from .models import TaskRecord
 
 
@@ -35,9 +35,9 @@ class TaskRecordAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel selected tasks", permissions=["change"])
     def cancel_tasks(self, request: HttpRequest, queryset: QuerySet[TaskRecord]) -> None:
-        unfinished = list(queryset.filter(status__in=[runner.READY, runner.RUNNING]).values_list("pk", flat=True))
+        unfinished = list(queryset.filter(status__in=[progress.READY, progress.RUNNING]).values_list("pk", flat=True))
         for pk in unfinished:
-            runner.cancel(pk)
+            progress.cancel(pk)
         skipped = queryset.count() - len(unfinished)
         self.message_user(
             request,

@@ -15,9 +15,7 @@ from channels.layers import InMemoryChannelLayer, channel_layers, get_channel_la
 from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ValidationError
-from django.core.signals import setting_changed
 from django.db import transaction
-from django.dispatch import receiver
 from django.tasks import task_backends
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.base import Task, TaskError, TaskResult
@@ -211,9 +209,9 @@ def ring_on_commit(queue_name: str, layer_alias: str) -> None:
     Each enqueue owes a bell, so that as many idle workers wake as there are
     new tasks. A transaction's bells are rung together by the first of its
     on_commit callbacks, from one event loop, rather than one loop and Redis
-    connection per task: 2,000 tasks in one transaction otherwise stall the
-    committing request for seconds. Bells owed by a transaction that rolled
-    back are rung with the next commit: a spare bell costs one empty claim.
+    connection per task: a transaction that enqueues thousands of tasks would
+    otherwise stall its commit for seconds. Bells owed by a transaction that
+    rolled back are rung with the next commit: a spare bell costs one empty claim.
     """
     bells = _owed.__dict__.setdefault("bells", collections.Counter())
     bells[(queue_name, layer_alias)] += 1
@@ -300,10 +298,3 @@ def _bell_layer(alias: str):
     if alias not in _bell_layers:
         _bell_layers[alias] = channel_layers.make_backend(alias)
     return _bell_layers[alias]
-
-
-@receiver(setting_changed)
-def _forget_bell_layers(*, setting: str, **kwargs: Any) -> None:
-    """Tests that point CHANNEL_LAYERS elsewhere get bells rung there (as channels resets its own)."""
-    if setting == "CHANNEL_LAYERS":
-        _bell_layers.clear()

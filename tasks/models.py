@@ -75,8 +75,3 @@ class TaskRecord(models.Model):
     @property
     def attempts(self) -> int:
         return len(self.worker_ids)
-
-    @property
-    def group_name(self) -> str:
-        """The channel-layer group that hears this task's progress and end."""
-        return f"task.{self.id}"

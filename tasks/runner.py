@@ -14,73 +14,51 @@ The rules that make the runner lose nothing and double nothing live here:
 import functools
 import logging
 import random
-import threading
-import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from inspect import iscoroutinefunction
 from typing import Any
 
-from asgiref.sync import async_to_sync, sync_to_async
-from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
-from django.tasks.base import Task, TaskContext, TaskResultStatus
+from django.tasks.base import Task, TaskResultStatus
 from django.tasks.exceptions import InvalidTask
 from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
 
 from .backends import ChannelsBackend, aring, load_task, ring, to_json, to_task_result
-from .exceptions import RetryLater, TaskCancelled, WorkerLost
+from .exceptions import WORKER_LOST, HandedBack, RetryLater, TaskCancelled, WorkerLost, error_entry
 from .models import TaskRecord
+from .progress import ProgressContext, broadcast, shutting_down
 
 logger = logging.getLogger(__name__)
 
 READY, RUNNING = TaskResultStatus.READY, TaskResultStatus.RUNNING
 SUCCESSFUL, FAILED = TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED
-WORKER_LOST = f"{WorkerLost.__module__}.{WorkerLost.__qualname__}"
-CANCELLED = f"{TaskCancelled.__module__}.{TaskCancelled.__qualname__}"
-
-# Set by the worker on SIGTERM: running tasks hand themselves back at their
-# next progress report instead of holding the shutdown up.
-shutting_down = threading.Event()
-
-
-class HandedBack(Exception):
-    """A task gave itself back because its worker is shutting down."""
 
 
 def heartbeat_interval() -> float:
-    return getattr(settings, "TASKS_HEARTBEAT_INTERVAL", 2.0)
+    return settings.TASKS_HEARTBEAT_INTERVAL
 
 
 def lease_seconds() -> float:
     """How long a silent worker keeps its tasks before the others take them."""
-    return getattr(settings, "TASKS_LEASE", 10.0)
+    return settings.TASKS_LEASE
 
 
 def max_worker_losses() -> int:
     """A task that keeps killing its worker (OOM, say) must not loop for ever."""
-    return getattr(settings, "TASKS_MAX_WORKER_LOSSES", 3)
-
-
-def error_entry(exc: BaseException) -> dict[str, str]:
-    kind = type(exc)
-    return {
-        "exception_class_path": f"{kind.__module__}.{kind.__qualname__}",
-        "traceback": "".join(traceback.format_exception(exc)),
-    }
+    return settings.TASKS_MAX_WORKER_LOSSES
 
 
 # --- The hot path: claim a task, record an outcome ---------------------------------
 #
 # Every task pays these statements, so they go straight to the cursor as SQL
 # built once per shape: through the ORM, building the query and loading the
-# row cost this machine 0.4-0.9 ms of CPU a statement, as much as a thumbnail's
-# WebP encoding (bench/thumbnails.py, profiled). On PostgreSQL the outcome of
-# the task just run and the claim of the next are one statement (one round
-# trip, one commit): see release_and_claim().
+# row cost as much CPU as a thumbnail's WebP encoding (README.md, Benchmarks). On
+# PostgreSQL the outcome of the task just run and the claim of the next are
+# one statement (one round trip, one commit): see release_and_claim().
 
 FIELDS = TaskRecord._meta.concrete_fields
 _FIELD = {field.name: field for field in FIELDS}
@@ -341,101 +319,6 @@ def reclaim_lost() -> list[str]:
     return sorted(queues)
 
 
-def cancel(result_id: str) -> TaskRecord | None:
-    """Cancel a task: a READY one never starts, a RUNNING one stops at its next progress report.
-
-    Returns the record, or None if there is no such task.
-    """
-    now = timezone.now()
-    with transaction.atomic():
-        record = TaskRecord.objects.select_for_update().filter(pk=result_id).first()
-        if record is None or record.status in (SUCCESSFUL, FAILED):
-            return record
-        record.cancel_requested = True
-        fields = ["cancel_requested"]
-        if record.status == READY:
-            record.status = FAILED
-            record.finished_at = now
-            record.errors = [*record.errors, error_entry(TaskCancelled("cancelled before it started"))]
-            fields += ["status", "finished_at", "errors"]
-        record.save(update_fields=fields)
-    if record.status == FAILED:
-        broadcast(record)
-    return record
-
-
-def snapshot(record: TaskRecord) -> dict[str, Any]:
-    """What watchers of a task are told: its state and progress, no tracebacks."""
-    return {
-        "id": str(record.pk),
-        "task": record.task_path,
-        "queue": record.queue_name,
-        "status": record.status,
-        "attempts": record.attempts,
-        "done": record.progress_done,
-        "total": record.progress_total,
-        "note": record.progress_note,
-        "started_at": record.started_at.isoformat() if record.started_at else None,
-        "finished_at": record.finished_at.isoformat() if record.finished_at else None,
-        "error": record.errors[-1]["exception_class_path"] if record.status == FAILED and record.errors else None,
-        "cancel_requested": record.cancel_requested,
-    }
-
-
-def broadcast(record: TaskRecord) -> None:
-    """Tell the task's group (task.<id>) where it stands; from sync code."""
-    async_to_sync(abroadcast)(record)
-
-
-async def abroadcast(record: TaskRecord) -> None:
-    layer = get_channel_layer()
-    try:
-        await layer.group_send(record.group_name, {"type": "task.update", "task": snapshot(record)})
-    except Exception as exc:  # watchers miss an update; the row still has it
-        logger.warning("event=broadcast_failed task=%s error=%r", record.pk, exc)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProgressContext(TaskContext):
-    """The context a `takes_context` task gets: django's TaskContext plus progress().
-
-    progress() stores (done, total, note) and broadcasts it on the task's group,
-    at most 10 times a second (the last report, done == total, always goes out).
-    It is also where a task learns it was cancelled (TaskCancelled is raised) or
-    that its worker is stopping (it hands itself back to the queue).
-    """
-
-    min_interval: float = 0.1
-    _last: list[float] = field(default_factory=lambda: [0.0])
-
-    def progress(self, done: int, total: int | None = None, note: str = "") -> None:
-        record = self._progress_record(done, total, note)
-        if record is not None:
-            broadcast(record)
-
-    async def aprogress(self, done: int, total: int | None = None, note: str = "") -> None:
-        record = await database_sync_to_async(self._progress_record)(done, total, note)
-        if record is not None:
-            await abroadcast(record)
-
-    def _progress_record(self, done: int, total: int | None, note: str) -> TaskRecord | None:
-        if shutting_down.is_set():
-            raise HandedBack()
-        now = timezone.now()
-        if now.timestamp() - self._last[0] < self.min_interval and done != total:
-            return None
-        self._last[0] = now.timestamp()
-        changes = {"progress_done": done, "progress_total": total, "progress_note": note[:200], "progress_at": now}
-        # Only the attempt holding the task may report. One whose lease ran out
-        # (its worker stalled, another runs the task now) stops here too; its
-        # outcome would not be recorded anyway.
-        holder = self.task_result.worker_ids[-1]
-        held = TaskRecord.objects.filter(pk=self.task_result.id, status=RUNNING, worker_id=holder)
-        if not held.filter(cancel_requested=False).update(**changes):
-            raise TaskCancelled("cancelled while running" if held.exists() else "this attempt lost its lease")
-        return TaskRecord.objects.get(pk=self.task_result.id)
-
-
 # The runner's database calls run on the thread that owns this process's
 # connection, like channels' database_sync_to_async, but without closing and
 # health-checking the connection around every call: on the hot path that is an
@@ -504,7 +387,7 @@ def announce(ended: Outcome, worker_id: str, held: bool) -> None:
 def task_args(record: TaskRecord, task: Task, result: Any) -> list:
     args = list(record.args)
     if task.takes_context:
-        args.insert(0, ProgressContext(task_result=result))
+        args.insert(0, ProgressContext(task_result=result, max_attempts=record.max_attempts))
     return args
 
 

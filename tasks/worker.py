@@ -52,7 +52,7 @@ class TaskWorker(Worker):
         super().__init__(application, channels, channel_layer, max_applications)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{get_random_string(6)}"
         self.queues = [channel for channel in channels if channel in task_queues()]
-        self.poll_interval = getattr(settings, "TASKS_POLL_INTERVAL", 1.0)
+        self.poll_interval = settings.TASKS_POLL_INTERVAL
         self.states: dict[str, QueueState] = {}
         self.stopping: asyncio.Event | None = None
 

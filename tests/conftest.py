@@ -1,6 +1,17 @@
 import pytest
 from channels.layers import get_channel_layer
+from django.core.signals import setting_changed
 from django.db import connection
+from django.dispatch import receiver
+
+from tasks import backends
+
+
+@receiver(setting_changed)
+def _forget_bell_layers(*, setting: str, **kwargs) -> None:
+    """Tests that point CHANNEL_LAYERS elsewhere get bells rung there (as channels resets its own layers)."""
+    if setting == "CHANNEL_LAYERS":
+        backends._bell_layers.clear()
 
 
 @pytest.fixture(autouse=True)

@@ -80,3 +80,10 @@ async def acounted(context, steps: int) -> int:
     for step in range(steps):
         await context.aprogress(step + 1, steps, f"step {step + 1}")
     return steps
+
+
+@task(queue_name="compute", takes_context=True, max_attempts=3, retry_backoff=0.0)
+def always_fails(context, path: str) -> None:
+    """Notes what its context says of its attempts, then fails."""
+    _note(path, f"{context.attempt} {context.failed_attempts} {context.is_last_attempt}")
+    raise RuntimeError("fails on purpose")

@@ -21,9 +21,9 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
-from tasks import runner
 from tasks.backends import ring
 from tasks.models import TaskRecord
+from tasks.progress import cancel
 from tests import sample_tasks
 from tests.processes import Stack, base_env, wait_until
 
@@ -193,8 +193,8 @@ def test_cancel_before_and_during_a_run(workers_stack, tmp_path):
     waiting = sample_tasks.slow_mark.enqueue(str(queued), "q", 0)  # behind it: one task per queue per worker
     wait_until(lambda: (TaskRecord.objects.get(pk=running.id).progress_done or 0) >= 3, timeout=10, message="progress")
 
-    assert runner.cancel(waiting.id).status == "FAILED"
-    assert runner.cancel(running.id).status == "RUNNING"  # told; it stops at its next report
+    assert cancel(waiting.id) == "FAILED"
+    assert cancel(running.id) == "RUNNING"  # told; it stops at its next report
     record = finished(running.id, timeout=5)
     assert record.status == "FAILED"
     assert record.errors[-1]["exception_class_path"] == "tasks.exceptions.TaskCancelled"

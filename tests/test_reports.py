@@ -18,7 +18,9 @@ from django.core.exceptions import PermissionDenied
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.management import call_command
+from django.db import connection
 from django.tasks.base import TaskResultStatus
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from accounts import avatars
@@ -238,7 +240,7 @@ def test_a_superseded_attempt_leaves_the_other_attempts_files_alone(room, alice)
     """A worker that stalled past its lease wakes up while another attempt runs the job."""
     from reports.export import Part, Superseded, save_part
     from reports.tasks import reported_failures
-    from tasks.exceptions import TaskCancelled
+    from tasks.exceptions import LeaseLost
 
     job, _ = start_export(alice, room, "jsonl")
     stale = Job.objects.select_related("room").get(pk=job.pk)
@@ -249,13 +251,55 @@ def test_a_superseded_attempt_leaves_the_other_attempts_files_alone(room, alice)
     save_part(current, part(b"current\n"))
     with pytest.raises(Superseded):
         save_part(stale, part(b"stale\n"))
-    # The runner tells a stalled attempt it lost its lease with TaskCancelled, at its next report.
-    with pytest.raises(TaskCancelled), reported_failures(stale, "The export"):
-        raise TaskCancelled("this attempt lost its lease")
+    # The runner tells a stalled attempt it lost its lease with LeaseLost, at its next report.
+    with pytest.raises(LeaseLost), reported_failures(stale, "The export"):
+        raise LeaseLost("this attempt lost its lease")
     with default_storage.open(current.part_name(1)) as fh:
         assert fh.read() == b"current\n"
     assert default_storage.listdir(current.storage_dir)[1] == ["part-000001"]
     assert Job.objects.get(pk=job.pk).parts == 1 and not Job.objects.get(pk=job.pk).error
+
+
+def test_an_attempt_that_lost_its_lease_leaves_the_other_attempts_export_alone(room, alice):
+    """A stalled worker's attempt, whose task another worker finished, is told so at its next report."""
+    from reports.tasks import export_room, reported_failures
+    from tasks import runner
+    from tasks.exceptions import LeaseLost
+    from tasks.progress import ProgressContext
+
+    job, _ = start_export(alice, room, "csv")
+    runner.claim(["compute"], "stalled-worker")
+    stale = ProgressContext(task_result=export_room.get_result(str(job.task_id)))
+    stale_job = Job.objects.select_related("room").get(pk=job.pk)
+    # The stalled worker's lease runs out; another worker runs the export to its end.
+    TaskRecord.objects.filter(pk=job.task_id).update(heartbeat_at=datetime.now(UTC) - timedelta(minutes=5))
+    runner.reclaim_lost()
+    assert run_jobs() == 1
+    with pytest.raises(LeaseLost), reported_failures(stale_job, "The export"):
+        stale.progress(1, 10)
+    job = Job.objects.get(pk=job.pk)
+    assert job.status == Job.Status.DONE and not job.error and default_storage.exists(job.file.name)
+
+
+def test_a_job_keeps_its_task_id_and_fails_when_the_task_is_deleted(room, alice):
+    job, _ = start_export(alice, room, "csv")
+    TaskRecord.objects.filter(pk=job.task_id).delete()  # by an operator: no foreign key holds it
+    job = Job.objects.get(pk=job.pk)
+    assert job.task_id is not None and job.task_result is None and job.status == Job.Status.FAILED
+    assert not Job.objects.active().exists()
+
+
+def test_the_admin_list_reads_every_jobs_task_in_one_query(client, room, alice):
+    """Each row shows its job's status, which comes from the task: not one query per row."""
+    client.force_login(User.objects.create_user("ops", is_staff=True, is_superuser=True))
+    start_export(alice, room, "csv")
+    with CaptureQueriesContext(connection) as one_job:
+        assert client.get("/admin/reports/job/").status_code == 200
+    start_export(alice, room, "jsonl")
+    start_export(alice, room, "html")
+    with CaptureQueriesContext(connection) as three_jobs:
+        page = client.get("/admin/reports/job/").content.decode()
+    assert page.count(">queued<") == 3 and len(three_jobs) == len(one_job)
 
 
 def test_non_member_cannot_start_watch_or_download(client, room, alice, mallory):
@@ -421,10 +465,10 @@ def test_failure_is_shown_to_the_user_without_a_traceback(settings, tmp_path, cl
     settings.MEDIA_ROOT = tmp_path / "not-a-directory" / "media"  # every write fails
     job, _ = start_export(alice, room, "csv")
     run_jobs()
-    job = Job.objects.select_related("task").get(pk=job.pk)
+    job = Job.objects.get(pk=job.pk)
     assert job.status == Job.Status.FAILED
     assert job.user_error == "The export failed: the file could not be written (storage error). Please try again."
-    assert "Traceback" in job.task.errors[-1]["traceback"]  # kept for the operators
+    assert "Traceback" in job.task_result.errors[-1].traceback  # kept for the operators
     client.force_login(alice)
     page = client.get(reverse("reports:job", args=[job.pk])).content.decode()
     assert "could not be written" in page and "Traceback" not in page

@@ -8,6 +8,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection, transaction
@@ -18,8 +19,8 @@ from django.tasks.signals import task_enqueued, task_finished, task_started
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from tasks import runner
-from tasks.exceptions import RetryLater, TaskCancelled
+from tasks import progress, runner
+from tasks.exceptions import LeaseLost, RetryLater, TaskCancelled
 from tasks.models import TaskRecord
 from tests import sample_tasks
 from tests.run_tasks import run_one
@@ -284,25 +285,26 @@ def test_hand_back_returns_a_running_task_to_the_queue_without_an_error():
 
 def test_cancel_fails_a_ready_task_and_flags_a_running_one():
     ready = sample_tasks.add.using(run_after=timezone.now() + timedelta(hours=1)).enqueue(1, 1)
-    record = runner.cancel(ready.id)
+    assert progress.cancel(ready.id) == "FAILED"
+    record = record_of(ready)
     assert record.status == "FAILED" and record.cancel_requested
     assert record.errors[-1]["exception_class_path"] == "tasks.exceptions.TaskCancelled"
 
     sample_tasks.add.enqueue(2, 2)
     running = runner.claim(["compute"], W1)
-    assert runner.cancel(running.pk).status == "RUNNING"
+    assert progress.cancel(running.pk) == "RUNNING"
     running.refresh_from_db()
     assert running.cancel_requested and running.status == "RUNNING"
 
     assert runner.record_success(running, W1, 4)
-    assert runner.cancel(running.pk).status == "SUCCESSFUL"  # too late: nothing changes
-    assert runner.cancel("5b1c3f0e-0000-4000-8000-000000000000") is None
+    assert progress.cancel(running.pk) == "SUCCESSFUL"  # too late: nothing changes
+    assert progress.cancel("5b1c3f0e-0000-4000-8000-000000000000") is None
 
 
 def test_a_task_cancelled_while_its_worker_stopped_never_runs_again():
     sample_tasks.add.enqueue(1, 1)
     record = runner.claim(["compute"], W1)
-    runner.cancel(record.pk)
+    progress.cancel(record.pk)
     runner.hand_back(W1)  # the worker stopped before the task saw the cancel
     assert runner.claim(["compute"], W2) is None
     assert runner.fail_cancelled() == 1  # the workers' sweep
@@ -325,23 +327,37 @@ def test_progress_is_throttled_stored_and_stops_a_cancelled_task():
     record.refresh_from_db()
     assert record.progress_done == 10 and record.progress_at is not None
 
-    runner.cancel(result.id)
+    progress.cancel(result.id)
     context.progress(3, 10)  # throttled: not looked at until the next report that goes out
     with pytest.raises(TaskCancelled):
         context.progress(10, 10)
 
 
-def test_progress_stops_an_attempt_that_lost_its_lease():
+def test_progress_stops_an_attempt_that_lost_its_lease_with_lease_lost_not_a_cancel():
     sample_tasks.counted.enqueue("/nonexistent", 10, 0)
     record = runner.claim(["compute"], W1)
     context = runner.ProgressContext(task_result=runner.to_task_result(record))
     TaskRecord.objects.filter(pk=record.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
     runner.reclaim_lost()
     runner.claim(["compute"], W2)  # another worker runs it now
-    with pytest.raises(TaskCancelled, match="lost its lease"):
+    with pytest.raises(LeaseLost, match="lost its lease"):
         context.progress(1, 10)
     record.refresh_from_db()
     assert record.progress_done is None and record.worker_id == W2
+
+
+def test_the_context_counts_failed_attempts_but_not_those_lost_with_their_worker(tmp_path):
+    notes = tmp_path / "attempts"
+    result = sample_tasks.always_fails.enqueue(str(notes))  # max_attempts=3
+    async_to_sync(run_one)(["compute"], W1)  # attempt 1 fails
+    runner.claim(["compute"], W1)  # attempt 2: its worker dies
+    TaskRecord.objects.filter(pk=result.id).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+    runner.reclaim_lost()
+    async_to_sync(run_one)(["compute"], W2)  # attempt 3 fails
+    async_to_sync(run_one)(["compute"], W2)  # attempt 4: the last, as the runner counts
+    assert notes.read_text().splitlines() == ["1 0 False", "3 1 False", "4 2 True"]
+    record = record_of(result)
+    assert record.status == "FAILED" and record.attempts == 4
 
 
 def test_progress_hands_the_task_back_when_the_worker_is_stopping():
@@ -413,7 +429,7 @@ async def test_execute_sends_signals_and_broadcasts_progress_to_the_task_group(c
     try:
         result = await sample_tasks.acounted.aenqueue(3)
         watcher = await channel_layer.new_channel()
-        await channel_layer.group_add(f"task.{result.id}", watcher)
+        await channel_layer.group_add(progress.progress_group(result.id), watcher)
         await execute_next()
     finally:
         for signal in (task_enqueued, task_started, task_finished):
