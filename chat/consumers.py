@@ -17,7 +17,7 @@ from accounts.consumers import AvatarFrames
 from reports.consumers import ExportCommand
 
 from . import presence
-from .models import RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW, Message, RateLimited, Room, is_valid_label
+from .models import RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW, Message, RateLimited, Room, RoomHidden
 from .protocol import SYNC_LIMIT, FrameError, encode, message_frame, parse_frame
 
 if TYPE_CHECKING:
@@ -37,12 +37,12 @@ _typing_relayed: dict[tuple[int, int], float] = {}
 
 def find_room(label: str, user: "User") -> tuple[Room | None, int | None]:
     """The room to join, or the close code that refuses the socket."""
-    room = Room.objects.filter(label=label).first() if is_valid_label(label) else None
-    if room is None:
-        return None, CLOSE_NOT_FOUND
-    if not room.can_view(user):
+    try:
+        return Room.objects.find(label, user), None
+    except RoomHidden:
         return None, CLOSE_FORBIDDEN
-    return room, None
+    except Room.DoesNotExist:
+        return None, CLOSE_NOT_FOUND
 
 
 def messages_after(room: Room, after: int) -> tuple[list[dict[str, Any]], bool]:

@@ -79,8 +79,9 @@ class NotificationConsumer(AsyncWebsocketConsumer):
     def _mark_read(self, frame: dict) -> None:
         room = None
         if "room" in frame:
-            room = Room.objects.filter(label=frame["room"]).first()
-            if room is None:
+            try:
+                room = Room.objects.find(frame["room"], self.user)
+            except Room.DoesNotExist:
                 return
         notify.mark_read(self.user, ids=frame.get("ids"), room=room)
 

@@ -307,6 +307,14 @@ def authenticated(user, path: str) -> WebsocketCommunicator:
     return WebsocketCommunicator(application, path, headers=headers)
 
 
+def test_a_label_the_room_page_refuses_is_a_404_here_too(client, alice):
+    """A room whose label is not a valid one (made outside the room page, e.g. in the admin) is no room."""
+    Room.objects.create(label="Odd-Case")
+    client.force_login(alice)
+    assert client.get(reverse("reports:insights", args=["Odd-Case"])).status_code == 404
+    assert client.post(reverse("reports:export", args=["Odd-Case"]), {"format": "csv"}).status_code == 404
+
+
 def test_export_form_with_dates(client, room, alice):
     client.force_login(alice)
     assert b'name="since"' in client.get(reverse("reports:export_form", args=[room.label])).content
