@@ -106,5 +106,6 @@ async def test_frames_are_rate_limited(bob):
     for _ in range(15):
         await socket.send_to(text_data=json.dumps({"type": "mark_read", "ids": [1]}))
     frame = await socket.receive_json_from(timeout=5)
-    assert frame == {"type": "error", "error": "too many frames; slow down"}
+    assert frame == {"type": "error", "code": "rate_limited", "detail": "too many frames; slow down",
+                     "error": "too many frames; slow down"}  # fmt: skip
     await socket.disconnect()
