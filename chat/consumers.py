@@ -136,8 +136,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
         channels' dispatch() runs close_old_connections() on the database thread
         before every handler, so a broadcast cost each socket of the room a turn
-        on the one thread that also stores the messages: 100 turns per message
-        for 100 sockets, most of a daphne's time (bench/fanout.py). Handlers here
+        on the one thread that also stores the messages, one turn per socket
+        for every message (README.md, Benchmarks, fan-out). Handlers here
         reach the database only through database_sync_to_async, which closes
         old connections itself, on that thread, when it is used.
         """
@@ -307,8 +307,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def heartbeat(self) -> None:
         """Keep this socket's presence row fresh, expire rows of dead processes, send missed messages."""
         # Sockets that connect together (a daphne restart, a reconnecting crowd) must not
-        # beat together: 100 beats bunched into a few seconds held messages up ~100 ms
-        # (bench/fanout.py, 2 and 4 daphnes). The first beat falls anywhere in the interval.
+        # beat together: bunched beats hold messages up (README.md, Benchmarks, fan-out).
+        # The first beat falls anywhere in the interval.
         delay = presence.heartbeat_interval() * random.uniform(0.05, 1.0)
         while True:
             await asyncio.sleep(delay)

@@ -199,9 +199,9 @@ def rooms_showing(user_id: int, since: datetime) -> set[int]:
 
     Those where the user has a socket open (the presence list), and those they
     posted in since `since` (their messages are on screen there, even after
-    they left). Plain SQL: a worker asks this for every avatar it makes, and the
-    ORM took 0.6 ms of CPU to build this union, six times what the query itself
-    costs (bench/thumbnails.py, profiled).
+    they left). Plain SQL: a worker asks this for every avatar it makes, and
+    building this union through the ORM cost several times the query itself
+    (bench/thumbnails.py, profiled).
     """
     quote = connection.ops.quote_name
     sql = (
