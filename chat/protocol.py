@@ -5,11 +5,11 @@ the registering app's AppConfig.ready(): chat registers message, sync and
 typing (chat/apps.py), accounts registers avatar.refresh, reports registers
 export. Chat imports none of them. A handler is `async def handler(consumer,
 frame)`; it talks to the socket through ChatConsumer's documented surface
-(`room`, `user`, `send_frame`, `state`, `on_disconnect`, see chat.consumers)
-and refuses a frame by raising FrameError. Apps that send the socket
-channel-layer events of their own register a handler for each event type too.
-Decoding, the size limit and the error frame are project.sockets', as for every
-socket.
+(`room`, `user`, `send_frame`, `broadcast`, `state`, `on_disconnect`; see
+chat.consumers) and refuses a frame by raising FrameError. Apps that send the
+socket channel-layer events of their own register a handler for each event
+type too. Decoding, the size limit and the error frame are project.sockets',
+as for every socket.
 """
 
 import json
@@ -45,7 +45,7 @@ MESSAGE_SCHEMA = frame_schema(
 SYNC_SCHEMA = frame_schema("sync", {"after": {"type": "integer", "minimum": 0}}, ("after",))
 TYPING_SCHEMA = frame_schema("typing")
 
-# frame type -> (its compiled schema, its handler); filled by the apps' ready().
+# frame type -> its compiled schema, and its handler; filled by the apps' ready().
 validators: dict[str, Draft202012Validator] = {}
 handlers: dict[str, Handler] = {}
 # channel-layer event type (e.g. "avatar.changed") -> its handler, for events the socket has no method for.
