@@ -108,12 +108,15 @@ def validate(frame: dict[str, Any], validator: Draft202012Validator) -> None:
         raise InvalidFrame(frame, error)
 
 
-def parse(text: str | None, binary: bytes | None, validators: Mapping[str, Draft202012Validator], max_bytes: int) -> dict[str, Any]:
+def parse(
+    text: str | None, binary: bytes | None, validators: Mapping[str, Draft202012Validator], max_bytes: int
+) -> dict[str, Any]:
     """Decode one inbound frame and check it against the schema of its `type`, or raise FrameError."""
     frame = decode(text, binary, max_bytes)
     frame_type = frame.get("type")
     validator = validators.get(frame_type) if isinstance(frame_type, str) else None
     if validator is None:
-        raise FrameError("invalid", f"invalid frame: unknown type {frame_type!r}; expected one of {sorted(validators)}"[:200])
+        detail = f"invalid frame: unknown type {frame_type!r}; expected one of {sorted(validators)}"
+        raise FrameError("invalid", detail[:200])
     validate(frame, validator)
     return frame
