@@ -3,3 +3,11 @@ from django.apps import AppConfig
 
 class AccountsConfig(AppConfig):
     name = "accounts"
+
+    def ready(self) -> None:
+        from chat import protocol
+
+        from . import consumers
+
+        protocol.register("avatar.refresh", consumers.REFRESH_SCHEMA, consumers.on_avatar_refresh)
+        protocol.register_event("avatar.changed", consumers.on_avatar_changed)

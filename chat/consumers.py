@@ -4,7 +4,6 @@ import asyncio
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -13,12 +12,11 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from accounts.consumers import AvatarFrames
-from reports.consumers import ExportCommand
+from project.sockets import FrameError, RateLimit
 
-from . import presence
-from .models import RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW, Message, RateLimited, Room, is_valid_label
-from .protocol import SYNC_LIMIT, FrameError, encode, message_frame, parse_frame
+from . import presence, protocol
+from .models import RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW, Message, RateLimited, Room, RoomHidden
+from .protocol import SYNC_LIMIT, encode, message_frame, parse_frame
 
 if TYPE_CHECKING:
     from accounts.models import User
@@ -37,12 +35,12 @@ _typing_relayed: dict[tuple[int, int], float] = {}
 
 def find_room(label: str, user: "User") -> tuple[Room | None, int | None]:
     """The room to join, or the close code that refuses the socket."""
-    room = Room.objects.filter(label=label).first() if is_valid_label(label) else None
-    if room is None:
-        return None, CLOSE_NOT_FOUND
-    if not room.can_view(user):
+    try:
+        return Room.objects.find(label, user), None
+    except RoomHidden:
         return None, CLOSE_FORBIDDEN
-    return room, None
+    except Room.DoesNotExist:
+        return None, CLOSE_NOT_FOUND
 
 
 def messages_after(room: Room, after: int) -> tuple[list[dict[str, Any]], bool]:
@@ -106,8 +104,16 @@ async def missed_after(room: Room, after: int) -> list[dict[str, Any]]:
     return frames
 
 
-class ChatConsumer(AvatarFrames, ExportCommand, AsyncWebsocketConsumer):
+class ChatConsumer(AsyncWebsocketConsumer):
     """One socket in a room.
+
+    Frame handlers registered with chat.protocol, chat's own and other apps',
+    use only this surface: `room` and `user` (set once the socket is in the
+    room), `send_frame(frame)` to answer on this socket, `broadcast(frame)` to
+    tell the whole room, `state`, a dict where an app keeps what it needs per
+    socket (under a key of its own), and `on_disconnect(callback)` for what it
+    must undo when the socket closes; channels' `channel_layer` and
+    `channel_name` to join groups of its own.
 
     Messages reach the socket in id order, each once, even when the channel
     layer loses or reorders broadcasts (the pub/sub layer drops what is
@@ -120,6 +126,7 @@ class ChatConsumer(AvatarFrames, ExportCommand, AsyncWebsocketConsumer):
     """
 
     room: Room | None = None
+    user: "User"
     heartbeat_task: asyncio.Task | None = None
     closing = False
     last_id = 0
@@ -129,15 +136,18 @@ class ChatConsumer(AvatarFrames, ExportCommand, AsyncWebsocketConsumer):
 
         channels' dispatch() runs close_old_connections() on the database thread
         before every handler, so a broadcast cost each socket of the room a turn
-        on the one thread that also stores the messages: 100 turns per message
-        for 100 sockets, most of a daphne's time (bench/fanout.py). Handlers here
+        on the one thread that also stores the messages, one turn per socket
+        for every message (README.md, Benchmarks, fan-out). Handlers here
         reach the database only through database_sync_to_async, which closes
         old connections itself, on that thread, when it is used.
         """
         handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
+        if handler is not None:
+            await handler(message)
+        elif message["type"] in protocol.event_handlers:  # an app's event (chat.protocol.register_event)
+            await protocol.event_handlers[message["type"]](self, message)
+        else:
             raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
 
     async def connect(self) -> None:
         # Accept first so the browser sees our close code (a handshake refusal is a bare 403).
@@ -153,7 +163,11 @@ class ChatConsumer(AvatarFrames, ExportCommand, AsyncWebsocketConsumer):
             await self.close(code=refusal)
             return
         self.room = room
-        self.sent_at: deque[float] = deque(maxlen=RATE_LIMIT_COUNT)
+        self.state: dict[str, Any] = {}
+        self.closers: list[Callable[[], Awaitable[None]]] = []
+        # A per-socket window stops a client hammering the database with retries;
+        # the database count inside Room.post holds across sockets and processes.
+        self.message_limit = RateLimit(RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW.total_seconds())
         # Join the group before reading presence, so no join or leave falls in between.
         await self.channel_layer.group_add(room.group_name, self.channel_name)
         # Messages up to last_id are the client's to fetch (`sync`); later ones are ours to send.
@@ -172,7 +186,8 @@ class ChatConsumer(AvatarFrames, ExportCommand, AsyncWebsocketConsumer):
         self.closing = True
         if self.heartbeat_task:
             self.heartbeat_task.cancel()
-        await self.export_disconnect()
+        for closer in self.closers:
+            await closer()
         _typing_relayed.pop((self.room.pk, self.user.pk), None)
         await self.channel_layer.group_discard(self.room.group_name, self.channel_name)
         last = await database_sync_to_async(presence.leave)(self.room, self.user, self.channel_name)
@@ -185,27 +200,24 @@ class ChatConsumer(AvatarFrames, ExportCommand, AsyncWebsocketConsumer):
             return
         try:
             frame = parse_frame(text_data, bytes_data)
-            await self.handlers[frame["type"]](self, frame)
+            await protocol.handlers[frame["type"]](self, frame)
         except FrameError as error:
             await self.send_frame(error.frame())
 
-    # --- inbound frames ---------------------------------------------------------
+    def on_disconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Await `callback()` when this socket leaves the room (a registered handler's clean-up)."""
+        self.closers.append(callback)
+
+    # --- inbound frames (registered in chat/apps.py) ------------------------------
 
     async def on_message(self, frame: dict[str, Any]) -> None:
         client_id = frame["client_id"]
-        # A per-socket window stops a client hammering the database with retries;
-        # the database count inside Room.post holds across sockets and processes.
-        now = time.monotonic()
-        if len(self.sent_at) == RATE_LIMIT_COUNT and now - self.sent_at[0] < RATE_LIMIT_WINDOW.total_seconds():
-            raise FrameError("rate_limited", self.rate_limit_detail(), client_id)
-        self.sent_at.append(now)
-        if self.is_export_command(frame["text"]):  # a command for this socket, never posted
-            await self.export_command(self.room, frame["text"])
-            return
+        if not self.message_limit.allow():
+            raise FrameError("rate_limited", self.rate_limit_detail(), client_id=client_id)
         try:
             event = await store_message(self.room, self.user, frame["text"], client_id)
         except RateLimited:
-            raise FrameError("rate_limited", self.rate_limit_detail(), client_id) from None
+            raise FrameError("rate_limited", self.rate_limit_detail(), client_id=client_id) from None
         if event["previous"] is None:
             # A retry: its sender gets the original back whatever this socket was
             # sent before, as an answer to the resend.
@@ -232,13 +244,6 @@ class ChatConsumer(AvatarFrames, ExportCommand, AsyncWebsocketConsumer):
             return  # relayed moments ago: drop quietly, it is only a hint
         _typing_relayed[key] = now
         await self.broadcast({"type": "typing", "handle": self.user.username}, skip_user=self.user.pk)
-
-    handlers: dict[str, Callable[["ChatConsumer", dict[str, Any]], Awaitable[None]]] = {
-        "message": on_message,
-        "sync": on_sync,
-        "typing": on_typing,
-        "avatar.refresh": AvatarFrames.on_avatar_refresh,
-    }
 
     # --- outbound -----------------------------------------------------------------
 
@@ -302,8 +307,8 @@ class ChatConsumer(AvatarFrames, ExportCommand, AsyncWebsocketConsumer):
     async def heartbeat(self) -> None:
         """Keep this socket's presence row fresh, expire rows of dead processes, send missed messages."""
         # Sockets that connect together (a daphne restart, a reconnecting crowd) must not
-        # beat together: 100 beats bunched into a few seconds held messages up ~100 ms
-        # (bench/fanout.py, 2 and 4 daphnes). The first beat falls anywhere in the interval.
+        # beat together: bunched beats hold messages up (README.md, Benchmarks, fan-out).
+        # The first beat falls anywhere in the interval.
         delay = presence.heartbeat_interval() * random.uniform(0.05, 1.0)
         while True:
             await asyncio.sleep(delay)

@@ -1,6 +1,6 @@
 from django import forms
-
-from accounts.models import User
+from django.contrib.auth import get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser
 
 
 class NewRoomForm(forms.Form):
@@ -10,8 +10,9 @@ class NewRoomForm(forms.Form):
 class InviteForm(forms.Form):
     handle = forms.CharField(max_length=30)
 
-    def clean_handle(self) -> User:
+    def clean_handle(self) -> AbstractBaseUser:
         handle = self.cleaned_data["handle"].strip().lstrip("@")
+        User = get_user_model()
         try:
             return User.objects.get(username__iexact=handle, is_active=True)
         except User.DoesNotExist:

@@ -41,6 +41,21 @@ class RoomQuerySet(models.QuerySet):
         """Public rooms, and the private rooms `user` is a member of."""
         return self.filter(Q(is_private=False) | Q(memberships__user=user)).distinct()
 
+    def find(self, label: str, user) -> "Room":
+        """The room `label` names, if `user` may see it: the one lookup of every page, endpoint and socket.
+
+        Raises Room.DoesNotExist for an invalid label or no such room, and
+        RoomHidden, a subclass of it, for a room the user may not see (a private
+        room they are not in). Callers that catch DoesNotExist answer both alike,
+        so nothing leaks (a 404); the room socket tells them apart (4404, 4403).
+        """
+        room = self.filter(label=label).first() if is_valid_label(label) else None
+        if room is None:
+            raise Room.DoesNotExist(f"No room {label[:60]!r}.")
+        if not room.can_view(user):
+            raise RoomHidden(f"Room {label!r} is private.")
+        return room
+
 
 class Room(models.Model):
     label = models.SlugField(max_length=MAX_LABEL_LENGTH, unique=True)
@@ -116,6 +131,10 @@ class Room(models.Model):
         return membership
 
 
+class RoomHidden(Room.DoesNotExist):
+    """The room exists, but the user may not see it (see RoomQuerySet.find)."""
+
+
 class Membership(models.Model):
     """Who may see a private room. Public rooms need no membership."""
 
@@ -180,9 +199,9 @@ def rooms_showing(user_id: int, since: datetime) -> set[int]:
 
     Those where the user has a socket open (the presence list), and those they
     posted in since `since` (their messages are on screen there, even after
-    they left). Plain SQL: a worker asks this for every avatar it makes, and the
-    ORM took 0.6 ms of CPU to build this union, six times what the query itself
-    costs (bench/thumbnails.py, profiled).
+    they left). Plain SQL: a worker asks this for every avatar it makes, and
+    building this union through the ORM cost several times the query itself
+    (bench/thumbnails.py, profiled).
     """
     quote = connection.ops.quote_name
     sql = (

@@ -1,105 +1,100 @@
-"""The chat WebSocket protocol: inbound frame schemas and outbound frame builders.
+"""The room socket's protocol: a registry of inbound frame types, and outbound frame builders.
 
-Every inbound frame is checked here before the consumer acts on it. Other parts
-of Parley extend the protocol by adding a schema to INBOUND_SCHEMAS and a
-handler to ChatConsumer.handlers.
+Each inbound frame type is registered here with its schema and its handler, in
+the registering app's AppConfig.ready(): chat registers message, sync and
+typing (chat/apps.py), accounts registers avatar.refresh, reports registers
+export. Chat imports none of them. A handler is `async def handler(consumer,
+frame)`; it talks to the socket through ChatConsumer's documented surface
+(`room`, `user`, `send_frame`, `broadcast`, `state`, `on_disconnect`; see
+chat.consumers) and refuses a frame by raising FrameError. Apps that send the
+socket channel-layer events of their own register a handler for each event
+type too. Decoding, the size limit and the error frame are project.sockets',
+as for every socket.
 """
 
 import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from django.core.exceptions import ImproperlyConfigured
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError, best_match
+
+from project.sockets import FrameError, InvalidFrame, compile_schema, frame_schema, parse
 
 from .models import MAX_MESSAGE_LENGTH, Message
+
+if TYPE_CHECKING:
+    from .consumers import ChatConsumer
 
 MAX_FRAME_BYTES = 64 * 1024
 SYNC_LIMIT = 500
 HISTORY_LIMIT = 200
 
+Handler = Callable[["ChatConsumer", dict[str, Any]], Awaitable[None]]
 
-class FrameError(Exception):
-    """An inbound frame was refused; becomes `{"type": "error", "code", "detail"}`."""
+MESSAGE_SCHEMA = frame_schema(
+    "message",
+    {
+        # minLength 1 plus a non-space character: a blank message is "empty".
+        "text": {"type": "string", "minLength": 1, "maxLength": MAX_MESSAGE_LENGTH, "pattern": r"\S"},
+        "client_id": {"type": "string", "minLength": 1, "maxLength": 64},
+    },
+    ("text", "client_id"),
+)
+SYNC_SCHEMA = frame_schema("sync", {"after": {"type": "integer", "minimum": 0}}, ("after",))
+TYPING_SCHEMA = frame_schema("typing")
 
-    def __init__(self, code: str, detail: str, client_id: str | None = None) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-        self.client_id = client_id
-
-    def frame(self) -> dict[str, Any]:
-        frame = {"type": "error", "code": self.code, "detail": self.detail}
-        if self.client_id is not None:
-            frame["client_id"] = self.client_id
-        return frame
-
-
-def _frame_schema(type_: str, properties: dict | None = None, required: tuple[str, ...] = ()) -> dict:
-    return {
-        "type": "object",
-        "properties": {"type": {"const": type_}, **(properties or {})},
-        "required": ["type", *required],
-        "additionalProperties": False,
-    }
+# frame type -> its compiled schema, and its handler; filled by the apps' ready().
+validators: dict[str, Draft202012Validator] = {}
+handlers: dict[str, Handler] = {}
+# channel-layer event type (e.g. "avatar.changed") -> its handler, for events the socket has no method for.
+event_handlers: dict[str, Handler] = {}
 
 
-INBOUND_SCHEMAS: dict[str, dict] = {
-    "message": _frame_schema(
-        "message",
-        {
-            # minLength 1 plus a non-space character: a blank message is "empty".
-            "text": {"type": "string", "minLength": 1, "maxLength": MAX_MESSAGE_LENGTH, "pattern": r"\S"},
-            "client_id": {"type": "string", "minLength": 1, "maxLength": 64},
-        },
-        ("text", "client_id"),
-    ),
-    "sync": _frame_schema("sync", {"after": {"type": "integer", "minimum": 0}}, ("after",)),
-    "typing": _frame_schema("typing"),
-    # Re-make the sender's avatar thumbnails (accounts.consumers.AvatarFrames).
-    "avatar.refresh": _frame_schema("avatar.refresh"),
-}
-# Compiled once: validation runs for every frame.
-VALIDATORS = {name: Draft202012Validator(schema) for name, schema in INBOUND_SCHEMAS.items()}
-for _validator in VALIDATORS.values():
-    Draft202012Validator.check_schema(_validator.schema)
+def register(type_: str, schema: dict[str, Any], handler: Handler) -> None:
+    """Let room sockets take `{"type": type_, ...}` frames that `schema` accepts; `handler` acts on them.
+
+    Call from AppConfig.ready(). `schema` must pin `type` to `type_` (project.sockets.frame_schema
+    builds one); it is checked and compiled here, once.
+    """
+    if type_ in handlers:
+        raise ImproperlyConfigured(f"Frame type {type_!r} is registered twice.")
+    if schema.get("properties", {}).get("type") != {"const": type_}:
+        raise ImproperlyConfigured(f"The schema of frame type {type_!r} must pin type to {type_!r}.")
+    validators[type_] = compile_schema(schema)
+    handlers[type_] = handler
 
 
-def _error_code(frame_type: str, error: ValidationError) -> str:
-    if frame_type == "message" and list(error.path) == ["text"] and error.validator in {"minLength", "pattern"}:
-        return "empty"
-    if frame_type == "message" and list(error.path) == ["text"] and error.validator == "maxLength":
-        return "too_long"
+def register_event(type_: str, handler: Handler) -> None:
+    """Let room sockets handle channel-layer events of `type_` that an app sends to a room's group."""
+    if type_ in event_handlers:
+        raise ImproperlyConfigured(f"Event type {type_!r} is registered twice.")
+    event_handlers[type_] = handler
+
+
+def _error_code(frame_type: str, error: InvalidFrame) -> str:
+    if frame_type == "message" and list(error.error.path) == ["text"]:
+        if error.error.validator in {"minLength", "pattern"}:
+            return "empty"
+        if error.error.validator == "maxLength":
+            return "too_long"
     return "invalid"
 
 
 def parse_frame(text: str | None, binary: bytes | None = None) -> dict[str, Any]:
-    """Decode and validate one inbound frame, or raise FrameError."""
-    if text is None:
-        raise FrameError("invalid", "Frames must be JSON text, not binary.")
-    if len(text) > MAX_FRAME_BYTES or len(text.encode()) > MAX_FRAME_BYTES:
-        raise FrameError("too_large", f"Frames are limited to {MAX_FRAME_BYTES} bytes.")
+    """Decode and validate one inbound frame, or raise FrameError (naming the message's client_id)."""
     try:
-        frame = json.loads(text)
-    except ValueError:
-        raise FrameError("invalid", "The frame is not valid JSON.") from None
-    if not isinstance(frame, dict):
-        raise FrameError("invalid", "A frame must be a JSON object.")
-    frame_type = frame.get("type")
-    validator = VALIDATORS.get(frame_type) if isinstance(frame_type, str) else None
-    if validator is None:
-        raise FrameError("invalid", f"Unknown frame type {frame_type!r}; expected one of {sorted(VALIDATORS)}.")
-    error = best_match(validator.iter_errors(frame))
-    if error is not None:
-        client_id = frame.get("client_id") if isinstance(frame.get("client_id"), str) else None
-        code = _error_code(frame_type, error)
-        field = ".".join(str(p) for p in error.path) or "frame"
+        return parse(text, binary, validators, MAX_FRAME_BYTES)
+    except InvalidFrame as error:
+        client_id = error.frame_data.get("client_id")
+        named = {"client_id": client_id} if isinstance(client_id, str) and 0 < len(client_id) <= 64 else {}
+        code = _error_code(error.frame_data["type"], error)
         detail = {
             "empty": "The message is empty.",
             "too_long": f"The message is longer than {MAX_MESSAGE_LENGTH} characters.",
-        }.get(code, f"{field}: {error.message}"[:200])
-        raise FrameError(code, detail, client_id if client_id and len(client_id) <= 64 else None)
-    return frame
+        }.get(code, error.detail)
+        raise FrameError(code, detail, **named) from None
 
 
 def format_ts(message: Message) -> str:

@@ -32,10 +32,10 @@ def random_label() -> str:
 
 def visible_room_or_404(label: str, user) -> Room:
     """The room, if `user` may see it. A private room is a 404 to others: nothing leaks."""
-    room = Room.objects.filter(label=label).first() if is_valid_label(label) else None
-    if room is None or not room.can_view(user):
-        raise Http404("No such room.")
-    return room
+    try:
+        return Room.objects.find(label, user)
+    except Room.DoesNotExist:
+        raise Http404("No such room.") from None
 
 
 @login_not_required
@@ -120,8 +120,9 @@ def _bad_request(detail: str) -> JsonResponse:
 @require_http_methods(["GET"])
 def history(request: HttpRequest, label: str) -> JsonResponse:
     """`GET /<label>/messages?before=<id>&limit=<n>`: older messages, oldest first."""
-    room = Room.objects.filter(label=label).first() if is_valid_label(label) else None
-    if room is None or not room.can_view(request.user):
+    try:
+        room = Room.objects.find(label, request.user)
+    except Room.DoesNotExist:
         return JsonResponse({"error": "not_found", "detail": "No such room."}, status=404)
     try:
         limit = int(request.GET.get("limit", INITIAL_MESSAGES))

@@ -2,23 +2,22 @@
 
 import json
 import logging
-import time
 
-import jsonschema
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from chat.models import Room
+from project.sockets import FrameError, RateLimit, compile_schema, parse
 
 from . import notify
 
 logger = logging.getLogger(__name__)
 
 MAX_FRAME = 2048
-# Frames per second a page may send, in bursts of up to BURST.
-RATE, BURST = 5.0, 10.0
+# At most MAX_FRAMES frames in any FRAMES_WINDOW seconds: 5 a second on average, in bursts of up to 10.
+MAX_FRAMES, FRAMES_WINDOW = 10, 2.0
 
-INBOUND = {
+MARK_READ = {
     "type": "object",
     "properties": {
         "type": {"const": "mark_read"},
@@ -29,7 +28,7 @@ INBOUND = {
     "additionalProperties": False,
     "oneOf": [{"required": ["ids"]}, {"required": ["room"]}],
 }
-VALIDATOR = jsonschema.Draft202012Validator(INBOUND)
+VALIDATORS = {"mark_read": compile_schema(MARK_READ)}
 
 
 class NotificationConsumer(AsyncWebsocketConsumer):
@@ -37,7 +36,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
 
     Accepts {"type": "mark_read", "ids": [...]} or {"type": "mark_read", "room": label}
     (the room page says so while it is on screen); answers bad frames with
-    {"type": "error", "error": ...}.
+    project.sockets' error frame.
     """
 
     async def connect(self) -> None:
@@ -48,7 +47,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
             await self.close(code=4401)
             return
         self.group = notify.user_group(self.user.pk)
-        self.tokens, self.refilled = BURST, time.monotonic()
+        self.frame_limit = RateLimit(MAX_FRAMES, FRAMES_WINDOW)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         count = await database_sync_to_async(notify.unread_count)(self.user)
@@ -59,39 +58,24 @@ class NotificationConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if not self._allowed():
-            await self.send_json({"type": "error", "error": "too many frames; slow down"})
-            return
-        if text_data is None or len(text_data) > MAX_FRAME:
-            await self.send_json({"type": "error", "error": f"frames are JSON text of at most {MAX_FRAME} bytes"})
-            return
         try:
-            frame = json.loads(text_data)
-        except ValueError:
-            await self.send_json({"type": "error", "error": "not JSON"})
-            return
-        problem = next(iter(VALIDATOR.iter_errors(frame)), None)
-        if problem is not None:
-            await self.send_json({"type": "error", "error": f"invalid frame: {problem.message}"})
+            if not self.frame_limit.allow():
+                raise FrameError("rate_limited", "too many frames; slow down")
+            frame = parse(text_data, bytes_data, VALIDATORS, MAX_FRAME)
+        except FrameError as error:
+            # `error` repeats the detail for clients written against this socket's first error frame.
+            await self.send_json({**error.frame(), "error": error.detail})
             return
         await database_sync_to_async(self._mark_read)(frame)
 
     def _mark_read(self, frame: dict) -> None:
         room = None
         if "room" in frame:
-            room = Room.objects.filter(label=frame["room"]).first()
-            if room is None:
+            try:
+                room = Room.objects.find(frame["room"], self.user)
+            except Room.DoesNotExist:
                 return
         notify.mark_read(self.user, ids=frame.get("ids"), room=room)
-
-    def _allowed(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(BURST, self.tokens + (now - self.refilled) * RATE)
-        self.refilled = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
 
     async def notifications_unread(self, event: dict) -> None:
         await self.send_json({"type": "unread", "count": event["count"]})

@@ -1,34 +1,37 @@
-"""Live progress of jobs over WebSockets: the job page's socket, and `/export` in the chat box."""
+"""Live progress of jobs over WebSockets: the job page's socket, and exports started from the chat box."""
 
 import asyncio
-import json
 import logging
-import time
-from collections import deque
 from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.core.exceptions import PermissionDenied
 
+from chat.models import RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW
+from project.sockets import FrameError, RateLimit, compile_schema, decode, frame_schema, validate
 from tasks.progress import progress_group
 
-from .forms import parse_export_command
+from .forms import EXPORT_USAGE, FORMAT_ALIASES, ExportForm
 from .jobs import TooManyJobs, cancel_job, start_export
 from .live import JobWatcher, load_job
 
+if TYPE_CHECKING:
+    from chat.consumers import ChatConsumer
+
 logger = logging.getLogger(__name__)
 
-MAX_FRAME_CHARS = 1024
+MAX_FRAME_BYTES = 1024
 MAX_FRAMES_PER_SECOND = 5
 TICK = 0.5  # how often a socket checks whether a silent job is due a frame
-FRAME_SCHEMA = {
+CANCEL = compile_schema({
     "type": "object",
     "properties": {"action": {"enum": ["cancel"]}},
     "required": ["action"],
     "additionalProperties": False,
-}
+})
 
 
 class JobConsumer(AsyncJsonWebsocketConsumer):
@@ -48,7 +51,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=4403)
             return
         self.watcher = JobWatcher(job)
-        self.received: deque[float] = deque(maxlen=MAX_FRAMES_PER_SECOND)
+        self.frame_limit = RateLimit(MAX_FRAMES_PER_SECOND, 1.0)
         await self.accept()
         if job.task_id is not None:
             await self.channel_layer.group_add(self.watcher.group_name, self.channel_name)
@@ -62,24 +65,17 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_discard(self.watcher.group_name, self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        now = time.monotonic()
-        if len(self.received) == self.received.maxlen and now - self.received[0] < 1.0:
-            await self.send_json({"type": "error", "error": "Too many frames; slow down."})
-            return
-        self.received.append(now)
-        if text_data is None or len(text_data) > MAX_FRAME_CHARS:
-            await self.send_json({"type": "error", "error": f"Frames are JSON text of at most {MAX_FRAME_CHARS} characters."})
-            return
         try:
-            content = json.loads(text_data)
-            jsonschema.validate(content, FRAME_SCHEMA)
-        except (ValueError, jsonschema.ValidationError):
-            await self.send_json({"type": "error", "error": 'Unknown frame; the only one is {"action": "cancel"}.'})
-            return
-        try:
-            await database_sync_to_async(cancel_job)(self.watcher.job, self.scope["user"])
-        except PermissionDenied as exc:
-            await self.send_json({"type": "error", "error": str(exc)})
+            if not self.frame_limit.allow():
+                raise FrameError("rate_limited", "too many frames; slow down")
+            validate(decode(text_data, bytes_data, MAX_FRAME_BYTES), CANCEL)
+            try:
+                await database_sync_to_async(cancel_job)(self.watcher.job, self.scope["user"])
+            except PermissionDenied as exc:
+                raise FrameError("forbidden", str(exc)) from None
+        except FrameError as error:
+            # `error` repeats the detail for clients written against this socket's first error frame.
+            await self.send_json({**error.frame(), "error": error.detail})
 
     async def task_update(self, event: dict) -> None:
         frame = await self.watcher.on_update(event["task"])
@@ -99,49 +95,90 @@ async def tick(send: Callable[[dict], Awaitable[None]], watchers: dict[str, JobW
                 await send({**await watcher.refresh(), "type": frame_type})
 
 
-class ExportCommand:
-    """Mixin for the chat consumer: `/export [json|csv|html] [from] [to]` sent as a chat message.
+EXPORT_SCHEMA = frame_schema(
+    "export",
+    {
+        # Checked by the handler as the export form checks them, with the form's messages.
+        "format": {"type": "string", "maxLength": 16},
+        "since": {"type": "string", "maxLength": 32},
+        "until": {"type": "string", "maxLength": 32},
+    },
+)
 
-    Starts the export (or attaches to the same one already running) through
-    reports.jobs.start_export, as the room page's button does, and sends its
-    progress to this socket as `export.progress` frames; problems come back as
-    `export.error` frames. The text is a command, never posted to the room.
+
+class ChatExports:
+    """The exports one room socket watches: `{"type": "export", ...}` frames in, their progress out.
+
+    An export frame starts the export (or attaches to the same one already
+    running) through reports.jobs.start_export, as the room page's button does,
+    and this socket is sent its progress as `export.progress` frames; problems
+    come back as `export.error` frames. Registered with chat.protocol in
+    reports/apps.py; kept in the socket's `state` from its first export on.
     """
 
-    @staticmethod
-    def is_export_command(text: str) -> bool:
-        return text.split(maxsplit=1)[:1] == ["/export"]
+    def __init__(self, consumer: "ChatConsumer") -> None:
+        self.consumer = consumer
+        self.watchers: dict[str, JobWatcher] = {}
+        # Export frames are work in the database, like messages: the same per-socket limit.
+        self.limit = RateLimit(RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW.total_seconds())
+        self.ticker = asyncio.create_task(tick(self.send, self.watchers, "export.progress"))
+        consumer.on_disconnect(self.close)
 
-    async def export_command(self, room, text: str) -> None:
-        if not hasattr(self, "export_watchers"):  # made on first use: most chat sockets never export
-            self.export_watchers: dict[str, JobWatcher] = {}
-            self.export_ticker = asyncio.create_task(tick(self.send_export_frame, self.export_watchers, "export.progress"))
+    @classmethod
+    def of(cls, consumer: "ChatConsumer") -> "ChatExports":
+        if "reports.exports" not in consumer.state:  # made on first use: most chat sockets never export
+            consumer.state["reports.exports"] = cls(consumer)
+        return consumer.state["reports.exports"]
+
+    async def start(self, frame: dict[str, Any]) -> None:
+        if not self.limit.allow():
+            raise FrameError("rate_limited", "Too many exports at once; wait a moment.")
         try:
-            format, since, until = parse_export_command(text)
-            job, _ = await database_sync_to_async(start_export)(self.scope["user"], room, format, since, until)
+            format, since, until = export_options(frame)
+            job, _ = await database_sync_to_async(start_export)(self.consumer.user, self.consumer.room, format, since, until)
         except (ValueError, TooManyJobs, PermissionDenied) as exc:
-            await self.send_export_frame({"type": "export.error", "error": str(exc)})
+            await self.consumer.send_frame({"type": "export.error", "error": str(exc)})
             return
-        watcher = self.export_watchers.get(progress_group(job.task_id))
+        watcher = self.watchers.get(progress_group(job.task_id))
         if watcher is None:  # else: the same export again, already watched here
-            watcher = self.export_watchers[progress_group(job.task_id)] = JobWatcher(job)
-            await self.channel_layer.group_add(watcher.group_name, self.channel_name)
-        await self.send_export_frame({**await watcher.refresh(), "type": "export.progress"})
+            watcher = self.watchers[progress_group(job.task_id)] = JobWatcher(job)
+            await self.consumer.channel_layer.group_add(watcher.group_name, self.consumer.channel_name)
+        await self.send({**await watcher.refresh(), "type": "export.progress"})
 
-    async def task_update(self, event: dict) -> None:
-        watcher = getattr(self, "export_watchers", {}).get(progress_group(event["task"]["id"]))
+    async def update(self, event: dict[str, Any]) -> None:
+        watcher = self.watchers.get(progress_group(event["task"]["id"]))
         if watcher is None:
             return
         frame = await watcher.on_update(event["task"])
         if frame is not None:
-            await self.send_export_frame({**frame, "type": "export.progress"})
+            await self.send({**frame, "type": "export.progress"})
 
-    async def send_export_frame(self, frame: dict) -> None:
-        await self.send(text_data=json.dumps(frame))
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.consumer.send_frame(frame)
 
-    async def export_disconnect(self) -> None:
-        """Call from the consumer's disconnect(): stop watching this socket's exports."""
-        if hasattr(self, "export_watchers"):
-            self.export_ticker.cancel()
-            for group in self.export_watchers:
-                await self.channel_layer.group_discard(group, self.channel_name)
+    async def close(self) -> None:
+        self.ticker.cancel()
+        for group in self.watchers:
+            await self.consumer.channel_layer.group_discard(group, self.consumer.channel_name)
+
+
+def export_options(frame: dict[str, Any]) -> tuple[str, datetime | None, datetime | None]:
+    """An export frame's (format, since, until), checked as `/export` and the form check them; ValueError if not."""
+    format = FORMAT_ALIASES.get(frame.get("format", "json").lower())
+    if format is None:
+        raise ValueError(EXPORT_USAGE)
+    form = ExportForm({"format": format, "since": frame.get("since", ""), "until": frame.get("until", "")})
+    if not form.is_valid():
+        problems = " ".join(error for errors in form.errors.values() for error in errors)
+        raise ValueError(f"{problems} {EXPORT_USAGE}")
+    return (format, *form.date_range())
+
+
+async def on_export(consumer: "ChatConsumer", frame: dict[str, Any]) -> None:
+    await ChatExports.of(consumer).start(frame)
+
+
+async def on_task_update(consumer: "ChatConsumer", event: dict[str, Any]) -> None:
+    """A task's progress broadcast (tasks.runner): for this socket's exports, if it watches any."""
+    if "reports.exports" in consumer.state:
+        await consumer.state["reports.exports"].update(event)

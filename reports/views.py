@@ -17,10 +17,10 @@ logger = logging.getLogger(__name__)
 
 def visible_room_or_404(label: str, user) -> Room:
     """A private room is a 404 to non-members, as on the room page: nothing leaks."""
-    room = Room.objects.filter(label=label).first()
-    if room is None or not room.can_view(user):
-        raise Http404("No such room.")
-    return room
+    try:
+        return Room.objects.find(label, user)
+    except Room.DoesNotExist:
+        raise Http404("No such room.") from None
 
 
 def visible_job_or_404(pk: int, user) -> Job:

@@ -2,12 +2,15 @@
 
 import asyncio
 import logging
+import math
 
 from asgiref.sync import sync_to_async
 from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.utils import timezone
+
+from project.sockets import FrameError, RateLimit
 
 from . import runner
 from .monitor import overview
@@ -55,7 +58,7 @@ class TaskConsumer(AsyncConsumer):
 class TaskMonitorConsumer(AsyncJsonWebsocketConsumer):
     """The /tasks/ page's live feed, staff only: tasks.monitor.overview() every few seconds.
 
-    Frames out: {"type": "overview", "overview": {...}} and {"type": "error", "error": "..."}.
+    Frames out: {"type": "overview", "overview": {...}} and project.sockets' error frame.
     It takes no frames in: each one is answered with an error, and a client
     that keeps sending is closed (4429).
     """
@@ -72,7 +75,8 @@ class TaskMonitorConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=4403)
             return
         await self.accept()
-        self.bad_frames = 0
+        # Full after max_bad_frames - 1 frames, for good: the next one is answered, then the socket closed.
+        self.bad_frames = RateLimit(self.max_bad_frames - 1, math.inf)
         self.feed = asyncio.create_task(self.send_overviews())
 
     async def disconnect(self, code: int) -> None:
@@ -80,9 +84,10 @@ class TaskMonitorConsumer(AsyncJsonWebsocketConsumer):
             feed.cancel()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        self.bad_frames += 1
-        await self.send_json({"type": "error", "error": "This socket only sends updates; it takes no messages."})
-        if self.bad_frames >= self.max_bad_frames:
+        error = FrameError("invalid", "invalid frame: this socket only sends updates; it takes no frames")
+        # `error` repeats the detail for clients written against this socket's first error frame.
+        await self.send_json({**error.frame(), "error": error.detail})
+        if not self.bad_frames.allow():
             await self.close(code=4429)
 
     async def send_overviews(self) -> None:

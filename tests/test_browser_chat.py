@@ -121,3 +121,24 @@ def test_offline_messages_arrive_once(stack, browser):
     assert texts(ann) == [f"old {i:03}" for i in range(70)]
     ann_context.close()
     bob_context.close()
+
+
+def test_export_typed_in_the_chat_box_sends_an_export_frame(stack, browser):
+    """`/export ...` is client-side sugar: the socket carries a typed export frame, and nothing is posted."""
+    _, port = stack.daphne()
+    _, ann = signed_up_page(browser, f"http://127.0.0.1:{port}", "ann")
+    sent = []
+    ann.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload)))
+    ann.goto("/lobby/")
+    expect(ann.locator("#status")).to_have_attribute("data-state", "connected")
+
+    say(ann, "/export CSV 2026-01-01")
+    expect(ann.locator("#export-progress .export-line").first).to_contain_text("CSV export")
+    assert '{"type":"export","format":"csv","since":"2026-01-01"}' in sent
+    say(ann, "/export pdf")  # the server checks the format, as the export form does
+    expect(ann.locator("#export-progress")).to_contain_text("Usage: /export")
+    frames_before = len(sent)
+    say(ann, "/export csv 2026-01-01 2026-01-31 extra")  # more than a frame can say: the usage, nothing sent
+    expect(ann.locator("#export-progress")).to_contain_text("Usage: /export")
+    assert len(sent) == frames_before and all('"message"' not in frame for frame in sent)
+    expect(ann.locator("#message-list .msg")).to_have_count(0)

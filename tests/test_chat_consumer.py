@@ -9,10 +9,12 @@ from datetime import timedelta
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
 from accounts.models import User
-from chat.consumers import post_message
+from chat import protocol
+from chat.consumers import ChatConsumer, post_message
 from chat.models import Membership, Message, Presence, Room
 from tests.chat_helpers import (  # noqa: F401 (fixtures: ann, bob, lobby, fresh_channel_layer)
     ann, bob, fresh_channel_layer, join, lobby, next_of, open_socket, refused_with, send, send_raw, session_cookie,
@@ -278,6 +280,18 @@ async def test_sync_is_capped_at_500_with_more(lobby, ann, ann_cookie):
     assert synced == {"type": "synced", "last_id": frames[-1]["id"], "more": True}
     assert frames[0]["id"] == first_id
     await a.disconnect()
+
+
+# --- the registry of frame types ---------------------------------------------------------
+
+
+def test_apps_register_their_frame_types_and_a_type_registers_once():
+    assert {"message", "sync", "typing", "avatar.refresh", "export"} <= set(protocol.handlers)
+    with pytest.raises(ImproperlyConfigured, match="twice"):
+        protocol.register("message", protocol.MESSAGE_SCHEMA, ChatConsumer.on_message)
+    with pytest.raises(ImproperlyConfigured, match="pin type"):
+        protocol.register("shout", protocol.MESSAGE_SCHEMA, ChatConsumer.on_message)
+    assert "shout" not in protocol.handlers
 
 
 # --- bad input: an error frame, the socket stays open, nothing stored --------------------

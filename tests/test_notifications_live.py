@@ -6,6 +6,7 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
+from chat.models import Room
 from notifications.models import Notification
 from project.asgi import application
 from tasks.models import TaskRecord
@@ -52,6 +53,23 @@ async def test_a_chat_message_dispatches_to_the_notifications_queue_and_the_bell
     await bob_bell.disconnect()
 
 
+async def test_mark_read_by_room_ignores_a_room_the_user_cannot_see(bob):
+    """The room form of mark_read looks the room up as every page does: a private room bob left is no room."""
+
+    def notified_in_a_room_bob_left():
+        room = Room.objects.create(label="secret", is_private=True)
+        return Notification.objects.create(user=bob, room=room).pk
+
+    notification = await database_sync_to_async(notified_in_a_room_bob_left)()
+    socket = await bell(await database_sync_to_async(session_cookie)(bob))
+    assert await socket.receive_json_from(timeout=5) == {"type": "unread", "count": 1}
+    await socket.send_to(text_data=json.dumps({"type": "mark_read", "room": "secret"}))
+    await socket.send_to(text_data="not json")  # answered once the frame before it was handled
+    assert (await socket.receive_json_from(timeout=5))["type"] == "error"
+    assert not await Notification.objects.filter(pk=notification, read_at__isnull=False).aexists()
+    await socket.disconnect()
+
+
 @pytest.mark.parametrize(
     "raw, error",
     [
@@ -88,5 +106,6 @@ async def test_frames_are_rate_limited(bob):
     for _ in range(15):
         await socket.send_to(text_data=json.dumps({"type": "mark_read", "ids": [1]}))
     frame = await socket.receive_json_from(timeout=5)
-    assert frame == {"type": "error", "error": "too many frames; slow down"}
+    assert frame == {"type": "error", "code": "rate_limited", "detail": "too many frames; slow down",
+                     "error": "too many frames; slow down"}  # fmt: skip
     await socket.disconnect()

@@ -351,6 +351,14 @@ def authenticated(user, path: str) -> WebsocketCommunicator:
     return WebsocketCommunicator(application, path, headers=headers)
 
 
+def test_a_label_the_room_page_refuses_is_a_404_here_too(client, alice):
+    """A room whose label is not a valid one (made outside the room page, e.g. in the admin) is no room."""
+    Room.objects.create(label="Odd-Case")
+    client.force_login(alice)
+    assert client.get(reverse("reports:insights", args=["Odd-Case"])).status_code == 404
+    assert client.post(reverse("reports:export", args=["Odd-Case"]), {"format": "csv"}).status_code == 404
+
+
 def test_export_form_with_dates(client, room, alice):
     client.force_login(alice)
     assert b'name="since"' in client.get(reverse("reports:export_form", args=[room.label])).content
@@ -460,6 +468,24 @@ async def test_cancel_over_websocket_stops_the_export(fresh_channel_layer, alice
     assert not job.file and not await sync_to_async(default_storage.exists)(job.part_name(1))
 
 
+async def test_job_socket_answers_bad_frames_with_the_one_error_frame(fresh_channel_layer, alice, bob):
+    """The same shape and codes as every socket (project.sockets), with the old `error` key kept."""
+    room = await sync_to_async(make_room)(members=[alice, bob])
+    job, _ = await sync_to_async(start_export)(alice, room, "csv")
+    communicator = await sync_to_async(authenticated)(alice, f"/reports/{job.pk}/live/")
+    assert (await communicator.connect(timeout=5))[0]
+    await communicator.send_to(text_data=json.dumps({"action": "delete"}))
+    error = await next_of(communicator, "error")
+    assert error["code"] == "invalid" and error["detail"].startswith("invalid frame") and error["error"] == error["detail"]
+    await communicator.send_to(text_data="x" * 2000)
+    assert (await next_of(communicator, "error"))["code"] == "too_large"
+    for _ in range(5):
+        await communicator.send_to(text_data="not json")
+    codes = [(await next_of(communicator, "error"))["code"] for _ in range(5)]
+    assert codes[-1] == "rate_limited"
+    await communicator.disconnect()
+
+
 def test_failure_is_shown_to_the_user_without_a_traceback(settings, tmp_path, client, room, alice):
     (tmp_path / "not-a-directory").write_text("")
     settings.MEDIA_ROOT = tmp_path / "not-a-directory" / "media"  # every write fails
@@ -556,11 +582,11 @@ def test_job_messages_is_a_snapshot(room, alice):
     assert job_messages(job).count() == len(TRICKY)
 
 
-async def test_export_command_in_the_chat_box(fresh_channel_layer, alice, bob):
-    """`/export csv` typed in the chat starts the export and streams its progress to that socket."""
+async def test_export_frame_on_the_room_socket(fresh_channel_layer, alice, bob):
+    """An export frame (what `/export csv` in the chat box sends) starts the export and streams its progress to that socket."""
     await sync_to_async(make_room)(members=[alice, bob])
     socket, _ = await join("lobby", await sync_to_async(session_cookie)(alice))
-    await send(socket, {"type": "message", "text": "/export csv", "client_id": "x1"})
+    await send(socket, {"type": "export", "format": "csv"})
     frame = await next_of(socket, "export.progress")
     assert frame["format"] == "csv" and frame["status"] == "queued"
     worker = asyncio.create_task(run_one(["compute"]))
@@ -569,7 +595,11 @@ async def test_export_command_in_the_chat_box(fresh_channel_layer, alice, bob):
     await worker
     job = await Job.objects.aget(requested_by=alice)
     assert frame["url"] == f"/reports/{job.pk}/download/" and frame["percent"] == 100.0
-    assert not await Message.objects.filter(text__startswith="/export").aexists()  # a command, not a message
-    await send(socket, {"type": "message", "text": "/export pdf", "client_id": "x2"})
+    assert not await Message.objects.aexists()  # a command, not a message
+    await send(socket, {"type": "export", "format": "pdf"})
     assert "Usage: /export" in (await next_of(socket, "export.error"))["error"]
+    await send(socket, {"type": "export", "format": "csv", "since": "2026-02-02", "until": "2026-02-01"})
+    assert "must not be after" in (await next_of(socket, "export.error"))["error"]
+    await send(socket, {"type": "export", "format": "csv", "text": "/export csv"})
+    assert (await next_of(socket, "error"))["code"] == "invalid"
     await socket.disconnect()

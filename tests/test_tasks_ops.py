@@ -181,6 +181,20 @@ async def test_monitor_socket_refuses_anonymous_and_non_staff_users():
     assert await communicator.connect() == (False, 4403)
 
 
+async def test_monitor_socket_answers_a_frame_with_the_one_error_frame():
+    staff = await database_sync_to_async(get_user_model().objects.create_user)("ops", is_staff=True)
+    communicator = await connect_as(staff)
+    assert (await communicator.connect())[0]
+    try:
+        await communicator.send_to(text_data='{"type": "cancel"}')
+        while (frame := await communicator.receive_json_from(timeout=5))["type"] != "error":
+            pass
+        assert frame["code"] == "invalid" and frame["detail"].startswith("invalid frame") and frame["error"] == frame["detail"]
+    finally:
+        await communicator.disconnect()
+        await asyncio.sleep(0)
+
+
 async def test_monitor_socket_sends_the_overview_every_few_seconds_and_takes_no_frames():
     staff = await database_sync_to_async(get_user_model().objects.create_user)(
         "ops", password="pw-for-tests-1", is_staff=True

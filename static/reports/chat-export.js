@@ -1,6 +1,6 @@
-// Parley reports in the chat box: `/export [json|csv|html] [from] [to]`, the Export
-// button, and a line of progress per export, kept current over the room's socket.
-// Loaded after chat/room.js and reports/progress.js.
+// Parley reports in the chat box: `/export [json|csv|html] [from] [to]` (sugar for an
+// export frame), the Export button, and a line of progress per export, kept current
+// over the room's socket. Loaded after chat/room.js and reports/progress.js.
 "use strict";
 (() => {
   const chat = window.ParleyChat;
@@ -29,14 +29,26 @@
     return a;
   }
 
-  // The server answers with export.progress or export.error frames; nothing is posted.
-  function send(args) {
-    const id = `export-${Date.now()}-${Math.random().toString(36).slice(2, 10)}`;
-    return chat.send({ type: "message", text: `/export ${args}`.trim(), client_id: id });
+  const USAGE = "Usage: /export [json|csv|html] [from YYYY-MM-DD] [to YYYY-MM-DD], e.g. /export csv 2026-01-01 2026-01-31";
+
+  // The server answers with export.progress or export.error frames (the server checks
+  // the format and the days, as the export form does).
+  function send(options) {
+    return chat.send({ type: "export", ...options });
   }
 
+  // "/export csv 2026-01-01 2026-01-31" is an export frame with these fields.
   chat.commands.export = (args) => {
-    if (!send(args)) line("offline").textContent = "Not connected: try the export again in a moment.";
+    const [format, since, until, ...rest] = args.split(/\s+/).filter(Boolean);
+    if (rest.length) {
+      line("error").textContent = USAGE;
+      return;
+    }
+    const options = {};
+    if (format) options.format = format.toLowerCase();
+    if (since) options.since = since;
+    if (until) options.until = until;
+    if (!send(options)) line("offline").textContent = "Not connected: try the export again in a moment.";
   };
 
   chat.handlers["export.progress"] = (frame) => {
@@ -58,7 +70,7 @@
   // The button goes over the socket when it is open; otherwise the form posts.
   if (form) {
     form.addEventListener("submit", (event) => {
-      if (send(form.elements.format.value)) event.preventDefault();
+      if (send({ format: form.elements.format.value })) event.preventDefault();
     });
   }
 })();
