@@ -35,7 +35,7 @@ import psutil  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
-from bench.common import OUT_DIR, ROOT, arg_parser, emit, print_table, servers, spawn, stop  # noqa: E402
+from bench.common import OUT_DIR, arg_parser, emit, print_table, servers, spawn, stop  # noqa: E402
 from bench.fanout import PARLEY_ENV, ROOM, prepare_parley  # noqa: E402
 from tests.servers import free_port, wait_for_port  # noqa: E402
 

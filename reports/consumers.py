@@ -3,7 +3,6 @@
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
@@ -14,7 +13,7 @@ from chat.models import RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW
 from project.sockets import FrameError, RateLimit, compile_schema, decode, frame_schema, validate
 from tasks.progress import progress_group
 
-from .forms import EXPORT_USAGE, FORMAT_ALIASES, ExportForm
+from .forms import export_options
 from .jobs import TooManyJobs, cancel_job, start_export
 from .live import JobWatcher, load_job
 
@@ -160,18 +159,6 @@ class ChatExports:
         self.ticker.cancel()
         for group in self.watchers:
             await self.consumer.channel_layer.group_discard(group, self.consumer.channel_name)
-
-
-def export_options(frame: dict[str, Any]) -> tuple[str, datetime | None, datetime | None]:
-    """An export frame's (format, since, until), checked as `/export` and the form check them; ValueError if not."""
-    format = FORMAT_ALIASES.get(frame.get("format", "json").lower())
-    if format is None:
-        raise ValueError(EXPORT_USAGE)
-    form = ExportForm({"format": format, "since": frame.get("since", ""), "until": frame.get("until", "")})
-    if not form.is_valid():
-        problems = " ".join(error for errors in form.errors.values() for error in errors)
-        raise ValueError(f"{problems} {EXPORT_USAGE}")
-    return (format, *form.date_range())
 
 
 async def on_export(consumer: "ChatConsumer", frame: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 from django import forms
 
@@ -32,15 +33,12 @@ def day_start(day: date | None, plus_one: bool = False) -> datetime | None:
     return datetime.combine(day + timedelta(days=1) if plus_one else day, time.min, tzinfo=UTC)
 
 
-def parse_export_command(text: str) -> tuple[str, datetime | None, datetime | None]:
-    """`/export [format] [from] [to]` as (format, since, until); ValueError with the usage if malformed."""
-    words = text.split()
-    if not words or words[0] != "/export" or len(words) > 4:
-        raise ValueError(EXPORT_USAGE)
-    format = FORMAT_ALIASES.get(words[1].lower()) if len(words) > 1 else Job.Format.JSONL
+def export_options(frame: dict[str, Any]) -> tuple[str, datetime | None, datetime | None]:
+    """An export frame's (format, since, until), checked as the form checks them; ValueError with the usage if not."""
+    format = FORMAT_ALIASES.get(frame.get("format", "json").lower())
     if format is None:
         raise ValueError(EXPORT_USAGE)
-    form = ExportForm({"format": format, "since": words[2] if len(words) > 2 else "", "until": words[3] if len(words) > 3 else ""})
+    form = ExportForm({"format": format, "since": frame.get("since", ""), "until": frame.get("until", "")})
     if not form.is_valid():
         problems = " ".join(error for errors in form.errors.values() for error in errors)
         raise ValueError(f"{problems} {EXPORT_USAGE}")

@@ -28,7 +28,7 @@ from accounts.models import User
 from chat.models import Membership, Message, Room
 from project.asgi import application
 from reports.export import job_messages
-from reports.forms import parse_export_command
+from reports.forms import export_options
 from reports.jobs import TooManyJobs, start_export, start_insights
 from reports.live import RateMeter, job_frame
 from reports.models import Job
@@ -186,19 +186,19 @@ def test_date_range_export(alice, bob):
     days = [datetime(2026, 3, d, 12, tzinfo=UTC) for d in (1, 2, 3, 4, 5)]
     for day in days:
         post(room, alice, f"on {day:%d}", at=day)
-    since, until = parse_export_command("/export json 2026-03-02 2026-03-04")[1:]
+    since, until = export_options({"format": "json", "since": "2026-03-02", "until": "2026-03-04"})[1:]
     job, _ = start_export(alice, room, "jsonl", since, until)
     run_jobs()
     assert [json.loads(line)["text"] for line in read(job).splitlines()] == ["on 02", "on 03", "on 04"]
 
 
-def test_parse_export_command():
-    assert parse_export_command("/export") == ("jsonl", None, None)
-    assert parse_export_command("/export CSV")[0] == "csv"
-    assert parse_export_command("/export html 2026-01-01") == ("html", datetime(2026, 1, 1, tzinfo=UTC), None)
-    for bad in ("/export pdf", "/export csv 2026-13-01", "/export csv 2026-02-02 2026-02-01", "/export a b c d"):
+def test_export_options():
+    assert export_options({}) == ("jsonl", None, None)
+    assert export_options({"format": "CSV"})[0] == "csv"
+    assert export_options({"format": "html", "since": "2026-01-01"}) == ("html", datetime(2026, 1, 1, tzinfo=UTC), None)
+    for bad in ({"format": "pdf"}, {"format": "csv", "since": "2026-13-01"}, {"since": "2026-02-02", "until": "2026-02-01"}):
         with pytest.raises(ValueError, match="Usage"):
-            parse_export_command(bad)
+            export_options(bad)
 
 
 def test_export_resumes_after_its_checkpoint(settings, alice, bob):

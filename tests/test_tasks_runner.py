@@ -10,7 +10,6 @@ from datetime import timedelta
 import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.db import connection, transaction
 from django.tasks import task
 from django.tasks.base import TaskResultStatus
