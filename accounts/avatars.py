@@ -19,13 +19,11 @@ import io
 import logging
 import os
 import re
-import time
 from datetime import timedelta
 from typing import IO
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
@@ -293,11 +291,8 @@ def make_thumbnails(user_id: int, original: str) -> str | None:
         logger.info("event=avatar_superseded user=%s original=%s", user_id, original)
         return None
     digest = original.rsplit("/", 1)[-1].split(".")[0]  # store_avatar named it by its SHA-256
-    delay = settings.THUMBNAILS_TEST_DELAY
     for output, content in render_thumbnails(data).items():
         write_exactly(storage, thumbnail_name(user_id, digest, output), content)
-        if delay:
-            time.sleep(delay)  # tests only: a window to kill the worker between two files
     if not swap_in(storage, user_id, digest, original):
         logger.info("event=avatar_superseded user=%s original=%s", user_id, original)
         return None

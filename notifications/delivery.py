@@ -14,7 +14,6 @@ The rules (each attempt is one run of tasks.send_delivery):
 """
 
 import logging
-import time
 from datetime import timedelta
 
 from django.conf import settings
@@ -153,14 +152,6 @@ def resolve_cut_off(delivery: Delivery) -> bool:
     return True
 
 
-def pause(setting: str) -> None:
-    """Test-only: hold the attempt here so an end-to-end test can kill the worker. 0 in production."""
-    seconds = getattr(settings, setting, 0)
-    if seconds:
-        logger.warning("event=test_pause setting=%s seconds=%s", setting, seconds)
-        time.sleep(seconds)
-
-
 def attempt(delivery_id: int, last_attempt: bool) -> str:
     """One attempt at a delivery; its status. Raises TransientFailure to be retried."""
     delivery = compose(delivery_id)
@@ -178,7 +169,6 @@ def attempt(delivery_id: int, last_attempt: bool) -> str:
             if last_attempt:
                 return delivery.status
             raise
-    pause("NOTIFICATIONS_TEST_PAUSE_BEFORE_SEND")
     now = timezone.now()
     # Committed before the call: from here on a crash leaves a trace to look up.
     marked = Delivery.objects.filter(pk=delivery.pk, status=Status.SENDING, in_flight_since__isnull=True).update(
