@@ -8,7 +8,7 @@ from channels.db import database_sync_to_async
 
 from chat.protocol import FrameError
 
-from .avatars import request_thumbnails
+from .uploads import request_thumbnails
 
 logger = logging.getLogger(__name__)
 

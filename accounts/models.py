@@ -54,8 +54,8 @@ class User(AbstractUser):
     sms_opted_out = models.BooleanField(default=False)
 
     # The avatar as uploaded, in default_storage under avatar-originals/ (never served:
-    # it may carry GPS EXIF). accounts.avatars names it by content hash and makes the
-    # thumbnails from it on the `thumbnails` queue.
+    # it may carry GPS EXIF). accounts.uploads stores it named by content hash, and
+    # accounts.tasks.make_thumbnails makes the thumbnails from it on the `thumbnails` queue.
     avatar = models.FileField(upload_to="avatar-originals/", max_length=200, blank=True, editable=False)
     # Content hash of the original whose thumbnails exist; blank means "show the placeholder".
     # It moves only once a new set is complete, so the old set is shown until then.

@@ -7,7 +7,7 @@ One set of 3000x2000 camera-sized JPEGs (made here with Pillow, photo-like:
 gradients and grain), then, on the same machine, turn by turn:
 
 - parley: the upload path to files on disk. Users get their avatar through
-  accounts.avatars.store_avatar (original written through default_storage,
+  accounts.uploads.store_avatar (original written through default_storage,
   task row + bell: what the profile view does once the upload has passed its
   checks) and 2 `manage.py runworker thumbnails` processes make the thumbnails.
   The workers are warm and paused (SIGSTOP) while the uploads go in; the rate is
@@ -17,7 +17,7 @@ gradients and grain), then, on the same machine, turn by turn:
   PostgreSQL (fsync on) and Redis of the benchmark's own.
 - parley end to end (for information): the same, uploads made by one process
   while the workers run; on 2 cores the uploader takes CPU from the workers.
-- loop: accounts.avatars.render_thumbnails in a plain loop in 2 processes
+- loop: accounts.images.render_thumbnails in a plain loop in 2 processes
   (multiprocessing), each reading an original from disk and writing its 4 files.
 - naive: the loop with render_thumbnails(draft=False): the JPEG decoded at full
   size (everything else the same).
@@ -89,7 +89,7 @@ def photo_jpeg(seed: int) -> bytes:
 
 def loop_one(job: tuple[str, str, bool]) -> float:
     """One avatar in a pool process; returns the CPU seconds it took."""
-    from accounts.avatars import render_thumbnails
+    from accounts.images import render_thumbnails
 
     cpu = time.process_time()
     source, out_dir, draft = job
@@ -173,7 +173,7 @@ class Parley:
         """Give `count` new users an avatar (cycling through `originals`) the way the profile view does."""
         from django.core.files.base import ContentFile
 
-        from accounts.avatars import store_avatar
+        from accounts.uploads import store_avatar
         from accounts.models import User
 
         self.round += 1
@@ -195,7 +195,7 @@ class Parley:
         from accounts.models import User
         from tasks.models import TaskRecord
 
-        tasks = TaskRecord.objects.filter(task_path="accounts.avatars.make_thumbnails")
+        tasks = TaskRecord.objects.filter(task_path="accounts.tasks.make_thumbnails")
         unfinished = tasks.filter(status__in=["READY", "RUNNING"])
         wait_until(lambda: not unfinished.exists(), timeout=60 + len(ids), interval=0.2, what="all thumbnails")
         assert not User.objects.filter(pk__in=ids, avatar_digest="").exists(), "a thumbnail task did not finish its set"

@@ -20,12 +20,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 UPLOAD = """
 from django.core.files import File
-from accounts import avatars
+from accounts import images
 from accounts.models import User
+from accounts.uploads import store_avatar
 user = User.objects.create_user("kit")
 with open({path!r}, "rb") as fh:
     upload = File(fh, name="kit.jpg")
-    avatars.store_avatar(user, upload, avatars.validate_upload(upload))
+    store_avatar(user, upload, images.validate_upload(upload))
 print(user.pk)
 """
 
