@@ -133,7 +133,7 @@ def point_at_set(user_id: int, original: str, digest: str, *, durable: bool) -> 
 
 def discard_superseded(storage: Storage, user_id: int, digest: str) -> None:
     """Remove a superseded task's set, unless the user's current avatar is that same picture."""
-    user = get_user_model().objects.select_for_update().filter(pk=user_id).first()
+    user = get_user_model().objects.lock(user_id)
     if user is not None and digest != user.avatar_digest and digest not in user.avatar.name:
         delete_set(storage, user_id, digest)
 

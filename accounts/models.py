@@ -1,4 +1,5 @@
 from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.models import UserManager as AuthUserManager
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
@@ -18,8 +19,21 @@ def validate_not_reserved(handle: str) -> None:
         raise ValidationError("That handle is reserved.", code="reserved")
 
 
+class UserManager(AuthUserManager):
+    def lock(self, pk: int) -> "User | None":
+        """The user's row, locked until the transaction ends; None if there is no such user.
+
+        The one way Parley decides things one user at a time: their deliveries
+        (notifications), their job starts against the per-user limit (reports), an
+        avatar upload against a thumbnail task's sweep (accounts). A no-op on SQLite.
+        """
+        return self.select_for_update().filter(pk=pk).first()
+
+
 class User(AbstractUser):
     """A Parley user. The handle is Django's username, so auth works unchanged."""
+
+    objects = UserManager()
 
     username = models.CharField(
         "handle",

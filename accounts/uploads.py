@@ -48,7 +48,7 @@ def store_avatar(user, upload: IO[bytes], image_format: str) -> TaskResult:
     existed = default_storage.exists(name)  # the same picture again: nothing new to clean up
     try:
         with transaction.atomic():
-            User.objects.select_for_update().filter(pk=user.pk).values_list("pk").first()
+            User.objects.lock(user.pk)
             write_exactly(default_storage, name, data)
             User.objects.filter(pk=user.pk).update(avatar=name)
             user.avatar.name = name

@@ -49,18 +49,13 @@ def address(user, channel: str) -> str:
     return user.email if channel == Delivery.Channel.EMAIL else user.phone
 
 
-def lock_user(user_id: int):
-    """The user's row, locked: deliveries of one user are decided one at a time."""
-    return get_user_model().objects.select_for_update().get(pk=user_id)
-
-
 def compose(delivery_id: int) -> Delivery | None:
     """Close a QUEUED delivery's gathering and fix what it says; SENDING from here on."""
     with transaction.atomic():
         delivery = Delivery.objects.filter(pk=delivery_id).first()
         if delivery is None:
             return None
-        user = lock_user(delivery.user_id)
+        user = get_user_model().objects.lock(delivery.user_id)  # one user's deliveries are decided one at a time
         delivery = Delivery.objects.select_for_update().get(pk=delivery_id)
         if delivery.status != Status.QUEUED:
             return delivery

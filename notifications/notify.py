@@ -15,7 +15,7 @@ from django.utils import timezone
 from chat.models import Message, Presence, Room
 
 from . import content, tokens
-from .delivery import address, lock_user, unsubscribe_link, usable_channel
+from .delivery import address, unsubscribe_link, usable_channel
 from .mentions import parse_mentions
 from .models import Delivery, Notification, PhoneConfirmation
 
@@ -81,7 +81,7 @@ def gather(notification: Notification) -> Delivery:
     a delivery due when the window of the last one ends (its task is enqueued,
     due then, as it is created: signals.delivery_created).
     """
-    lock_user(notification.user_id)
+    get_user_model().objects.lock(notification.user_id)
     open_delivery = Delivery.objects.filter(
         user_id=notification.user_id, room_id=notification.room_id, kind=Delivery.Kind.MENTION, status=Status.QUEUED
     ).first()
@@ -174,7 +174,7 @@ def change_settings(user, *, email: str, phone: str, channel: str) -> list[str]:
     """
     sent = []
     with transaction.atomic():
-        user = lock_user(user.pk)
+        user = get_user_model().objects.lock(user.pk)
         if email != user.email:
             user.email, user.email_confirmed, user.email_opted_out = email, False, False
             if email:
