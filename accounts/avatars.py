@@ -83,9 +83,9 @@ def swap_in(storage: Storage, user_id: int, digest: str, original: str) -> bool:
     The row lock that keeps a new upload's original safe from the sweep (see
     point_at_set) is needed only when there is something to sweep: files that
     appear after the listing are never touched. So a first avatar, with nothing
-    else in the user's folders, is one statement and no transaction (BEGIN and
-    COMMIT were two of the five round trips to PostgreSQL per avatar), and
-    deletes nothing, so its commit need not wait for the disk either.
+    else in the user's folders, is one statement and no transaction (no BEGIN
+    and COMMIT round trips), and deletes nothing, so its commit need not wait
+    for the disk either.
     """
     if not stale_files(storage, user_id, digest, original):
         if point_at_set(user_id, original, digest, durable=False):
@@ -109,8 +109,8 @@ def point_at_set(user_id: int, original: str, digest: str, *, durable: bool) -> 
     One statement is the check (still this upload?), the row lock (inside a
     transaction it keeps a new upload's original safe from the sweep that
     follows: store_avatar takes the same lock while it writes one), and the
-    write. Plain SQL: the ORM's update() cost a worker 0.26 ms more CPU per
-    avatar than this.
+    write. Plain SQL: the ORM's update() cost the worker measurably more CPU
+    per avatar (README.md, Benchmarks: Thumbnails).
 
     With durable=False, PostgreSQL commits the transaction without waiting for
     its flush to disk (the same statement sets synchronous_commit, so no round

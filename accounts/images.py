@@ -26,10 +26,10 @@ _SRGB = ImageCms.createProfile("sRGB")
 
 # Pillow hands an image's memory back to malloc the moment the image is dropped, and
 # in a `runworker` process glibc then gave it back to the kernel (one madvise per
-# avatar): every thumbnail run paid ~1,000 page faults (4 MB of fresh zeroed pages),
-# about 3 ms of CPU per avatar (bench/thumbnails.py). Keeping a few freed blocks for
-# the next image stops that; at most 4 blocks of Pillow's 16 MB stay cached per
-# process (a thumbnail run uses ~1.5 MB ones). PILLOW_BLOCKS_MAX, when set, decides.
+# avatar): every thumbnail run paid page faults for fresh zeroed pages (what that
+# cost is in README.md, at PILLOW_BLOCKS_MAX). Keeping a few freed blocks for the
+# next image stops that; at most 4 of Pillow's blocks stay cached per process.
+# PILLOW_BLOCKS_MAX, when set, decides.
 if "PILLOW_BLOCKS_MAX" not in os.environ:
     Image.core.set_blocks_max(4)
 

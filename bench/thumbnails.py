@@ -106,9 +106,9 @@ def run_loop(sources: list[Path], out_dir: Path, draft: bool) -> tuple[float, fl
     """Avatars per second of render_thumbnails over `sources` in WORKERS processes, and CPU ms per avatar.
 
     `out_dir` must be new. Nothing is deleted until every measurement is done:
-    this machine's ext4 scans past the inodes freed in the last ~30 s for each
-    new one, so removing a turn's 960 files made the next turn's file creation
-    cost up to 5 ms of kernel CPU per avatar, whoever's turn that was.
+    this machine's ext4 scans past the recently freed inodes for each new one,
+    so removing a turn's files made the next turn's file creation cost kernel
+    CPU per avatar, whoever's turn that was.
     """
     out_dir.mkdir(parents=True)
     with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
@@ -124,12 +124,11 @@ def settle_filesystem() -> None:
     """Flush dirty data and drop the kernel's clean caches (root only), before anything is measured.
 
     This machine's ext4 has no journal, and then every new inode scans past
-    the ones freed in the last 1-6 minutes whose inode-table blocks are still
-    cached (the kernel's recently_deleted(); perf showed it). Whatever ran
-    before (the suite, the tasks benchmark's PostgreSQL) leaves thousands:
-    a thumbnail set then cost up to 5 ms of kernel CPU, Parley's more than the
-    loop's, as each of its avatars makes a directory. Dropped blocks are not
-    scanned.
+    the recently freed ones whose inode-table blocks are still cached (the
+    kernel's recently_deleted(); perf showed it). Whatever ran before (the
+    suite, the tasks benchmark's PostgreSQL) leaves thousands: a thumbnail set
+    then cost kernel CPU, Parley's more than the loop's, as each of its avatars
+    makes a directory. Dropped blocks are not scanned.
     """
     os.sync()
     try:
@@ -186,8 +185,8 @@ class Parley:
         """When (time.time()) the last of these users' thumbnail tasks ended.
 
         The time is the runner's own record (finished_at of the last task), so
-        the poll can be rare: every 0.2 s. A poll every 20 ms took ~3% of this
-        2-core machine (this process and its PostgreSQL backend) from the
+        the poll can be rare: every 0.2 s. A frequent poll took a visible share
+        of a 2-core machine (this process and its PostgreSQL backend) from the
         workers it was timing.
         """
         from django.db.models import Max
