@@ -45,6 +45,9 @@ RECENT_POSTS = timedelta(days=30)
 THUMBNAIL_PATH = re.compile(r"\d+/[0-9a-f]{64}-(?:(?:256|64|32)\.webp|32\.png)")
 
 
+# --- Names, files, and the swap to a new set ---------------------------------------------
+
+
 def content_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
