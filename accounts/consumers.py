@@ -14,7 +14,7 @@ from channels.db import database_sync_to_async
 
 from project.sockets import FrameError, RateLimit, frame_schema
 
-from .avatars import request_thumbnails
+from .uploads import request_thumbnails
 
 if TYPE_CHECKING:
     from chat.consumers import ChatConsumer

@@ -1,8 +1,9 @@
 from django import forms
 from django.contrib.auth.forms import UserCreationForm
 
-from . import avatars
+from .images import validate_upload
 from .models import User
+from .uploads import store_avatar
 
 
 class SignUpForm(UserCreationForm):
@@ -30,11 +31,11 @@ class ProfileForm(forms.ModelForm):
     def clean_avatar(self):
         upload = self.cleaned_data.get("avatar")
         if upload:
-            self.avatar_format = avatars.validate_upload(upload)
+            self.avatar_format = validate_upload(upload)
         return upload
 
     def save(self, commit: bool = True) -> User:
         user = super().save(commit)
         if commit and self.cleaned_data.get("avatar"):
-            avatars.store_avatar(user, self.cleaned_data["avatar"], self.avatar_format)
+            store_avatar(user, self.cleaned_data["avatar"], self.avatar_format)
         return user

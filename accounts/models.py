@@ -1,4 +1,5 @@
 from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.models import UserManager as AuthUserManager
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
@@ -18,8 +19,21 @@ def validate_not_reserved(handle: str) -> None:
         raise ValidationError("That handle is reserved.", code="reserved")
 
 
+class UserManager(AuthUserManager):
+    def lock(self, pk: int) -> "User | None":
+        """The user's row, locked until the transaction ends; None if there is no such user.
+
+        The one way Parley decides things one user at a time: their deliveries
+        (notifications), their job starts against the per-user limit (reports), an
+        avatar upload against a thumbnail task's sweep (accounts). A no-op on SQLite.
+        """
+        return self.select_for_update().filter(pk=pk).first()
+
+
 class User(AbstractUser):
     """A Parley user. The handle is Django's username, so auth works unchanged."""
+
+    objects = UserManager()
 
     username = models.CharField(
         "handle",
@@ -54,8 +68,8 @@ class User(AbstractUser):
     sms_opted_out = models.BooleanField(default=False)
 
     # The avatar as uploaded, in default_storage under avatar-originals/ (never served:
-    # it may carry GPS EXIF). accounts.avatars names it by content hash and makes the
-    # thumbnails from it on the `thumbnails` queue.
+    # it may carry GPS EXIF). accounts.uploads stores it named by content hash, and
+    # accounts.tasks.make_thumbnails makes the thumbnails from it on the `thumbnails` queue.
     avatar = models.FileField(upload_to="avatar-originals/", max_length=200, blank=True, editable=False)
     # Content hash of the original whose thumbnails exist; blank means "show the placeholder".
     # It moves only once a new set is complete, so the old set is shown until then.

@@ -20,7 +20,7 @@ PostgreSQL (fsync on) and the same Redis:
 Workers: Parley `manage.py runworker default` x2 (from .venv); Celery one
 `celery worker --pool=prefork --concurrency=2` (Redis broker, acks_late,
 task_reject_on_worker_lost, default prefetch); django-tasks-db `db_worker
---interval 0.1` x2 (1 s by default: 0.1 s is what gives its p50 of ~50 ms).
+--interval 0.1` x2 (1 s by default, which alone would set its enqueue-to-start latency).
 Each system logs warnings only, so no worker pays for a terminal.
 
 Each system is measured in a child process (`--system NAME`) so that each has

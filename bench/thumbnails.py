@@ -7,7 +7,7 @@ One set of 3000x2000 camera-sized JPEGs (made here with Pillow, photo-like:
 gradients and grain), then, on the same machine, turn by turn:
 
 - parley: the upload path to files on disk. Users get their avatar through
-  accounts.avatars.store_avatar (original written through default_storage,
+  accounts.uploads.store_avatar (original written through default_storage,
   task row + bell: what the profile view does once the upload has passed its
   checks) and 2 `manage.py runworker thumbnails` processes make the thumbnails.
   The workers are warm and paused (SIGSTOP) while the uploads go in; the rate is
@@ -17,7 +17,7 @@ gradients and grain), then, on the same machine, turn by turn:
   PostgreSQL (fsync on) and Redis of the benchmark's own.
 - parley end to end (for information): the same, uploads made by one process
   while the workers run; on 2 cores the uploader takes CPU from the workers.
-- loop: accounts.avatars.render_thumbnails in a plain loop in 2 processes
+- loop: accounts.images.render_thumbnails in a plain loop in 2 processes
   (multiprocessing), each reading an original from disk and writing its 4 files.
 - naive: the loop with render_thumbnails(draft=False): the JPEG decoded at full
   size (everything else the same).
@@ -89,7 +89,7 @@ def photo_jpeg(seed: int) -> bytes:
 
 def loop_one(job: tuple[str, str, bool]) -> float:
     """One avatar in a pool process; returns the CPU seconds it took."""
-    from accounts.avatars import render_thumbnails
+    from accounts.images import render_thumbnails
 
     cpu = time.process_time()
     source, out_dir, draft = job
@@ -106,9 +106,9 @@ def run_loop(sources: list[Path], out_dir: Path, draft: bool) -> tuple[float, fl
     """Avatars per second of render_thumbnails over `sources` in WORKERS processes, and CPU ms per avatar.
 
     `out_dir` must be new. Nothing is deleted until every measurement is done:
-    this machine's ext4 scans past the inodes freed in the last ~30 s for each
-    new one, so removing a turn's 960 files made the next turn's file creation
-    cost up to 5 ms of kernel CPU per avatar, whoever's turn that was.
+    this machine's ext4 scans past the recently freed inodes for each new one,
+    so removing a turn's files made the next turn's file creation cost kernel
+    CPU per avatar, whoever's turn that was.
     """
     out_dir.mkdir(parents=True)
     with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
@@ -124,12 +124,11 @@ def settle_filesystem() -> None:
     """Flush dirty data and drop the kernel's clean caches (root only), before anything is measured.
 
     This machine's ext4 has no journal, and then every new inode scans past
-    the ones freed in the last 1-6 minutes whose inode-table blocks are still
-    cached (the kernel's recently_deleted(); perf showed it). Whatever ran
-    before (the suite, the tasks benchmark's PostgreSQL) leaves thousands:
-    a thumbnail set then cost up to 5 ms of kernel CPU, Parley's more than the
-    loop's, as each of its avatars makes a directory. Dropped blocks are not
-    scanned.
+    the recently freed ones whose inode-table blocks are still cached (the
+    kernel's recently_deleted(); perf showed it). Whatever ran before (the
+    suite, the tasks benchmark's PostgreSQL) leaves thousands: a thumbnail set
+    then cost kernel CPU, Parley's more than the loop's, as each of its avatars
+    makes a directory. Dropped blocks are not scanned.
     """
     os.sync()
     try:
@@ -173,7 +172,7 @@ class Parley:
         """Give `count` new users an avatar (cycling through `originals`) the way the profile view does."""
         from django.core.files.base import ContentFile
 
-        from accounts.avatars import store_avatar
+        from accounts.uploads import store_avatar
         from accounts.models import User
 
         self.round += 1
@@ -186,8 +185,8 @@ class Parley:
         """When (time.time()) the last of these users' thumbnail tasks ended.
 
         The time is the runner's own record (finished_at of the last task), so
-        the poll can be rare: every 0.2 s. A poll every 20 ms took ~3% of this
-        2-core machine (this process and its PostgreSQL backend) from the
+        the poll can be rare: every 0.2 s. A frequent poll took a visible share
+        of a 2-core machine (this process and its PostgreSQL backend) from the
         workers it was timing.
         """
         from django.db.models import Max
@@ -195,7 +194,7 @@ class Parley:
         from accounts.models import User
         from tasks.models import TaskRecord
 
-        tasks = TaskRecord.objects.filter(task_path="accounts.avatars.make_thumbnails")
+        tasks = TaskRecord.objects.filter(task_path="accounts.tasks.make_thumbnails")
         unfinished = tasks.filter(status__in=["READY", "RUNNING"])
         wait_until(lambda: not unfinished.exists(), timeout=60 + len(ids), interval=0.2, what="all thumbnails")
         assert not User.objects.filter(pk__in=ids, avatar_digest="").exists(), "a thumbnail task did not finish its set"

@@ -33,12 +33,6 @@ def message_link(message) -> str:
     return f"{room_link(message.room)}#message-{message.pk}"
 
 
-def notification_link(notification: Notification) -> str:
-    if notification.message_id:
-        return message_link(notification.message)
-    return absolute(reverse("notifications:list"))
-
-
 def excerpt(text: str, limit: int, ellipsis: str = "…") -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - len(ellipsis)].rstrip() + ellipsis

@@ -14,7 +14,6 @@ The rules (each attempt is one run of tasks.send_delivery):
 """
 
 import logging
-import time
 from datetime import timedelta
 
 from django.conf import settings
@@ -50,18 +49,13 @@ def address(user, channel: str) -> str:
     return user.email if channel == Delivery.Channel.EMAIL else user.phone
 
 
-def lock_user(user_id: int):
-    """The user's row, locked: deliveries of one user are decided one at a time."""
-    return get_user_model().objects.select_for_update().get(pk=user_id)
-
-
 def compose(delivery_id: int) -> Delivery | None:
     """Close a QUEUED delivery's gathering and fix what it says; SENDING from here on."""
     with transaction.atomic():
         delivery = Delivery.objects.filter(pk=delivery_id).first()
         if delivery is None:
             return None
-        user = lock_user(delivery.user_id)
+        user = get_user_model().objects.lock(delivery.user_id)  # one user's deliveries are decided one at a time
         delivery = Delivery.objects.select_for_update().get(pk=delivery_id)
         if delivery.status != Status.QUEUED:
             return delivery
@@ -153,14 +147,6 @@ def resolve_cut_off(delivery: Delivery) -> bool:
     return True
 
 
-def pause(setting: str) -> None:
-    """Test-only: hold the attempt here so an end-to-end test can kill the worker. 0 in production."""
-    seconds = getattr(settings, setting, 0)
-    if seconds:
-        logger.warning("event=test_pause setting=%s seconds=%s", setting, seconds)
-        time.sleep(seconds)
-
-
 def attempt(delivery_id: int, last_attempt: bool) -> str:
     """One attempt at a delivery; its status. Raises TransientFailure to be retried."""
     delivery = compose(delivery_id)
@@ -178,7 +164,6 @@ def attempt(delivery_id: int, last_attempt: bool) -> str:
             if last_attempt:
                 return delivery.status
             raise
-    pause("NOTIFICATIONS_TEST_PAUSE_BEFORE_SEND")
     now = timezone.now()
     # Committed before the call: from here on a crash leaves a trace to look up.
     marked = Delivery.objects.filter(pk=delivery.pk, status=Status.SENDING, in_flight_since__isnull=True).update(

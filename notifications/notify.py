@@ -15,7 +15,7 @@ from django.utils import timezone
 from chat.models import Message, Presence, Room
 
 from . import content, tokens
-from .delivery import address, lock_user, unsubscribe_link, usable_channel
+from .delivery import address, unsubscribe_link, usable_channel
 from .mentions import parse_mentions
 from .models import Delivery, Notification, PhoneConfirmation
 
@@ -75,14 +75,13 @@ def notify_mentions(message_id: int) -> int:
 
 
 def gather(notification: Notification) -> Delivery:
-    """Put a mention into the user's next email/SMS for that room, creating (and scheduling) it if needed.
+    """Put a mention into the user's next email/SMS for that room, creating it if needed.
 
     The first mention after a quiet window goes out at once; later ones join
-    a delivery due when the window of the last one ends.
+    a delivery due when the window of the last one ends (its task is enqueued,
+    due then, as it is created: signals.delivery_created).
     """
-    from .tasks import send_delivery  # tasks.py imports this module
-
-    lock_user(notification.user_id)
+    get_user_model().objects.lock(notification.user_id)
     open_delivery = Delivery.objects.filter(
         user_id=notification.user_id, room_id=notification.room_id, kind=Delivery.Kind.MENTION, status=Status.QUEUED
     ).first()
@@ -101,8 +100,6 @@ def gather(notification: Notification) -> Delivery:
             user_id=notification.user_id, room_id=notification.room_id, kind=Delivery.Kind.MENTION,
             channel=usable_channel(notification.user), send_after=send_after,
         )  # fmt: skip
-        task = send_delivery if send_after <= now else send_delivery.using(run_after=send_after)
-        task.enqueue(open_delivery.pk)
         logger.info("event=delivery_scheduled delivery=%s user=%s room=%s at=%s", open_delivery.pk,
                     notification.user_id, notification.room_id, send_after.isoformat())  # fmt: skip
     notification.delivery = open_delivery
@@ -146,8 +143,6 @@ def mark_read(user, ids: list[int] | None = None, room: Room | None = None) -> i
 
 def send_test(user_id: int) -> Delivery | None:
     """An in-app notification, and an email or SMS on the user's channel if it is usable."""
-    from .tasks import send_delivery
-
     user = get_user_model().objects.get(pk=user_id)
     with transaction.atomic():
         Notification.objects.create(user=user, kind=Notification.Kind.TEST)
@@ -164,8 +159,7 @@ def send_test(user_id: int) -> Delivery | None:
             delivery.body, delivery.html = content.render_email(
                 "test", {"user": user, "unsubscribe_link": unsubscribe_link(user)}
             )
-        delivery.save()
-        send_delivery.enqueue(delivery.pk)
+        delivery.save()  # and sent by its own task (signals.delivery_created)
     return delivery
 
 
@@ -175,13 +169,12 @@ def send_test(user_id: int) -> Delivery | None:
 def change_settings(user, *, email: str, phone: str, channel: str) -> list[str]:
     """Save a user's notification settings; a new address is unconfirmed until confirmed.
 
-    Returns what was sent to confirm ("email", "sms").
+    Returns what was sent to confirm ("email", "sms"), each by its delivery's
+    own task (signals.delivery_created).
     """
-    from .tasks import send_delivery
-
     sent = []
     with transaction.atomic():
-        user = lock_user(user.pk)
+        user = get_user_model().objects.lock(user.pk)
         if email != user.email:
             user.email, user.email_confirmed, user.email_opted_out = email, False, False
             if email:
@@ -191,11 +184,10 @@ def change_settings(user, *, email: str, phone: str, channel: str) -> list[str]:
                 text, html = content.render_email(
                     "confirm", {"user": user, "email": email, "confirm_link": link, "days": tokens.CONFIRM_EMAIL_DAYS}
                 )
-                delivery = Delivery.objects.create(
+                Delivery.objects.create(
                     user=user, kind=Delivery.Kind.CONFIRM, channel=Delivery.Channel.EMAIL, to=email,
                     subject="Confirm your email for Parley", body=text, html=html, send_after=timezone.now(),
                 )  # fmt: skip
-                send_delivery.enqueue(delivery.pk)
                 sent.append("email")
         if phone != user.phone:
             user.phone, user.phone_confirmed, user.sms_opted_out = phone, False, False
@@ -205,12 +197,11 @@ def change_settings(user, *, email: str, phone: str, channel: str) -> list[str]:
                 PhoneConfirmation.objects.create(
                     user=user, phone=phone, code_hash=tokens.hash_code(phone, code), created_at=timezone.now()
                 )
-                delivery = Delivery.objects.create(
+                Delivery.objects.create(
                     user=user, kind=Delivery.Kind.CONFIRM, channel=Delivery.Channel.SMS, to=phone,
                     body=f"Parley code: {code}. Enter it on your profile to get mentions by SMS.",
                     send_after=timezone.now(),
                 )  # fmt: skip
-                send_delivery.enqueue(delivery.pk)
                 sent.append("sms")
         user.mention_channel = channel
         user.save(update_fields=["email", "email_confirmed", "email_opted_out", "phone", "phone_confirmed",

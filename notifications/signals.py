@@ -1,4 +1,4 @@
-"""Where notifications listen: chat messages being saved, and the ESP's reports on sent emails."""
+"""Where notifications listen: chat messages and deliveries being saved, and the ESP's reports on sent emails."""
 
 import logging
 
@@ -6,11 +6,13 @@ from anymail.signals import tracking
 from django.conf import settings
 from django.db.models.signals import post_save
 from django.dispatch import receiver
+from django.utils import timezone
 
 from chat.models import Message
 
 from . import notify
-from .tasks import process_mentions
+from .models import Delivery
+from .tasks import process_mentions, send_delivery
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +24,16 @@ def message_saved(sender, instance: Message, created: bool, raw: bool = False, *
         # Inside the sender's transaction the task rings on commit, and
         # vanishes with a rolled-back message.
         process_mentions.enqueue(instance.pk)
+
+
+@receiver(post_save, sender=Delivery, dispatch_uid="notifications.deliveries")
+def delivery_created(sender, instance: Delivery, created: bool, raw: bool = False, **kwargs) -> None:
+    # Every email or SMS is sent by a task of its own, enqueued in the transaction
+    # that creates the delivery: both commit, or neither. notify.py only creates
+    # deliveries, so it needs no import of tasks.py (which imports it).
+    if created and not raw:
+        later = instance.send_after > timezone.now()
+        (send_delivery.using(run_after=instance.send_after) if later else send_delivery).enqueue(instance.pk)
 
 
 @receiver(tracking, dispatch_uid="notifications.email_tracking")

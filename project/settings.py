@@ -232,9 +232,6 @@ TWILIO_TIMEOUT = float(os.environ.get("TWILIO_TIMEOUT", "10"))
 TWILIO_STATUS_CALLBACK = env_bool("TWILIO_STATUS_CALLBACK", not DEBUG)
 # Phone numbers typed without a country code are read as this region's.
 PHONE_DEFAULT_REGION = os.environ.get("PHONE_DEFAULT_REGION", "US")
-# Test-only: seconds a delivery attempt waits before calling the provider, so
-# an end-to-end test can kill the worker there. Leave at 0.
-NOTIFICATIONS_TEST_PAUSE_BEFORE_SEND = float(os.environ.get("NOTIFICATIONS_TEST_PAUSE_BEFORE_SEND", "0"))
 
 # --- Auth -----------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
@@ -284,9 +281,6 @@ if AWS_STORAGE_BUCKET_NAME:
     AWS_QUERYSTRING_AUTH = False
     AWS_DEFAULT_ACL = None
     AWS_S3_OBJECT_PARAMETERS = {"CacheControl": "public, max-age=31536000, immutable"}
-# Tests only: the thumbnail task sleeps this long after each file it writes, so an
-# end-to-end test can kill a worker between two files. Leave it at 0.
-THUMBNAILS_TEST_DELAY = float(os.environ.get("THUMBNAILS_TEST_DELAY", "0"))
 
 # --- Security (production) -------------------------------------------------
 if not DEBUG:

@@ -31,7 +31,7 @@ class TooManyJobs(Exception):
 
 def _lock_user(user) -> None:
     """Serialise one user's job starts, so two requests cannot both pass the limit."""
-    get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+    get_user_model().objects.lock(user.pk)
 
 
 def _check_limit(user) -> None:

@@ -39,9 +39,9 @@ class Stack:
             capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip
 
-    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}-{len(self.procs)}.log", "wb")
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env or self.env, stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(proc)
         return proc
 
@@ -54,9 +54,12 @@ class Stack:
         wait_for_port(port, timeout=30, proc=proc)
         return proc, port
 
-    def runworker(self, *queues: str) -> subprocess.Popen:
+    def runworker(self, *queues: str, settings: str | None = None) -> subprocess.Popen:
+        """A worker serving `queues` (all of them by default), on another settings module if given
+        (tests.e2e_settings: a worker that dawdles where the test kills it)."""
         queues = queues or ("default", "thumbnails", "notifications", "compute")
-        return self._spawn("worker", [sys.executable, "manage.py", "runworker", *queues])
+        env = dict(self.env, DJANGO_SETTINGS_MODULE=settings) if settings else None
+        return self._spawn("worker", [sys.executable, "manage.py", "runworker", *queues], env)
 
     def runserver(self, port: int | None = None) -> tuple[subprocess.Popen, int]:
         port = port or free_port()

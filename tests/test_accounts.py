@@ -1,4 +1,8 @@
+import os
+import threading
+
 import pytest
+from django.db import DatabaseError, connection, transaction
 from django.urls import reverse
 
 from accounts.models import User
@@ -68,3 +72,33 @@ def test_login_with_wrong_password_fails(client):
 def test_admin_lists_users_rooms_messages(admin_client):
     for path in ("/admin/accounts/user/", "/admin/chat/room/", "/admin/chat/message/", "/admin/chat/membership/"):
         assert admin_client.get(path).status_code == 200, path
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(os.environ["PARLEY_TEST_STACK"] != "postgres", reason="row locks are PostgreSQL's")
+def test_lock_holds_the_users_row_until_the_transaction_ends():
+    ann = User.objects.create_user("ann")
+
+    def another_session_can_lock() -> bool:
+        outcome = []
+
+        def try_lock():
+            try:
+                with transaction.atomic():
+                    User.objects.select_for_update(nowait=True).filter(pk=ann.pk).first()
+                outcome.append(True)
+            except DatabaseError:
+                outcome.append(False)
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=try_lock)
+        thread.start()
+        thread.join(10)
+        return outcome == [True]
+
+    with transaction.atomic():
+        assert User.objects.lock(ann.pk) == ann
+        assert User.objects.lock(ann.pk + 1) is None
+        assert not another_session_can_lock()
+    assert another_session_can_lock()

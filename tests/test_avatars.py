@@ -17,8 +17,10 @@ from django.db import connection, transaction
 from django.test import Client
 from PIL import Image
 
-from accounts import avatars
+from accounts import avatars, images
 from accounts.models import User
+from accounts.tasks import make_thumbnails
+from accounts.uploads import request_thumbnails, store_avatar
 from tasks.models import TaskRecord
 from tests.avatar_images import BLUE, GREEN, RED, YELLOW, camera_jpeg, encode, png_claiming, quadrants
 from tests.processes import wait_until
@@ -62,9 +64,9 @@ def upload(client, data: bytes, name: str = "me.jpg"):
 def run_queued_task(user) -> str | None:
     """Run the thumbnail task the upload queued, as a worker would (same stored arguments)."""
     record = TaskRecord.objects.filter(queue_name="thumbnails").latest("enqueued_at")
-    assert record.task_path == "accounts.avatars.make_thumbnails"
+    assert record.task_path == "accounts.tasks.make_thumbnails"
     assert record.args == [user.pk, User.objects.get(pk=user.pk).avatar.name]
-    return avatars.make_thumbnails.func(*record.args)
+    return make_thumbnails.func(*record.args)
 
 
 # --- The thumbnail function: pixels ---------------------------------------------------------
@@ -73,8 +75,8 @@ def run_queued_task(user) -> str | None:
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_each_exif_orientation_comes_out_upright_square_and_without_metadata(orientation):
     original = camera_jpeg(orientation)
-    files = avatars.render_thumbnails(original)
-    assert sorted(files) == sorted(avatars.OUTPUTS)
+    files = images.render_thumbnails(original)
+    assert sorted(files) == sorted(images.OUTPUTS)
     for output, data in files.items():
         image = decoded(data)
         size = int(output.split(".")[0])
@@ -92,15 +94,15 @@ def test_each_exif_orientation_comes_out_upright_square_and_without_metadata(ori
 
 def test_jpeg_is_decoded_once_at_reduced_size():
     """Draft mode: a 2400x1600 JPEG decodes at 1/4 scale (600x400), still >= 256 on both sides."""
-    with avatars.open_image(io.BytesIO(camera_jpeg(1))) as image:
-        avatars.decode(image)
+    with images.open_image(io.BytesIO(camera_jpeg(1))) as image:
+        images.decode(image)
         assert image.size == (600, 400)
 
 
 def test_png_transparency_is_kept():
     image = Image.new("RGBA", (300, 300), (0, 0, 0, 0))
     image.paste((200, 10, 10, 255), (0, 0, 300, 150))  # top half opaque red, bottom transparent
-    files = avatars.render_thumbnails(encode(image, "PNG"))
+    files = images.render_thumbnails(encode(image, "PNG"))
     for output in ("256.webp", "32.png"):
         out = decoded(files[output])
         size = out.width
@@ -114,26 +116,26 @@ def test_animated_gif_gives_its_first_frame():
     gif = io.BytesIO()
     frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     assert Image.open(io.BytesIO(gif.getvalue())).n_frames == 3
-    out = decoded(avatars.render_thumbnails(gif.getvalue())["256.webp"])
+    out = decoded(images.render_thumbnails(gif.getvalue())["256.webp"])
     assert out.size == (256, 256) and close(out.getpixel((128, 128)), RED)
 
 
 def test_webp_and_cmyk_jpeg_and_palette_png():
     webp = encode(quadrants(400, 300), "WEBP", quality=90)
-    out = decoded(avatars.render_thumbnails(webp)["64.webp"])
+    out = decoded(images.render_thumbnails(webp)["64.webp"])
     assert close(out.getpixel((16, 16)), RED) and close(out.getpixel((48, 48)), YELLOW)
 
     cmyk = encode(Image.new("CMYK", (500, 400), (0, 255, 255, 0)), "JPEG")  # pure red in ink
-    out = decoded(avatars.render_thumbnails(cmyk)["256.webp"])
+    out = decoded(images.render_thumbnails(cmyk)["256.webp"])
     assert out.mode == "RGB" and close(out.getpixel((128, 128)), (255, 0, 0), tolerance=60), out.getpixel((128, 128))
 
     palette = encode(quadrants(200, 200).convert("P", palette=Image.Palette.ADAPTIVE, colors=4), "PNG")
-    out = decoded(avatars.render_thumbnails(palette)["256.webp"])
+    out = decoded(images.render_thumbnails(palette)["256.webp"])
     assert close(out.getpixel((64, 64)), RED) and close(out.getpixel((192, 192)), YELLOW)
 
 
 def test_one_pixel_image_is_scaled_up_to_every_size():
-    files = avatars.render_thumbnails(encode(Image.new("RGB", (1, 1), GREEN), "PNG"))
+    files = images.render_thumbnails(encode(Image.new("RGB", (1, 1), GREEN), "PNG"))
     for output, data in files.items():
         image = decoded(data)
         size = int(output.split(".")[0])
@@ -144,7 +146,7 @@ def test_one_pixel_image_is_scaled_up_to_every_size():
 def test_thumbnails_are_deterministic():
     """Reruns compare what is on disk with what they would write: that needs the same bytes."""
     original = camera_jpeg(6, 1200, 800)
-    assert avatars.render_thumbnails(original) == avatars.render_thumbnails(original)
+    assert images.render_thumbnails(original) == images.render_thumbnails(original)
 
 
 # --- Upload checks, through the profile page ----------------------------------------------------
@@ -231,7 +233,7 @@ def test_task_writes_one_set_then_the_avatar_is_ready(client, user):
     assert run_queued_task(user) == digest
     user.refresh_from_db()
     assert user.avatar_digest == digest and not avatars.thumbnails_pending(user)
-    assert thumbnail_files(user) == sorted(f"avatars/{user.pk}/{digest}-{output}" for output in avatars.OUTPUTS)
+    assert thumbnail_files(user) == sorted(f"avatars/{user.pk}/{digest}-{output}" for output in images.OUTPUTS)
     urls = avatars.avatar_urls(user)
     assert urls["256"] == f"/media/avatars/{user.pk}/{digest}-256.webp"
     assert urls["32png"] == f"/media/avatars/{user.pk}/{digest}-32.png"
@@ -242,7 +244,7 @@ def test_rerun_after_a_crash_mid_write_leaves_exactly_one_set(client, user):
     data = camera_jpeg(3, 1200, 800)
     upload(client, data)
     digest = avatars.content_digest(data)
-    expected = avatars.render_thumbnails(data)
+    expected = images.render_thumbnails(data)
     folder = Path(settings.MEDIA_ROOT) / f"avatars/{user.pk}"
     folder.mkdir(parents=True)
     (folder / f"{digest}-256.webp").write_bytes(expected["256.webp"])  # finished before the crash
@@ -250,8 +252,8 @@ def test_rerun_after_a_crash_mid_write_leaves_exactly_one_set(client, user):
     for _ in range(2):  # the retry, and a second rerun (avatar.refresh) for good measure
         assert run_queued_task(user) == digest
         names = thumbnail_files(user)
-        assert names == sorted(f"avatars/{user.pk}/{digest}-{output}" for output in avatars.OUTPUTS)
-        for output in avatars.OUTPUTS:
+        assert names == sorted(f"avatars/{user.pk}/{digest}-{output}" for output in images.OUTPUTS)
+        for output in images.OUTPUTS:
             assert (folder / f"{digest}-{output}").read_bytes() == expected[output]
 
 
@@ -271,7 +273,7 @@ def test_replacing_keeps_the_old_set_until_the_new_one_is_ready(client, user):
 
     new_digest = run_queued_task(user)
     assert new_digest == avatars.content_digest(second)
-    assert thumbnail_files(user) == sorted(f"avatars/{user.pk}/{new_digest}-{output}" for output in avatars.OUTPUTS)
+    assert thumbnail_files(user) == sorted(f"avatars/{user.pk}/{new_digest}-{output}" for output in images.OUTPUTS)
     assert [n for n in media_files() if n.startswith("avatar-originals/")] == [f"avatar-originals/{user.pk}/{new_digest}.png"]
 
 
@@ -279,7 +281,7 @@ def test_a_superseded_task_does_nothing(client, user):
     upload(client, camera_jpeg(1, 800, 600))
     stale = TaskRecord.objects.get().args
     upload(client, encode(quadrants(300, 300), "PNG"))
-    assert avatars.make_thumbnails.func(*stale) is None
+    assert make_thumbnails.func(*stale) is None
     assert thumbnail_files(user) == []
     user.refresh_from_db()
     assert not user.avatar_digest
@@ -302,7 +304,7 @@ def test_a_task_finishing_during_an_upload_waits_and_leaves_its_original_alone(c
     def upload_held_open():
         try:
             with transaction.atomic():  # store_avatar's lock and original stay until this commits
-                avatars.store_avatar(User.objects.get(pk=user.pk), ContentFile(third, name="x.jpg"), "JPEG")
+                store_avatar(User.objects.get(pk=user.pk), ContentFile(third, name="x.jpg"), "JPEG")
                 uploading.set()
                 assert finish_upload.wait(10)
         finally:
@@ -310,7 +312,7 @@ def test_a_task_finishing_during_an_upload_waits_and_leaves_its_original_alone(c
 
     def task_in_a_worker_thread():
         try:
-            return avatars.make_thumbnails.func(*second)
+            return make_thumbnails.func(*second)
         finally:
             connection.close()
 
@@ -334,7 +336,7 @@ def test_a_task_finishing_during_an_upload_waits_and_leaves_its_original_alone(c
     assert (Path(settings.MEDIA_ROOT) / third_name).read_bytes() == third
     # The task wrote its set, then took it away again; the first set waits for the third's task.
     assert sorted(thumbnail_files(user)) == sorted(
-        avatars.thumbnail_name(user.pk, first_digest, output) for output in avatars.OUTPUTS
+        avatars.thumbnail_name(user.pk, first_digest, output) for output in images.OUTPUTS
     )
     user.refresh_from_db()
     assert user.avatar.name == third_name
@@ -386,11 +388,11 @@ def test_only_a_replacement_swap_waits_for_the_disk(client, user):
 
 
 def test_request_thumbnails_uses_the_stored_avatar_and_skips_users_without_one(client, user):
-    assert avatars.request_thumbnails(user) is None
+    assert request_thumbnails(user) is None
     upload(client, camera_jpeg(1, 800, 600))
     stale_copy = User.objects.get(pk=user.pk)
     upload(client, encode(quadrants(300, 300), "PNG"))
-    result = avatars.request_thumbnails(stale_copy)
+    result = request_thumbnails(stale_copy)
     assert TaskRecord.objects.get(pk=result.id).args == [user.pk, User.objects.get(pk=user.pk).avatar.name]
 
 

@@ -1,8 +1,8 @@
 """A worker SIGKILLed in the middle of a thumbnail set: the retry leaves exactly one set.
 
 Real processes: `manage.py runworker thumbnails` on PostgreSQL and Redis. To kill
-the worker *between two files* every time, the workers of the first half run
-with THUMBNAILS_TEST_DELAY=2 (the task sleeps 2 s after each file it writes);
+the worker *between two files* every time, the first worker runs on
+tests.e2e_settings, whose storage waits 2 s after each thumbnail file it writes;
 the test kills the worker as soon as the first file is on disk.
 """
 
@@ -20,12 +20,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 UPLOAD = """
 from django.core.files import File
-from accounts import avatars
+from accounts import images
 from accounts.models import User
+from accounts.uploads import store_avatar
 user = User.objects.create_user("kit")
 with open({path!r}, "rb") as fh:
     upload = File(fh, name="kit.jpg")
-    avatars.store_avatar(user, upload, avatars.validate_upload(upload))
+    store_avatar(user, upload, images.validate_upload(upload))
 print(user.pk)
 """
 
@@ -43,7 +44,7 @@ print(json.dumps({"digest": user.avatar_digest, "status": record.status, "worker
 def test_worker_killed_mid_thumbnail_leaves_one_set_after_the_retry(stack, tmp_path):
     media = tmp_path / "media"
     stack.env.update(
-        MEDIA_ROOT=str(media), THUMBNAILS_TEST_DELAY="2",
+        MEDIA_ROOT=str(media),
         # A dead worker's task is handed on after 4 s instead of 10: a shorter test.
         TASKS_LEASE="4", TASKS_HEARTBEAT_INTERVAL="1",
     )  # fmt: skip
@@ -52,14 +53,13 @@ def test_worker_killed_mid_thumbnail_leaves_one_set_after_the_retry(stack, tmp_p
     user_pk = int(stack.manage("shell", "--no-imports", "-c", UPLOAD.format(path=str(original))).stdout.split()[-1])
     folder = media / "avatars" / str(user_pk)
 
-    doomed = stack.runworker("thumbnails")
+    doomed = stack.runworker("thumbnails", settings="tests.e2e_settings")
     wait_until(lambda: folder.exists() and any(folder.iterdir()), timeout=60, message="first thumbnail file")
     os.kill(doomed.pid, signal.SIGKILL)
     doomed.wait(10)
     partial = sorted(p.name for p in folder.iterdir())
     assert 1 <= len(partial) < 4, partial  # killed mid-set
 
-    stack.env["THUMBNAILS_TEST_DELAY"] = "0"
     stack.runworker("thumbnails")
 
     def state():

@@ -8,8 +8,10 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import Client
 
-from accounts import avatars
+from accounts import avatars, images
 from accounts.models import User
+from accounts.tasks import make_thumbnails
+from accounts.uploads import store_avatar
 from chat.models import Message, Room
 from tasks import runner
 from tasks.models import TaskRecord
@@ -38,7 +40,7 @@ async def frames_within(socket, seconds: float) -> list[dict]:
 def upload_avatar(user) -> None:
     """What the profile view does with an upload that passed its checks."""
     data = io.BytesIO(camera_jpeg(6, 800, 600))
-    avatars.store_avatar(user, data, avatars.validate_upload(data))
+    store_avatar(user, data, images.validate_upload(data))
 
 
 @pytest.fixture
@@ -90,7 +92,7 @@ async def test_avatar_refresh_requeues_the_senders_thumbnails(people, channel_la
         record = await TaskRecord.objects.aget(pk=queued["task"])
         original = (await User.objects.aget(pk=ada.pk)).avatar.name
         assert (record.queue_name, record.task_path, record.args) == (
-            "thumbnails", "accounts.avatars.make_thumbnails", [ada.pk, original],
+            "thumbnails", "accounts.tasks.make_thumbnails", [ada.pk, original],
         )  # fmt: skip
         await socket.send_json_to({"type": "avatar.refresh"})
         assert (await next_of(socket, "error"))["code"] == "rate_limited"
@@ -113,7 +115,7 @@ def test_stable_avatar_url_redirects_to_the_current_thumbnail(people):
     assert response["Cache-Control"] == "private, no-cache"
     upload_avatar(ada)
     assert client.get("/avatars/ada/32")["Location"] == "/avatars/ada.svg"  # queued, not ready yet
-    avatars.make_thumbnails.func(*TaskRecord.objects.get().args)
+    make_thumbnails.func(*TaskRecord.objects.get().args)
     ada.refresh_from_db()
     assert client.get("/avatars/ada/64")["Location"] == f"/media/avatars/{ada.pk}/{ada.avatar_digest}-64.webp"
     assert client.get("/avatars/ada/128").status_code == 404

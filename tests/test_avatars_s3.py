@@ -16,8 +16,9 @@ from django.test import Client
 from moto.server import ThreadedMotoServer
 from PIL import Image
 
-from accounts import avatars
+from accounts import avatars, images
 from accounts.models import User
+from accounts.tasks import make_thumbnails
 from tasks.models import TaskRecord
 from tests.avatar_images import camera_jpeg, encode, quadrants
 from tests.servers import free_port
@@ -68,8 +69,8 @@ def test_avatars_live_in_the_bucket_with_a_year_of_cache(bucket):
     digest = avatars.content_digest(first)
     assert keys(s3, "avatar-originals/") == [f"avatar-originals/{user.pk}/{digest}.jpg"]
     for _ in range(2):  # the task, then a rerun: still one set
-        avatars.make_thumbnails.func(*TaskRecord.objects.latest("enqueued_at").args)
-        assert keys(s3, "avatars/") == sorted(f"avatars/{user.pk}/{digest}-{o}" for o in avatars.OUTPUTS)
+        make_thumbnails.func(*TaskRecord.objects.latest("enqueued_at").args)
+        assert keys(s3, "avatars/") == sorted(f"avatars/{user.pk}/{digest}-{o}" for o in images.OUTPUTS)
     head = s3.head_object(Bucket=BUCKET, Key=f"avatars/{user.pk}/{digest}-64.webp")
     assert head["CacheControl"] == "public, max-age=31536000, immutable"
     assert head["ContentType"] == "image/webp"
@@ -85,7 +86,7 @@ def test_avatars_live_in_the_bucket_with_a_year_of_cache(bucket):
 
     second = encode(quadrants(300, 300), "PNG")
     client.post("/me/", {"display_name": "", "avatar": SimpleUploadedFile("b.png", second)})
-    avatars.make_thumbnails.func(*TaskRecord.objects.latest("enqueued_at").args)
+    make_thumbnails.func(*TaskRecord.objects.latest("enqueued_at").args)
     new = avatars.content_digest(second)
-    assert keys(s3, "avatars/") == sorted(f"avatars/{user.pk}/{new}-{o}" for o in avatars.OUTPUTS)
+    assert keys(s3, "avatars/") == sorted(f"avatars/{user.pk}/{new}-{o}" for o in images.OUTPUTS)
     assert keys(s3, "avatar-originals/") == [f"avatar-originals/{user.pk}/{new}.png"]

@@ -59,13 +59,11 @@ def test_worker_killed_after_twilio_accepted_does_not_send_a_second_sms(stack, f
 
 def test_worker_killed_before_sending_still_sends_once(stack, fake_twilio, fake_postmark):
     stack.env.update(provider_env(fake_twilio, fake_postmark))
-    # Test-only knob: the first worker stops right before the provider call.
-    first_env = dict(stack.env, NOTIFICATIONS_TEST_PAUSE_BEFORE_SEND="120")
-    plain_env, stack.env = stack.env, first_env
-    first = stack.runworker("notifications")
-    stack.env = plain_env
+    # The first worker (tests.e2e_settings) stops once the delivery is SENDING, right before the provider call.
+    first = stack.runworker("notifications", settings="tests.e2e_settings")
     stack.manage("shell", "--no-imports", "-c", SETUP.format(channel="email", phone=""))
-    wait_until(lambda: "event=test_pause" in stack.logs(), timeout=60, interval=0.2, message="worker paused")
+    wait_until(lambda: "event=e2e_pause_before_send" in stack.logs(), timeout=60, interval=0.2, message="worker paused")
+    assert delivery(stack)[0] == "sending"
     kill(first)
     assert fake_postmark.requests == []
 
