@@ -83,3 +83,57 @@ async def test_worker_starts_a_deferred_task_when_it_falls_due(worker):
     record = await finished(result.id, 10)
     assert run_after <= record.started_at
     assert (record.started_at - run_after).total_seconds() < 1.0
+
+
+@pytest.fixture
+async def slotted(task_layer):
+    """Factory: a worker serving compute with the given slots, stopped after the test."""
+    served = []
+
+    def start(concurrency: str) -> TaskWorker:
+        worker = TaskWorker(
+            application=get_default_application(), channels=["compute"], channel_layer=task_layer,
+            concurrency=concurrency,
+        )  # fmt: skip
+        served.append((worker, asyncio.create_task(worker.handle())))
+        return worker
+
+    yield start
+    for worker, serving in served:
+        worker.stopping.set()
+        await asyncio.wait_for(serving, 10)
+        for instance in worker.application_instances.values():
+            instance["future"].cancel()
+
+
+def most_at_once(path) -> int:
+    """The most tasks running at the same time, from their start and end lines."""
+    running = most = 0
+    for line in path.read_text().splitlines():
+        running += 1 if line.startswith("start") else -1
+        most = max(most, running)
+    return most
+
+
+async def test_a_queue_runs_sync_and_async_tasks_side_by_side_in_its_slots(slotted, tmp_path):
+    log = tmp_path / "marks"
+    slotted("compute=4")
+    started = time.monotonic()
+    results = []
+    for key in range(2):  # interleaved: a claim may bring either kind
+        results.append(await sample_tasks.slow_mark.aenqueue(str(log), f"sync{key}", 0.6))
+        results.append(await sample_tasks.aslow_mark.aenqueue(str(log), f"async{key}", 0.6))
+    for result in results:
+        assert (await finished(result.id, 10)).status == "SUCCESSFUL"
+    assert most_at_once(log) == 4
+    assert time.monotonic() - started < 2.0  # one after another: 2.4 s
+
+
+async def test_a_worker_never_runs_more_tasks_of_a_queue_than_its_slots(slotted, tmp_path):
+    log = tmp_path / "marks"
+    worker = slotted("compute=2")
+    results = [await sample_tasks.slow_mark.aenqueue(str(log), str(key), 0.3) for key in range(5)]
+    for result in results:
+        record = await finished(result.id, 10)
+        assert record.status == "SUCCESSFUL" and record.worker_ids == [worker.worker_id]
+    assert most_at_once(log) == 2
