@@ -54,9 +54,10 @@ class Stack:
         wait_for_port(port, timeout=30, proc=proc)
         return proc, port
 
-    def runworker(self, *queues: str) -> subprocess.Popen:
+    def runworker(self, *queues: str, concurrency: str = "") -> subprocess.Popen:
         queues = queues or ("default", "thumbnails", "notifications", "compute")
-        return self._spawn("worker", [sys.executable, "manage.py", "runworker", *queues])
+        slots = ["--concurrency", concurrency] if concurrency else []
+        return self._spawn("worker", [sys.executable, "manage.py", "runworker", *slots, *queues])
 
     def runserver(self, port: int | None = None) -> tuple[subprocess.Popen, int]:
         port = port or free_port()
