@@ -365,15 +365,25 @@ def test_embedded_runserver_runs_tasks_without_redis(tmp_path):
     The task is enqueued by another process, whose bell (in its own in-memory
     layer) cannot reach the server: the embedded worker finds the task by
     polling the database every TASKS_POLL_INTERVAL. In `make run`, tasks
-    enqueued by the server's own views get the bell at once.
+    enqueued by the server's own views get the bell at once. With three slots
+    (TASKS_CONCURRENCY) it runs three tasks side by side on SQLite.
     """
     log_dir = tmp_path / "logs"
     log_dir.mkdir()
-    db = tmp_path / "db.sqlite3"
-    stack = Stack(base_env(SQLITE_PATH=str(db)), log_dir)
+    db, log = tmp_path / "db.sqlite3", tmp_path / "slow"
+    stack = Stack(base_env(SQLITE_PATH=str(db), TASKS_CONCURRENCY="compute=3"), log_dir)
     try:
         stack.manage("migrate", "--noinput", "-v0")
         stack.runserver()
+        python(stack, f"""
+import json
+from django.db import transaction
+from tests.sample_tasks import slow_mark
+with transaction.atomic():
+    print(json.dumps([slow_mark.enqueue({str(log)!r}, str(key), 1.0).id for key in range(3)]))
+""")
+        wait_until(lambda: len([line for line in lines(log) if line[0] == "end"]) == 3, timeout=15, message="3 slow done")
+        assert [line[0] for line in lines(log)] == ["start"] * 3 + ["end"] * 3, "side by side"
         task_id = python(stack, "import json; from tests.sample_tasks import add; print(json.dumps(add.enqueue(2, 40).id))")
 
         def finished():
