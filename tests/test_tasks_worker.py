@@ -5,11 +5,12 @@ import time
 
 import pytest
 from channels.routing import get_default_application
+from django.core.management import CommandError, call_command
 from django.tasks.signals import task_enqueued, task_finished, task_started
 from django.utils import timezone
 
 from tasks.models import TaskRecord
-from tasks.worker import TaskWorker
+from tasks.worker import TaskWorker, check_slots, slots_per_queue
 from tests import sample_tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -137,3 +138,25 @@ async def test_a_worker_never_runs_more_tasks_of_a_queue_than_its_slots(slotted,
         record = await finished(result.id, 10)
         assert record.status == "SUCCESSFUL" and record.worker_ids == [worker.worker_id]
     assert most_at_once(log) == 2
+
+
+def test_slots_come_from_the_settings_then_tasks_concurrency_then_the_command_line(settings):
+    queues = ["default", "notifications", "compute"]
+    settings.TASKS = {"default": {**settings.TASKS["default"], "OPTIONS": {
+        **settings.TASKS["default"]["OPTIONS"], "CONCURRENCY": {"notifications": 16, "compute": 2},
+    }}}  # fmt: skip
+    settings.TASKS_CONCURRENCY = ""
+    assert slots_per_queue(queues) == {"default": 1, "notifications": 16, "compute": 2}
+    settings.TASKS_CONCURRENCY = "4"
+    assert slots_per_queue(queues) == {"default": 4, "notifications": 4, "compute": 4}
+    assert slots_per_queue(queues, "notifications=32, compute=1") == {"default": 4, "notifications": 32, "compute": 1}
+    assert slots_per_queue(queues, "8") == {"default": 8, "notifications": 8, "compute": 8}
+
+
+@pytest.mark.parametrize("bad", ["0", "x", "compute=", "=3", "compute=-1", "compute=2,", "compute=1.5"])
+def test_bad_slot_counts_are_refused_clearly(settings, bad):
+    with pytest.raises(CommandError, match="--concurrency: concurrency takes N or queue=N"):
+        call_command("runworker", "compute", "--concurrency", bad)
+    settings.TASKS_CONCURRENCY = bad
+    (error,) = check_slots(None)
+    assert error.id == "tasks.E001" and bad in error.msg
