@@ -133,13 +133,21 @@ class Slot:
                 return False
             self.state.busy[kind] += 1
             self.held[kind] += 1
-            return True
+            wake = self.state.free_locked() == 0  # the listener must stop taking bells
+        if wake:
+            self.state.wake()
+        return True
 
     def release(self, kind: str) -> None:
         with self.state.lock:
+            full = self.state.free_locked() == 0
             self.state.busy[kind] -= 1
             self.held[kind] -= 1
-        self.state.wake()
+            # Wake the loop only when the listener or a shutdown has something to
+            # learn: a thread draining a queue passes here twice per task.
+            wake = (full and self.state.free_locked() > 0) or not any(self.state.busy.values())
+        if wake:
+            self.state.wake()
 
     def release_all(self) -> None:
         for kind, count in self.held.items():
@@ -175,7 +183,10 @@ class QueueState:
     def free(self) -> int:
         """Tasks this process can start now: each may turn out sync or async."""
         with self.lock:
-            return min(self.limits[kind] - self.busy[kind] for kind in self.busy)
+            return self.free_locked()
+
+    def free_locked(self) -> int:
+        return min(self.limits[kind] - self.busy[kind] for kind in self.busy)
 
     def reserve(self, count: int) -> int:
         """Reserve up to `count` slots of each kind for a claim; how many."""
@@ -188,7 +199,7 @@ class QueueState:
     def changed(self) -> None:
         """Recompute the listener's and the shutdown's events (on the loop)."""
         with self.lock:
-            free = min(self.limits[kind] - self.busy[kind] for kind in self.busy)
+            free = self.free_locked()
             running = any(self.busy.values())
         room = free > 0 and not self.claiming
         self.room.set() if room else self.room.clear()
