@@ -33,10 +33,10 @@ def parse_concurrency(text: str) -> dict[str, int]:
     """
     found: dict[str, int] = {}
     for part in text.split(","):
-        queue, _, count = part.strip().rpartition("=")
-        if not count.strip().isdigit() or int(count) < 1 or (_ and not queue.strip()):
+        name, equals, count = part.strip().rpartition("=")
+        if not count.strip().isdigit() or int(count) < 1 or (equals and not name.strip()):
             raise ValueError(f"concurrency takes N or queue=N,queue=N with N >= 1; got {text!r}")
-        found[queue.strip() or "*"] = int(count)
+        found[name.strip() or "*"] = int(count)
     return found
 
 
@@ -48,13 +48,15 @@ def slots_per_queue(queues: list[str], override: str = "") -> dict[str, int]:
         if not layer:
             continue
         found = parse_concurrency(layer) if isinstance(layer, str) else layer
-        for queue, count in found.items():
+        for name, count in found.items():
             if not isinstance(count, int) or count < 1:
-                raise ValueError(f"concurrency of queue {queue!r} must be an integer >= 1; got {count!r}")
-            if queue == "*":
+                raise ValueError(f"concurrency of queue {name!r} must be an integer >= 1; got {count!r}")
+            if name == "*":
                 slots = dict.fromkeys(slots, count)
-            elif queue in slots:
-                slots[queue] = count
+            elif name not in task_queues():
+                raise ValueError(f"concurrency names {name!r}, which is not a task queue")
+            elif name in slots:
+                slots[name] = count
     return slots
 
 

@@ -153,10 +153,10 @@ def test_slots_come_from_the_settings_then_tasks_concurrency_then_the_command_li
     assert slots_per_queue(queues, "8") == {"default": 8, "notifications": 8, "compute": 8}
 
 
-@pytest.mark.parametrize("bad", ["0", "x", "compute=", "=3", "compute=-1", "compute=2,", "compute=1.5"])
+@pytest.mark.parametrize("bad", ["0", "x", "compute=", "=3", "compute=-1", "compute=2,", "compute=1.5", "compte=2"])
 def test_bad_slot_counts_are_refused_clearly(settings, bad):
-    with pytest.raises(CommandError, match="--concurrency: concurrency takes N or queue=N"):
+    with pytest.raises(CommandError, match="--concurrency: concurrency "):
         call_command("runworker", "compute", "--concurrency", bad)
     settings.TASKS_CONCURRENCY = bad
     (error,) = check_slots(None)
-    assert error.id == "tasks.E001" and bad in error.msg
+    assert error.id == "tasks.E001" and bad.split("=")[0] in error.msg

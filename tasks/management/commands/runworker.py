@@ -3,8 +3,8 @@ import functools
 from channels.management.commands.runworker import Command as ChannelsRunworkerCommand
 from django.core.management.base import CommandError
 
-from tasks.backends import bell_layer_alias
-from tasks.worker import TaskWorker, parse_concurrency
+from tasks.backends import bell_layer_alias, task_queues
+from tasks.worker import TaskWorker, slots_per_queue
 
 
 class Command(ChannelsRunworkerCommand):
@@ -31,7 +31,7 @@ class Command(ChannelsRunworkerCommand):
     def handle(self, *args, **options) -> None:
         if options["concurrency"]:
             try:
-                parse_concurrency(options["concurrency"])
+                slots_per_queue(list(task_queues()), options["concurrency"])
             except ValueError as exc:
                 raise CommandError(f"--concurrency: {exc}") from None
         self.worker_class = functools.partial(TaskWorker, concurrency=options["concurrency"])
