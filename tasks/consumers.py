@@ -7,6 +7,7 @@ from inspect import iscoroutinefunction
 from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
 from . import runner
 from .monitor import overview
 from .worker import Slot
@@ -37,19 +38,14 @@ class TaskConsumer(AsyncConsumer):
             claimed = await asyncio.wrap_future(
                 state.threads.submit(runner.claim_and_start_many, [state.name], state.worker_id, reserved)
             )
-            for record, task, result in claimed:
+            for one in claimed:
                 reserved -= 1
+                slot, task = Slot(state, sync=1, async_=1), one[1]  # one reservation of each kind
                 if task is None:  # its code could not be loaded; that attempt is recorded as failed
-                    slot = Slot(state, sync=1, async_=1)
                     slot.release_all()
-                elif iscoroutinefunction(task.func):
-                    slot = Slot(state, sync=1, async_=1)
-                    slot.release("sync")
-                    state.start(slot, (record, task, result))
-                else:
-                    slot = Slot(state, sync=1, async_=1)
-                    slot.release("async")
-                    state.start(slot, (record, task, result))
+                    continue
+                slot.release("sync" if iscoroutinefunction(task.func) else "async")  # keep what it needs
+                state.start(slot, one)
             if reserved:  # fewer were due than slots free: note when the next one will be
                 due = await asyncio.wrap_future(state.threads.submit(runner.next_due, [state.name]))
                 state.next_due = due
