@@ -185,8 +185,8 @@ def test_threads_batch_claiming_side_by_side_never_claim_a_task_twice():
         pytest.skip("SQLite serialises every write: there is no side by side")
     now = timezone.now()
     TaskRecord.objects.bulk_create(
-        TaskRecord(task_path="tests.sample_tasks.add", queue_name="compute", args=[i, i], enqueued_at=now, available_at=now)
-        for i in range(600)
+        TaskRecord(task_path="tests.sample_tasks.add", queue_name="compute", enqueued_at=now, available_at=now)
+        for _ in range(600)
     )
     start = threading.Barrier(8)
 
