@@ -133,9 +133,10 @@ class Slot:
         with self.state.lock:
             if self.state.busy[kind] >= self.state.limits[kind]:
                 return False
+            had_room = self.state.free_locked() > 0
             self.state.busy[kind] += 1
             self.held[kind] += 1
-            wake = self.state.free_locked() == 0  # the listener must stop taking bells
+            wake = had_room and self.state.free_locked() == 0  # the listener must stop taking bells
         if wake:
             self.state.wake()
         return True
