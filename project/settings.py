@@ -175,9 +175,19 @@ TASKS = {
     "default": {
         "BACKEND": "tasks.backends.ChannelsBackend",
         "QUEUES": TASK_QUEUES,
-        "OPTIONS": {"CHANNEL_LAYER": "tasks"},
+        "OPTIONS": {
+            "CHANNEL_LAYER": "tasks",
+            # Slots: tasks of a queue one worker process runs at once (its sync tasks
+            # on that many threads, each with a database connection of its own); a
+            # queue not named gets 1. Chosen by measurement: see README, "Slots".
+            "CONCURRENCY": {"default": 4, "thumbnails": 2, "notifications": 16, "compute": 1},
+            # Async tasks are coroutines on the worker's event loop: cheap, so many.
+            "ASYNC_CONCURRENCY": int(os.environ.get("TASKS_ASYNC_CONCURRENCY", "64")),
+        },
     }
 }
+# Overrides CONCURRENCY: `8` (every queue) or `notifications=16,compute=1`, as `runworker --concurrency`.
+TASKS_CONCURRENCY = os.environ.get("TASKS_CONCURRENCY", "")
 # Run a worker inside `manage.py runserver`: the in-memory layer cannot reach
 # another process, so without Redis this is the only way tasks get run.
 TASKS_EMBEDDED_WORKER = env_bool("TASKS_EMBEDDED_WORKER", not REDIS_URL)

@@ -3,17 +3,17 @@
 import asyncio
 import logging
 import math
+from inspect import iscoroutinefunction
 
-from asgiref.sync import sync_to_async
 from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from django.utils import timezone
 
 from project.sockets import FrameError, RateLimit
 
 from . import runner
 from .monitor import overview
+from .worker import Slot
 
 logger = logging.getLogger(__name__)
 
@@ -21,9 +21,10 @@ logger = logging.getLogger(__name__)
 class TaskConsumer(AsyncConsumer):
     """Serves one task queue in a worker (scope from tasks.worker.TaskWorker).
 
-    On a bell it runs due tasks of its queue one after another until none is
-    left, then tells the listener it is idle and when the next deferred task
-    falls due. One task per queue at a time in each worker process.
+    On a bell it claims as many due tasks as the queue has free slots, in one
+    statement, and starts each in a slot of its own (tasks.worker.QueueState);
+    a slot whose task ends claims the next itself. It then tells the listener
+    it may take another bell.
     """
 
     # No channel of its own: it only hears bells through the worker, and a
@@ -32,27 +33,30 @@ class TaskConsumer(AsyncConsumer):
 
     async def task_ready(self, message: dict) -> None:
         state = self.scope["parley.queue"]
-        queues = [state.name]
-        # The queue's own thread, and so its own database connection: sync tasks
-        # are claimed, run and recorded there without a trip between threads.
-        in_queue_thread = sync_to_async(runner.drain_sync, thread_sensitive=False, executor=state.executor)
+        reserved = state.reserve(state.free())
         try:
-            while not runner.shutting_down.is_set():
-                drained = await in_queue_thread(queues, state.worker_id, state)
-                if drained is False:
-                    break
-                if drained is True:
-                    continue  # a batch done; more may be due
-                record, task, result = drained  # an async task: it runs on the event loop
-                state.running = record.pk  # the worker's heartbeat renews its lease
-                try:
-                    await runner.execute(record, task, result, state.worker_id)
-                finally:
-                    state.running = None
-            due = await runner.on_db_thread(runner.next_due)(queues)
-            state.next_due = None if due is None else asyncio.get_running_loop().time() + (due - timezone.now()).total_seconds()
+            if not reserved:
+                return
+            # On one of the queue's threads (one is reserved): its own database connection.
+            claimed = await asyncio.wrap_future(
+                state.threads.submit(runner.claim_and_start_many, [state.name], state.worker_id, reserved)
+            )
+            for one in claimed:
+                reserved -= 1
+                slot, task = Slot(state, sync=1, async_=1), one[1]  # one reservation of each kind
+                if task is None:  # its code could not be loaded; that attempt is recorded as failed
+                    slot.release_all()
+                    continue
+                slot.release("sync" if iscoroutinefunction(task.func) else "async")  # keep what it needs
+                state.start(slot, one)
+            if reserved:  # fewer were due than slots free: note when the next one will be
+                due = await asyncio.wrap_future(state.threads.submit(runner.next_due, [state.name]))
+                state.next_due = due
         finally:
-            state.idle.set()
+            if reserved:
+                Slot(state, sync=reserved, async_=reserved).release_all()
+            state.claiming = False
+            state.changed()
 
 
 class TaskMonitorConsumer(AsyncJsonWebsocketConsumer):

@@ -24,6 +24,7 @@ def overview(now: datetime | None = None) -> dict[str, Any]:
     - queues: per queue, tasks ready to run now, deferred (run_after or a
       retry's backoff still ahead) and running;
     - running: running tasks with their worker and how old its last heartbeat is;
+    - workers: per worker holding tasks, its slots in use (its RUNNING tasks), by queue;
     - failures: the most recent failed tasks with their last error.
     """
     now = now or timezone.now()
@@ -44,6 +45,16 @@ def overview(now: datetime | None = None) -> dict[str, Any]:
             "queue": row["queue_name"], "ready": row["ready"], "deferred": row["deferred"], "running": row["running"],
         }  # fmt: skip
     running = TaskRecord.objects.filter(status=RUNNING).order_by("started_at")[:RUNNING_SHOWN]
+    workers: dict[str, dict[str, Any]] = {}
+    for row in (
+        TaskRecord.objects.filter(status=RUNNING)
+        .values("worker_id", "queue_name")
+        .annotate(running=Count("pk"))
+        .order_by("worker_id", "queue_name")
+    ):
+        worker = workers.setdefault(row["worker_id"], {"worker": row["worker_id"], "in_use": 0, "queues": {}})
+        worker["in_use"] += row["running"]
+        worker["queues"][row["queue_name"]] = row["running"]
     failures = TaskRecord.objects.filter(status=FAILED).order_by("-finished_at")[:FAILURES_SHOWN]
     return {
         "at": now.isoformat(),
@@ -62,6 +73,7 @@ def overview(now: datetime | None = None) -> dict[str, Any]:
             }
             for record in running
         ],
+        "workers": list(workers.values()),
         "failures": [
             {
                 "id": str(record.pk),

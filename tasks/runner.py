@@ -12,6 +12,7 @@ The rules that make the runner lose nothing and double nothing live here:
 """
 
 import functools
+import itertools
 import logging
 import random
 from dataclasses import dataclass
@@ -118,6 +119,21 @@ def claim(queue_names: list[str], worker_id: str) -> TaskRecord | None:
     return release_and_claim(None, queue_names, worker_id)[1]
 
 
+def claim_many(queue_names: list[str], worker_id: str, limit: int) -> list[TaskRecord]:
+    """Take up to `limit` due READY tasks of these queues for `worker_id`, in one statement.
+
+    A worker asks for as many as it has free slots, never more, so what it
+    cannot start at once stays for idle workers. Returned in claim order
+    (highest priority, then the longest due): RETURNING itself has no order.
+    """
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    params = [RUNNING, worker_id, now, now, now, worker_id, READY, *queue_names, now, limit]
+    with connection.cursor() as cursor:
+        cursor.execute(_claim_sql(connection.vendor, len(queue_names), many=True), params)
+        records = [_load(row) for row in cursor.fetchall()]
+    return sorted(records, key=lambda r: (-r.priority, r.available_at, r.enqueued_at))
+
+
 def record_success(record: TaskRecord, worker_id: str, return_value: Any) -> bool:
     return _release(record, worker_id, success_changes(return_value))
 
@@ -198,7 +214,8 @@ def _release_sql(vendor: str, names: tuple[str, ...]) -> str:
 
 
 @functools.cache
-def _claim_sql(vendor: str, queue_count: int) -> str:
+def _claim_sql(vendor: str, queue_count: int, many: bool = False) -> str:
+    """The claim: of one task (the fast path), or `many` (LIMIT %s, the last parameter)."""
     if vendor == "postgresql":
         append = "worker_ids || to_jsonb(%s::text)"
     else:
@@ -207,12 +224,22 @@ def _claim_sql(vendor: str, queue_count: int) -> str:
     queues = ", ".join(["%s"] * queue_count)
     table = _table()
     columns = ", ".join(connection.ops.quote_name(field.column) for field in FIELDS)
+    due = (
+        f"SELECT id FROM {table} WHERE status = %s AND NOT cancel_requested "
+        f"AND queue_name IN ({queues}) AND available_at <= %s "
+        f"ORDER BY priority DESC, available_at, enqueued_at LIMIT {'%s' if many else '1'}{skip_locked}"
+    )
+    if not many:
+        which = f"id = ({due})"
+    elif vendor == "postgresql":
+        # ARRAY() runs the locking sub-select once; with IN the planner may join
+        # against it and lock (and claim) more than LIMIT rows.
+        which = f"id = ANY(ARRAY({due}))"
+    else:
+        which = f"id IN ({due})"
     return (
         f"UPDATE {table} SET status = %s, worker_id = %s, heartbeat_at = %s, last_attempted_at = %s, "
-        f"started_at = COALESCE(started_at, %s), worker_ids = {append} "
-        f"WHERE id = (SELECT id FROM {table} WHERE status = %s AND NOT cancel_requested "
-        f"AND queue_name IN ({queues}) AND available_at <= %s "
-        f"ORDER BY priority DESC, available_at, enqueued_at LIMIT 1{skip_locked}) RETURNING {columns}"
+        f"started_at = COALESCE(started_at, %s), worker_ids = {append} WHERE {which} RETURNING {columns}"
     )
 
 
@@ -341,12 +368,25 @@ def claim_and_start(
         announce(ended, worker_id, held)
     if record is None:
         return None
+    return start(record, worker_id)
+
+
+def claim_and_start_many(
+    queue_names: list[str], worker_id: str, limit: int
+) -> list[tuple[TaskRecord, Task | None, Any]]:
+    """claim_many() and start() each: what a worker's free slots take on a bell."""
+    return [start(record, worker_id) for record in claim_many(queue_names, worker_id, limit)]
+
+
+def start(record: TaskRecord, worker_id: str) -> tuple[TaskRecord, Task | None, Any]:
+    """Load a claimed task's code and announce it (task_started); (record, None, None)
+    for a task whose code cannot be loaded: that attempt is recorded as failed here."""
     try:
         task = load_task(record.task_path)
         stored = (record.priority, record.queue_name, record.run_after)
         if stored != (task.priority, task.queue_name, task.run_after):
             # Enqueued through .using(): run it as enqueued. Skipped otherwise, as
-            # copying and re-validating the Task cost a worker ~0.15 ms per task.
+            # copying and re-validating the Task for every task is measurable on the hot path.
             task = task.using(priority=record.priority, queue_name=record.queue_name, run_after=record.run_after)
     except (ImportError, InvalidTask) as exc:  # deployed code no longer has it, or no longer allows it
         logger.error("event=task_import_failed task=%s path=%s worker=%s error=%s", record.pk, record.task_path, worker_id, exc)
@@ -406,38 +446,56 @@ def run_sync(record: TaskRecord, task: Task, result: Any, worker_id: str) -> Out
     return outcome_of(record, task, value, None)
 
 
-def drain_sync(queue_names: list[str], worker_id: str, state: Any, limit: int = 100) -> Any:
-    """Claim and run due tasks of these queues in the calling thread, one after another.
+def drain_sync(
+    queue_names: list[str], worker_id: str, slot: Any, claimed: Any = None, ended: Outcome | None = None
+) -> Any:
+    """Run a slot's sync tasks in the calling thread (one of the worker's slot threads),
+    claiming the next each time one ends, until the queue runs dry.
 
     The fast path of a worker: a sync task costs one statement, which records
-    its outcome and claims the next, and no trip between threads. Stops at an
-    async task, returning its claim_and_start() tuple for the event loop to
-    run; otherwise returns True after `limit` tasks (more may be due) or False
-    when none is left. `state.running` names the task in hand, for the
-    worker's heartbeat.
+    its outcome and claims the next, and no trip between threads. `claimed` is
+    a claim_and_start() tuple to run first; otherwise `ended` (an outcome still
+    to record, or None) goes with the first claim.
+
+    `slot` is the worker's slot (tasks.worker.Slot). On entry it holds a thread
+    and, when `claimed` is None, an async slot too: whatever comes next may be
+    an async task. That async task is returned, still holding its async slot,
+    for the event loop to run; otherwise None once nothing is due, the worker
+    is stopping, or the worker has no async slot free to claim with.
+    `slot.task` names the task in hand, for the worker's heartbeat.
     """
-    close_old_connections()  # once per batch, not per task: drop a broken or aged connection
-    ended = None
-    for _ in range(limit):
-        if shutting_down.is_set():
-            break
-        claimed = claim_and_start(queue_names, worker_id, ended)
-        ended = None
+    close_old_connections()  # a broken or aged connection is dropped here, not per task
+    for ran in itertools.count(1):
         if claimed is None:
-            return False
+            if shutting_down.is_set():
+                slot.release("async")
+                break
+            claimed = claim_and_start(queue_names, worker_id, ended)
+            ended = None
+            if claimed is None:
+                slot.release("async")
+                slot.ran_dry()
+                return None
+            if claimed[1] is None:
+                claimed = None  # its code could not be loaded; that attempt is recorded as failed
+                continue
+            if iscoroutinefunction(claimed[1].func):
+                return claimed
+            slot.release("async")
         record, task, result = claimed
-        if task is None:
-            continue  # its code could not be loaded; that attempt is recorded as failed
-        if iscoroutinefunction(task.func):
-            return claimed
-        state.running = record.pk
+        claimed = None
+        slot.task = record.pk
         try:
             ended = run_sync(record, task, result, worker_id)
         finally:
-            state.running = None
-    if ended is not None:  # the batch's last task: no next claim to record it with
+            slot.task = None
+        if ran % 100 == 0:
+            close_old_connections()
+        if shutting_down.is_set() or not slot.reserve("async"):
+            break
+    if ended is not None:  # the slot's last task: no next claim to record it with
         finish(ended, worker_id)
-    return not shutting_down.is_set()
+    return None
 
 
 def run_to_end(record: TaskRecord, task: Task, result: Any, worker_id: str) -> None:
@@ -452,15 +510,21 @@ async def execute(record: TaskRecord, task: Task, result: Any, worker_id: str) -
     if not iscoroutinefunction(task.func):
         await sync_to_async(run_to_end, thread_sensitive=False)(record, task, result, worker_id)
         return
+    ended = await run_async(record, task, result, worker_id)
+    if ended is not None:
+        await on_db_thread(finish)(ended, worker_id)
+
+
+async def run_async(record: TaskRecord, task: Task, result: Any, worker_id: str) -> Outcome | None:
+    """Run a claimed async task on the calling event loop; its outcome, still to
+    record, or None if it handed itself back."""
     try:
         value = await task.func(*task_args(record, task, result), **record.kwargs)
     except HandedBack:
         logger.info("event=task_handed_back task=%s path=%s worker=%s", record.pk, record.task_path, worker_id)
         for queue in await on_db_thread(hand_back)(worker_id, record):
             await aring(queue)
-        return
+        return None
     except Exception as exc:
-        ended = outcome_of(record, task, None, exc)
-    else:
-        ended = outcome_of(record, task, value, None)
-    await on_db_thread(finish)(ended, worker_id)
+        return outcome_of(record, task, None, exc)
+    return outcome_of(record, task, value, None)

@@ -3,16 +3,21 @@
 import asyncio
 import logging
 import os
+import queue
 import signal
 import socket
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from channels.db import database_sync_to_async
 from channels.worker import Worker
 from django.conf import settings
+from django.core import checks
+from django.db import connections
+from django.utils import timezone
 from django.utils.crypto import get_random_string
 
 from . import runner
@@ -21,25 +26,244 @@ from .backends import aring, ring, task_queues
 logger = logging.getLogger(__name__)
 
 
+def parse_concurrency(text: str) -> dict[str, int]:
+    """`8` (every queue) or `notifications=16,compute=1` as {queue: slots}, `*` for every queue.
+
+    ValueError, saying what is wrong, for anything else.
+    """
+    found: dict[str, int] = {}
+    for part in text.split(","):
+        name, equals, count = part.strip().rpartition("=")
+        if not count.strip().isdigit() or int(count) < 1 or (equals and not name.strip()):
+            raise ValueError(f"concurrency takes N or queue=N,queue=N with N >= 1; got {text!r}")
+        found[name.strip() or "*"] = int(count)
+    return found
+
+
+def slots_per_queue(queues: list[str], override: str = "") -> dict[str, int]:
+    """Slots per queue: TASKS OPTIONS["CONCURRENCY"], then TASKS_CONCURRENCY, then `override`
+    (runworker --concurrency). A queue named by none gets one slot."""
+    slots = dict.fromkeys(queues, 1)
+    for layer in (settings.TASKS["default"]["OPTIONS"]["CONCURRENCY"], settings.TASKS_CONCURRENCY, override):
+        if not layer:
+            continue
+        found = parse_concurrency(layer) if isinstance(layer, str) else layer
+        for name, count in found.items():
+            if not isinstance(count, int) or count < 1:
+                raise ValueError(f"concurrency of queue {name!r} must be an integer >= 1; got {count!r}")
+            if name == "*":
+                slots = dict.fromkeys(slots, count)
+            elif name not in task_queues():
+                raise ValueError(f"concurrency names {name!r}, which is not a task queue")
+            elif name in slots:
+                slots[name] = count
+    return slots
+
+
+def check_slots(app_configs, **kwargs) -> list[checks.Error]:
+    """System check: bad CONCURRENCY or TASKS_CONCURRENCY stops every command, saying why."""
+    try:
+        slots_per_queue(list(task_queues()))
+    except ValueError as exc:
+        return [checks.Error(f"Task slots: {exc}", hint="See README, Slots.", id="tasks.E001")]
+    async_slots = settings.TASKS["default"]["OPTIONS"]["ASYNC_CONCURRENCY"]
+    if not isinstance(async_slots, int) or async_slots < 1:
+        return [checks.Error(f"ASYNC_CONCURRENCY must be an integer >= 1; got {async_slots!r}", id="tasks.E002")]
+    return []
+
+
+class SlotThreads(Executor):
+    """The threads that run a queue's sync tasks, each with its own database connection.
+
+    A thread that waits longer than the connection's CONN_MAX_AGE for work
+    closes its connection, so a quiet worker does not hold one per slot.
+    """
+
+    def __init__(self, count: int, name: str) -> None:
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        max_age = settings.DATABASES["default"].get("CONN_MAX_AGE", 0)
+        self.threads = [
+            threading.Thread(target=self.serve, args=(max_age,), name=f"{name}-{i}", daemon=True) for i in range(count)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        self.jobs.put((future, fn, args, kwargs))
+        return future
+
+    def serve(self, max_age: float | None) -> None:
+        while True:
+            try:
+                job = self.jobs.get(timeout=max_age)
+            except queue.Empty:
+                connections.close_all()
+                job = self.jobs.get()
+            if job is None:
+                connections.close_all()
+                return
+            future, fn, args, kwargs = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        for _ in self.threads:
+            self.jobs.put(None)
+
+
+class Slot:
+    """One running task's place in its queue: a thread (a sync task) or a coroutine (async).
+
+    A slot may hold both for a moment: a slot about to claim its next task
+    holds what that task may need, whichever kind it is, and gives back the
+    other once it knows (see runner.drain_sync). Whatever it still holds when
+    it ends goes back to the queue.
+    """
+
+    def __init__(self, state: "QueueState", sync: int = 0, async_: int = 0) -> None:
+        self.state = state
+        self.held = {"sync": sync, "async": async_}
+        self.task: uuid.UUID | None = None  # the task in hand, whose lease the heartbeat renews
+
+    def reserve(self, kind: str) -> bool:
+        with self.state.lock:
+            if self.state.busy[kind] >= self.state.limits[kind]:
+                return False
+            had_room = self.state.free_locked() > 0
+            self.state.busy[kind] += 1
+            self.held[kind] += 1
+            wake = had_room and self.state.free_locked() == 0  # the listener must stop taking bells
+        if wake:
+            self.state.wake()
+        return True
+
+    def release(self, kind: str) -> None:
+        with self.state.lock:
+            full = self.state.free_locked() == 0
+            self.state.busy[kind] -= 1
+            self.held[kind] -= 1
+            # Wake the loop only when the listener or a shutdown has something to
+            # learn: a thread draining a queue passes here twice per task.
+            wake = (full and self.state.free_locked() > 0) or not any(self.state.busy.values())
+        if wake:
+            self.state.wake()
+
+    def release_all(self) -> None:
+        for kind, count in self.held.items():
+            for _ in range(count):
+                self.release(kind)
+
+    def ran_dry(self) -> None:
+        """The queue had nothing due: note when its next deferred task is (from a slot thread)."""
+        self.state.next_due = runner.next_due([self.state.name])
+
+
 @dataclass
 class QueueState:
-    """What a queue's listener and its consumer share (passed in the ASGI scope)."""
+    """A queue's slots in this process: what its listener, its consumer and its slots share.
+
+    `limits["sync"]` threads run its sync tasks, up to `limits["async"]`
+    coroutines its async ones; `busy` counts both, reservations included.
+    """
 
     name: str
     worker_id: str
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-    running: uuid.UUID | None = None  # the task being run, whose lease the heartbeat renews
-    next_due: float | None = None  # loop time of the earliest deferred task
-    # The one thread that claims, runs and records this queue's sync tasks.
-    executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "parley-queue"))
+    limits: dict[str, int]
+    threads: SlotThreads
+    loop: asyncio.AbstractEventLoop
+    busy: dict[str, int] = field(default_factory=lambda: {"sync": 0, "async": 0})
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    slots: set[Slot] = field(default_factory=set)
+    claiming: bool = False  # a bell is with the consumer: take no other until it has claimed
+    next_due: datetime | None = None  # the earliest deferred task, when the queue last ran dry
+    room: asyncio.Event = field(default_factory=asyncio.Event)  # free slots, no claim under way
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # nothing running or being claimed
+
+    def free(self) -> int:
+        """Tasks this process can start now: each may turn out sync or async."""
+        with self.lock:
+            return self.free_locked()
+
+    def free_locked(self) -> int:
+        return min(self.limits[kind] - self.busy[kind] for kind in self.busy)
+
+    def reserve(self, count: int) -> int:
+        """Reserve up to `count` slots of each kind for a claim; how many."""
+        with self.lock:
+            count = min(count, *(self.limits[kind] - self.busy[kind] for kind in self.busy))
+            for kind in self.busy:
+                self.busy[kind] += count
+            return count
+
+    def changed(self) -> None:
+        """Recompute the listener's and the shutdown's events (on the loop)."""
+        with self.lock:
+            free = self.free_locked()
+            running = any(self.busy.values())
+        room = free > 0 and not self.claiming
+        self.room.set() if room else self.room.clear()
+        self.idle.clear() if running or self.claiming else self.idle.set()
+
+    def wake(self) -> None:
+        """changed(), from any thread."""
+        self.loop.call_soon_threadsafe(self.changed)
+
+    def running(self) -> list[uuid.UUID]:
+        return [slot.task for slot in list(self.slots) if slot.task is not None]
+
+    def start(self, slot: Slot, claimed: tuple) -> None:
+        """Run a claimed task, and whatever its slot claims after it, in the background."""
+        self.slots.add(slot)
+        asyncio.ensure_future(self.run(slot, claimed))
+
+    async def run(self, slot: Slot, claimed: tuple | None) -> None:
+        """A slot's life: its task, then the next it claims when that ends, and so on.
+
+        Sync tasks run on the queue's threads (runner.drain_sync, which claims
+        the next as it records an outcome, in one statement); async ones on
+        this loop. Either kind may follow either.
+        """
+        queues, worker_id = [self.name], self.worker_id
+        ended = None
+        try:
+            while True:
+                if slot.held["sync"]:
+                    claimed = await asyncio.wrap_future(
+                        self.threads.submit(runner.drain_sync, queues, worker_id, slot, claimed, ended)
+                    )
+                    slot.release("sync")
+                    if claimed is None:
+                        return
+                record, task, result = claimed
+                slot.task = record.pk
+                try:
+                    ended = await runner.run_async(record, task, result, worker_id)
+                finally:
+                    slot.task = None
+                if ended is None:  # handed back
+                    return
+                if runner.shutting_down.is_set() or not slot.reserve("sync"):
+                    await runner.on_db_thread(runner.finish)(ended, worker_id)
+                    return
+                claimed = None  # the outcome goes with the next claim, on a thread of the queue
+        except Exception:
+            logger.exception("event=slot_failed queue=%s worker=%s", self.name, worker_id)
+        finally:
+            slot.release_all()
+            self.slots.discard(slot)
 
 
 class TaskWorker(Worker):
     """channels.worker.Worker with three changes for task queues' channels.
 
-    - Backpressure: it takes the next bell off a queue's channel only once that
-      channel's consumer is idle, so a busy worker never sits on bells an idle
-      one could answer (tasks spread over every idle worker).
+    - Slots: it runs up to N tasks of a queue at once (slots_per_queue()), and
+      takes the next bell off a queue's channel only while that queue has a free
+      slot, so a busy worker never sits on bells an idle one could answer
+      (tasks spread over every worker with room).
     - Self-ringing: with no bell for `TASKS_POLL_INTERVAL` seconds (or when a
       deferred task falls due) it rings itself, so lost bells cost latency only.
     - Liveness: a heartbeat for its RUNNING tasks, a sweep that hands the tasks of
@@ -48,10 +272,12 @@ class TaskWorker(Worker):
     Channels that are not task queues are served exactly as channels does.
     """
 
-    def __init__(self, application, channels, channel_layer, max_applications=1000) -> None:
+    def __init__(self, application, channels, channel_layer, max_applications=1000, concurrency: str = "") -> None:
         super().__init__(application, channels, channel_layer, max_applications)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{get_random_string(6)}"
         self.queues = [channel for channel in channels if channel in task_queues()]
+        self.slots = slots_per_queue(self.queues, concurrency)
+        self.async_slots = settings.TASKS["default"]["OPTIONS"]["ASYNC_CONCURRENCY"]
         self.poll_interval = settings.TASKS_POLL_INTERVAL
         self.states: dict[str, QueueState] = {}
         self.stopping: asyncio.Event | None = None
@@ -96,7 +322,11 @@ class TaskWorker(Worker):
 
     async def handle(self) -> None:
         self.stopping = asyncio.Event()
-        logger.info("event=worker_started worker=%s queues=%s channels=%s", self.worker_id, self.queues, self.channels)
+        logger.info(
+            "event=worker_started worker=%s queues=%s channels=%s slots=%s async_slots=%s",
+            self.worker_id, self.queues, self.channels,
+            ",".join(f"{queue}={count}" for queue, count in self.slots.items()), self.async_slots,
+        )  # fmt: skip
         listeners = [
             asyncio.ensure_future(self.queue_listener(channel) if channel in self.queues else self.listener(channel))
             for channel in self.channels
@@ -110,22 +340,29 @@ class TaskWorker(Worker):
                 future.result()
         for listener in listeners:
             listener.cancel()
-        # Let running tasks finish (or hand themselves back), beating all the while.
+        # Let running tasks finish in every slot (or hand themselves back), beating all the while.
         await asyncio.gather(*(state.idle.wait() for state in self.states.values()))
         maintenance.cancel()
+        for state in self.states.values():
+            state.threads.shutdown()
         logger.info("event=worker_stopped worker=%s", self.worker_id)
 
     async def queue_listener(self, channel: str) -> None:
-        state = QueueState(name=channel, worker_id=self.worker_id)
-        state.idle.set()
+        """Take the queue's bells while it has free slots and no claim under way; with
+        none free it takes none, so the bells go to workers that have."""
+        loop = asyncio.get_running_loop()
+        state = QueueState(
+            name=channel, worker_id=self.worker_id, limits={"sync": self.slots[channel], "async": self.async_slots},
+            threads=SlotThreads(self.slots[channel], f"parley-{channel}"), loop=loop,
+        )  # fmt: skip
+        state.changed()
         self.states[channel] = state
         scope = {"type": "channel", "channel": channel, "parley.queue": state}
-        loop = asyncio.get_running_loop()
         while True:
-            await state.idle.wait()
+            await state.room.wait()
             timeout = self.poll_interval
             if state.next_due is not None:
-                timeout = max(0.0, min(timeout, state.next_due - loop.time()))
+                timeout = max(0.0, min(timeout, (state.next_due - timezone.now()).total_seconds()))
             try:
                 message = await asyncio.wait_for(self.channel_layer.receive(channel), timeout)
             except TimeoutError:
@@ -134,7 +371,8 @@ class TaskWorker(Worker):
                 logger.warning("event=bell_receive_failed queue=%s error=%r", channel, exc)
                 await asyncio.sleep(self.poll_interval)
                 message = {"type": "task.ready", "bell": "self"}
-            state.idle.clear()
+            state.claiming = True
+            state.changed()
             await self.get_or_create_application_instance(channel, scope).put(message)
 
     async def application_exception(self, exception: BaseException, application_details: dict) -> None:
@@ -142,14 +380,15 @@ class TaskWorker(Worker):
         await super().application_exception(exception, application_details)
         state = application_details["scope"].get("parley.queue")
         if state is not None:
-            state.idle.set()
+            state.claiming = False
+            state.changed()
 
     async def maintain(self) -> None:
         """Heartbeat our tasks; rescue those of workers that stopped beating; fail late cancels."""
         interval = runner.heartbeat_interval()
         while True:
             try:
-                running = [state.running for state in self.states.values() if state.running is not None]
+                running = [task for state in self.states.values() for task in state.running()]
                 await database_sync_to_async(runner.heartbeat)(self.worker_id, running)
                 for queue in await database_sync_to_async(runner.reclaim_lost)():
                     await aring(queue)

@@ -54,12 +54,13 @@ class Stack:
         wait_for_port(port, timeout=30, proc=proc)
         return proc, port
 
-    def runworker(self, *queues: str, settings: str | None = None) -> subprocess.Popen:
-        """A worker serving `queues` (all of them by default), on another settings module if given
-        (tests.e2e_settings: a worker that dawdles where the test kills it)."""
+    def runworker(self, *queues: str, concurrency: str = "", settings: str | None = None) -> subprocess.Popen:
+        """A worker serving `queues` (all of them by default), with `concurrency` slots if given, on another
+        settings module if given (tests.e2e_settings: a worker that dawdles where the test kills it)."""
         queues = queues or ("default", "thumbnails", "notifications", "compute")
+        slots = ["--concurrency", concurrency] if concurrency else []
         env = dict(self.env, DJANGO_SETTINGS_MODULE=settings) if settings else None
-        return self._spawn("worker", [sys.executable, "manage.py", "runworker", *queues], env)
+        return self._spawn("worker", [sys.executable, "manage.py", "runworker", *slots, *queues], env)
 
     def runserver(self, port: int | None = None) -> tuple[subprocess.Popen, int]:
         port = port or free_port()

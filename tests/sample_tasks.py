@@ -1,5 +1,6 @@
 """Tasks the tests enqueue; real module-level tasks that real workers import."""
 
+import asyncio
 import os
 import time
 
@@ -33,6 +34,15 @@ def mark(path: str, key: str) -> str:
 def slow_mark(path: str, key: str, seconds: float) -> str:
     _note(path, f"start {key} {os.getpid()}")
     time.sleep(seconds)
+    _note(path, f"end {key} {os.getpid()}")
+    return key
+
+
+@task(queue_name="compute")
+async def aslow_mark(path: str, key: str, seconds: float) -> str:
+    """Async twin of slow_mark(): waits on the event loop, not in a thread."""
+    _note(path, f"start {key} {os.getpid()}")
+    await asyncio.sleep(seconds)
     _note(path, f"end {key} {os.getpid()}")
     return key
 

@@ -50,10 +50,10 @@ def python(stack: Stack, code: str):
     return json.loads(stack.manage("shell", "--no-imports", "-c", code).stdout.strip().splitlines()[-1])
 
 
-def start_workers(stack: Stack, count: int, *queues: str) -> list[subprocess.Popen]:
-    """Start `count` workers and wait until each serves its queues."""
+def start_workers(stack: Stack, count: int, *queues: str, concurrency: str = "") -> list[subprocess.Popen]:
+    """Start `count` workers (with `runworker --concurrency`, if given) and wait until each serves its queues."""
     before = set(stack.log_dir.glob("worker-*.log"))
-    procs = [stack.runworker(*queues) for _ in range(count)]
+    procs = [stack.runworker(*queues, concurrency=concurrency) for _ in range(count)]
     logs = set(stack.log_dir.glob("worker-*.log")) - before
 
     def all_started() -> bool:
@@ -80,27 +80,95 @@ def successful() -> int:
     return TaskRecord.objects.filter(status="SUCCESSFUL").count()
 
 
-def test_three_workers_run_two_thousand_tasks_each_exactly_once_spread_over_all(workers_stack, tmp_path):
-    marks = tmp_path / "marks"
-    workers = start_workers(workers_stack, 3, "compute")
+def test_three_workers_of_eight_slots_run_three_thousand_tasks_exactly_once_spread_over_all(workers_stack, tmp_path):
+    marks, slow = tmp_path / "marks", tmp_path / "slow"
+    workers = start_workers(workers_stack, 3, "compute", concurrency="compute=8")
+
+    # Spread: 24 tasks for 24 free slots. A worker claims no more than it has
+    # slots free, so each of the three runs 8 of them, side by side.
+    with transaction.atomic():
+        for i in range(24):
+            sample_tasks.slow_mark.enqueue(str(slow), str(i), 1.0)
+    wait_until(lambda: successful() == 24, timeout=20, interval=0.1, message="24 slow done")
+    assert sorted(collections.Counter(pid for kind, _key, pid in lines(slow) if kind == "start").values()) == [8, 8, 8]
+    assert max(running_at_once(slow).values()) == 8
+
     started = time.monotonic()
-    with transaction.atomic():  # 2,000 rows, then 2,000 bells once it commits
-        for i in range(2000):
-            sample_tasks.mark.enqueue(str(marks), str(i))
+    for thousand in range(3):  # each: 1,000 rows, then 1,000 bells once it commits
+        with transaction.atomic():
+            for i in range(thousand * 1000, (thousand + 1) * 1000):
+                sample_tasks.mark.enqueue(str(marks), str(i))
     enqueued = time.monotonic() - started
-    wait_until(lambda: successful() == 2000, timeout=90, interval=0.2, message="2,000 done")
+    wait_until(lambda: successful() == 3024, timeout=90, interval=0.2, message="3,000 done")
     elapsed = time.monotonic() - started
 
     runs = collections.Counter(key for key, _pid in lines(marks))
-    assert len(runs) == 2000 and set(runs.values()) == {1}, "every side effect exactly once"
-    assert dict(collections.Counter(TaskRecord.objects.values_list("status", flat=True))) == {"SUCCESSFUL": 2000}
-    worker_ids = list(TaskRecord.objects.values_list("worker_ids", flat=True))
+    assert len(runs) == 3000 and set(runs.values()) == {1}, "every side effect exactly once"
+    assert dict(collections.Counter(TaskRecord.objects.values_list("status", flat=True))) == {"SUCCESSFUL": 3024}
+    worker_ids = list(TaskRecord.objects.filter(task_path__endswith=".mark").values_list("worker_ids", flat=True))
     assert all(len(ids) == 1 for ids in worker_ids), "no task ran twice"
     per_worker = collections.Counter(ids[0] for ids in worker_ids)
     assert len(per_worker) == 3, per_worker
-    assert min(per_worker.values()) >= 100, f"one worker hoarded the queue: {per_worker}"
+    assert min(per_worker.values()) >= 150, f"one worker hoarded the queue: {per_worker}"
     assert {int(pid) for _key, pid in lines(marks)} == {proc.pid for proc in workers}
-    print(f"2,000 tasks, 3 workers: enqueued+rung in {enqueued:.1f}s, all done in {elapsed:.1f}s; {dict(per_worker)}")
+    print(f"3,000 tasks, 3 workers x 8 slots: rung in {enqueued:.1f}s, done in {elapsed:.1f}s; {dict(per_worker)}")
+
+
+def running_at_once(path: Path) -> dict[str, int]:
+    """Per pid, the most tasks running at the same time, from `start|end key pid` lines."""
+    running: collections.Counter = collections.Counter()
+    most: dict[str, int] = {}
+    for kind, _key, pid in lines(path):
+        running[pid] += 1 if kind == "start" else -1
+        most[pid] = max(most.get(pid, 0), running[pid])
+    return most
+
+
+def test_all_eight_slots_of_a_killed_worker_run_again_elsewhere_and_sigterm_waits_for_all(workers_stack, tmp_path):
+    """Production lease settings (TASKS_LEASE=10, heartbeat every 2 s); sync and async tasks in one queue."""
+    log, steps = tmp_path / "slow", tmp_path / "steps"
+    (victim,) = start_workers(workers_stack, 1, "compute", concurrency="compute=8")
+    with transaction.atomic():
+        results = [
+            (sample_tasks.slow_mark if i % 2 else sample_tasks.aslow_mark).enqueue(str(log), f"k{i}", 2.0)
+            for i in range(8)
+        ]  # fmt: skip
+    wait_until(lambda: len(lines(log)) == 8, timeout=10, message="8 tasks started")
+    assert running_at_once(log) == {str(victim.pid): 8}
+    victim.kill()
+    killed_at = timezone.now()
+    rescuers = start_workers(workers_stack, 2, "compute", concurrency="compute=8")
+
+    for result in results:
+        record = finished(result.id, timeout=25)
+        assert record.status == "SUCCESSFUL" and record.return_value == result.args[1]
+        assert record.attempts == 2 and record.worker_ids[0] != record.worker_ids[1]
+        assert [e["exception_class_path"] for e in record.errors] == ["tasks.exceptions.WorkerLost"]
+        assert (record.finished_at - killed_at).total_seconds() < 15
+    reran = collections.Counter(pid for kind, _key, pid in lines(log)[8:] if kind == "start")
+    assert sum(reran.values()) == 8 and str(victim.pid) not in reran
+
+    # First SIGTERM with 8 slots busy: the 6 plain tasks finish, the 2 that report
+    # progress hand themselves back at their next report; then the worker exits 0.
+    stay, leave = rescuers
+    leave.send_signal(signal.SIGTERM)
+    assert leave.wait(10) == 0
+    before = len(lines(log))
+    with transaction.atomic():
+        plain = [
+            (sample_tasks.slow_mark if i % 2 else sample_tasks.aslow_mark).enqueue(str(log), f"t{i}", 1.5)
+            for i in range(6)
+        ]  # fmt: skip
+        reporting = [sample_tasks.counted.enqueue(str(steps), 40, 0.1) for _ in range(2)]
+    wait_until(lambda: len(lines(log)) == before + 6 and len(lines(steps)) >= 4, timeout=10, message="8 running")
+    stay.send_signal(signal.SIGTERM)
+    assert stay.wait(10) == 0
+    for result in plain:
+        record = TaskRecord.objects.get(pk=result.id)
+        assert (record.status, record.attempts) == ("SUCCESSFUL", 1)
+    for result in reporting:
+        record = TaskRecord.objects.get(pk=result.id)
+        assert (record.status, record.errors, record.worker_id) == ("READY", [], "")
 
 
 def test_a_task_whose_worker_is_killed_runs_again_elsewhere_within_15s(workers_stack, tmp_path):
@@ -297,15 +365,25 @@ def test_embedded_runserver_runs_tasks_without_redis(tmp_path):
     The task is enqueued by another process, whose bell (in its own in-memory
     layer) cannot reach the server: the embedded worker finds the task by
     polling the database every TASKS_POLL_INTERVAL. In `make run`, tasks
-    enqueued by the server's own views get the bell at once.
+    enqueued by the server's own views get the bell at once. With three slots
+    (TASKS_CONCURRENCY) it runs three tasks side by side on SQLite.
     """
     log_dir = tmp_path / "logs"
     log_dir.mkdir()
-    db = tmp_path / "db.sqlite3"
-    stack = Stack(base_env(SQLITE_PATH=str(db)), log_dir)
+    db, log = tmp_path / "db.sqlite3", tmp_path / "slow"
+    stack = Stack(base_env(SQLITE_PATH=str(db), TASKS_CONCURRENCY="compute=3"), log_dir)
     try:
         stack.manage("migrate", "--noinput", "-v0")
         stack.runserver()
+        python(stack, f"""
+import json
+from django.db import transaction
+from tests.sample_tasks import slow_mark
+with transaction.atomic():
+    print(json.dumps([slow_mark.enqueue({str(log)!r}, str(key), 1.0).id for key in range(3)]))
+""")
+        wait_until(lambda: [line[0] for line in lines(log)].count("end") == 3, timeout=15, message="3 slow done")
+        assert [line[0] for line in lines(log)] == ["start"] * 3 + ["end"] * 3, "side by side"
         task_id = python(stack, "import json; from tests.sample_tasks import add; print(json.dumps(add.enqueue(2, 40).id))")
 
         def finished():

@@ -1,5 +1,7 @@
-"""The /tasks/ page in real Chromium, served by real daphne: it follows /tasks/live/ without reloads."""
+"""The /tasks/ page in real Chromium, served by real daphne: it follows /tasks/live/ without reloads,
+slots in use per worker included."""
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -11,7 +13,7 @@ from playwright.sync_api import expect
 
 from tests import sample_tasks
 from tests.test_browser_chat import browser  # noqa: F401 (fixture)
-from tests.test_e2e_tasks import workers_stack  # noqa: F401 (fixture)
+from tests.test_e2e_tasks import start_workers, workers_stack  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -29,7 +31,7 @@ def off_the_loop(work) -> None:
         pool.submit(run).result()
 
 
-def test_monitor_page_updates_live(workers_stack, browser):  # noqa: F811
+def test_monitor_page_updates_live(workers_stack, browser, tmp_path):  # noqa: F811
     off_the_loop(lambda: get_user_model().objects.create_user("ops", password="a long passphrase 42", is_staff=True))
     _, port = workers_stack.daphne()
     context = browser.new_context(base_url=f"http://127.0.0.1:{port}")
@@ -48,4 +50,12 @@ def test_monitor_page_updates_live(workers_stack, browser):  # noqa: F811
     off_the_loop(lambda: sample_tasks.add.enqueue(1, 2))
     off_the_loop(lambda: sample_tasks.add.using(run_after=timezone.now() + timedelta(hours=1)).enqueue(3, 4))
     expect(compute.locator("td")).to_have_text(["compute", "1", "1", "0"], timeout=8_000)
+    expect(page.locator("#tasks-workers td")).to_have_text(["No worker is running a task."])
+
+    # A worker of two slots takes the due task, then two slow ones side by side: the page shows both slots in use.
+    (worker,) = start_workers(workers_stack, 1, "compute", concurrency="compute=2")
+    off_the_loop(lambda: [sample_tasks.slow_mark.enqueue(str(tmp_path / "slow"), str(key), 6.0) for key in range(2)])
+    row = page.locator("#tasks-workers tr")
+    expect(row.locator("td")).to_have_text([re.compile(f":{worker.pid}:"), "2", "compute=2"], timeout=8_000)
+    expect(compute.locator("td")).to_have_text(["compute", "0", "1", "2"])
     context.close()

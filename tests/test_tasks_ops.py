@@ -65,6 +65,24 @@ def test_tasks_command_prints_the_overview():
     assert "builtins.RuntimeError: disk full" in text
 
 
+def test_overview_and_the_command_show_slots_in_use_per_worker():
+    W2 = "ops-host:2:bbbbbb"
+    for key in range(4):
+        sample_tasks.add.enqueue(key, key)
+    sample_tasks.noop.enqueue()
+    assert len(runner.claim_many(["compute"], W1, 3)) == 3
+    runner.claim(["default"], W1)
+    runner.claim(["compute"], W2)
+    assert overview()["workers"] == [
+        {"worker": W1, "in_use": 4, "queues": {"compute": 3, "default": 1}},
+        {"worker": W2, "in_use": 1, "queues": {"compute": 1}},
+    ]
+    out = StringIO()
+    call_command("tasks", stdout=out)
+    assert "Slots in use per worker (2)" in out.getvalue()
+    assert f"{W1}  4       compute=3, default=1" in out.getvalue()
+
+
 def test_prune_deletes_only_finished_tasks_older_than_asked():
     now = timezone.now()
     old, recent = now - timedelta(days=8), now - timedelta(days=1)

@@ -4,7 +4,9 @@ The functions are called directly; the real-process behaviour is in test_e2e_tas
 """
 
 import asyncio
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -156,6 +158,52 @@ def test_claim_honours_run_after():
     assert str(record.pk) == deferred.id and record.started_at >= soon
     assert runner.claim(["compute"], W1) is None
     assert runner.next_due(["compute"]) == later
+
+
+def test_a_batch_claim_takes_the_highest_priorities_then_the_oldest_and_no_more_than_asked():
+    low = [sample_tasks.add.enqueue(i, i) for i in range(3)]
+    high = sample_tasks.add.using(priority=50).enqueue(9, 9)
+    middle = sample_tasks.add.using(priority=10).enqueue(8, 8)
+    sample_tasks.noop.using(priority=100).enqueue()  # another queue
+    with CaptureQueriesContext(connection) as queries:
+        claimed = runner.claim_many(["compute"], W1, 3)
+    assert len(queries) == 1
+    assert [str(r.pk) for r in claimed] == [high.id, middle.id, low[0].id]
+    assert {(r.status, r.worker_id, r.attempts) for r in claimed} == {("RUNNING", W1, 1)}
+    assert [record_of(r).status for r in low[1:]] == ["READY", "READY"]
+    assert [str(r.pk) for r in runner.claim_many(["compute"], W2, 5)] == [low[1].id, low[2].id]
+    assert runner.claim_many(["compute"], W2, 5) == []
+
+
+def test_threads_batch_claiming_side_by_side_never_claim_a_task_twice():
+    """Slot threads of several workers, each on its own connection, claim from one queue.
+
+    Guards the claim's row lock (FOR UPDATE SKIP LOCKED): without it two
+    claims read the same due rows and both take them.
+    """
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite serialises every write: there is no side by side")
+    now = timezone.now()
+    TaskRecord.objects.bulk_create(
+        TaskRecord(task_path="tests.sample_tasks.add", queue_name="compute", enqueued_at=now, available_at=now)
+        for _ in range(600)
+    )
+    start = threading.Barrier(8)
+
+    def claim_until_empty(worker_id: str) -> list[str]:
+        taken = []
+        try:
+            start.wait()
+            while batch := runner.claim_many(["compute"], worker_id, 4):
+                taken += [str(record.pk) for record in batch]
+        finally:
+            connection.close()
+        return taken
+
+    with ThreadPoolExecutor(8) as pool:
+        taken = [pk for batch in pool.map(claim_until_empty, [f"h:{i}:x" for i in range(8)]) for pk in batch]
+    assert len(taken) == len(set(taken)) == 600
+    assert [len(ids) for ids in TaskRecord.objects.values_list("worker_ids", flat=True)] == [1] * 600
 
 
 # --- outcomes -----------------------------------------------------------------------

@@ -19,7 +19,7 @@ def parse_age(text: str) -> timedelta:
 
 class Command(BaseCommand):
     help = (
-        "Show the task queues: depths, running tasks with their workers, recent failures. "
+        "Show the task queues: depths, running tasks with their workers, slots in use per worker, recent failures. "
         "`tasks prune --older-than 7d` deletes finished tasks."
     )
 
@@ -46,6 +46,11 @@ class Command(BaseCommand):
              "-" if r["heartbeat_age"] is None else f"{r['heartbeat_age']:.1f}s ago", r["attempts"],
              "" if r["done"] is None else f"{r['done']}/{r['total'] if r['total'] is not None else '?'} {r['note']}"]
             for r in data["running"]
+        ])  # fmt: skip
+        self.stdout.write(f"\nSlots in use per worker ({len(data['workers'])})")
+        self.table(["worker", "in use", "by queue"], [
+            [w["worker"], w["in_use"], ", ".join(f"{queue}={count}" for queue, count in w["queues"].items())]
+            for w in data["workers"]
         ])  # fmt: skip
         self.stdout.write(f"\nRecent failures ({len(data['failures'])})")
         self.table(["id", "task", "queue", "finished", "attempts", "error"], [

@@ -10,9 +10,15 @@
       (r) => (r.heartbeat_age === null ? "" : r.heartbeat_age + "s ago"), (r) => r.attempts,
       (r) => (r.done === null ? "" : r.done + "/" + (r.total === null ? "?" : r.total) + " " + r.note),
     ],
+    "tasks-workers": [
+      (w) => w.worker, (w) => w.in_use,
+      (w) => Object.entries(w.queues).map(([queue, count]) => queue + "=" + count).join(", "),
+    ],
     "tasks-failures": [(f) => f.task, (f) => f.queue, (f) => f.finished_at, (f) => f.attempts, (f) => f.error],
   };
-  const empty = { "tasks-running": "Nothing running.", "tasks-failures": "No failures." };
+  const empty = {
+    "tasks-running": "Nothing running.", "tasks-workers": "No worker is running a task.", "tasks-failures": "No failures.",
+  };
 
   function fill(id, rows) {
     const body = document.getElementById(id);
@@ -43,6 +49,7 @@
       document.getElementById("tasks-at").textContent = frame.overview.at;
       fill("tasks-queues", frame.overview.queues);
       fill("tasks-running", frame.overview.running);
+      fill("tasks-workers", frame.overview.workers);
       fill("tasks-failures", frame.overview.failures);
     };
     socket.onclose = (event) => {
