@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from chat.models import Message, Presence, Room
+from tasks.backends import enqueue_many
 
 from . import content, tokens
 from .delivery import address, lock_user, unsubscribe_link, usable_channel
@@ -50,13 +51,15 @@ def mentioned_users(message: Message) -> list:
 
 def notify_mentions(message_id: int) -> int:
     """Notify everyone `message` mentions; how many new notifications. Safe to run twice."""
+    from .tasks import send_delivery  # tasks.py imports this module
+
     message = Message.objects.select_related("room", "user").filter(pk=message_id).first()
     if message is None:
         return 0
     room = message.room
     users = mentioned_users(message)
     present = present_user_ids(room)
-    created = []
+    created, due_now = [], []
     with transaction.atomic():
         for user in users:
             notification, new = Notification.objects.get_or_create(
@@ -67,18 +70,20 @@ def notify_mentions(message_id: int) -> int:
             created.append(user.pk)
             # Looking at the room right now: the message is in front of them.
             if user.pk not in present and usable_channel(user):
-                gather(notification)
+                gather(notification, due_now)
+        enqueue_many(send_delivery, [((delivery_id,), {}) for delivery_id in due_now])  # one INSERT for all
         for user_id in created:
             transaction.on_commit(lambda user_id=user_id: push_unread(user_id))
     logger.info("event=mentions message=%s room=%s notified=%d", message.pk, room.pk, len(created))
     return len(created)
 
 
-def gather(notification: Notification) -> Delivery:
+def gather(notification: Notification, due_now: list[int]) -> Delivery:
     """Put a mention into the user's next email/SMS for that room, creating (and scheduling) it if needed.
 
-    The first mention after a quiet window goes out at once; later ones join
-    a delivery due when the window of the last one ends.
+    The first mention after a quiet window goes out at once (its id is added
+    to `due_now`, for the caller to enqueue); later ones join a delivery due
+    when the window of the last one ends.
     """
     from .tasks import send_delivery  # tasks.py imports this module
 
@@ -101,8 +106,10 @@ def gather(notification: Notification) -> Delivery:
             user_id=notification.user_id, room_id=notification.room_id, kind=Delivery.Kind.MENTION,
             channel=usable_channel(notification.user), send_after=send_after,
         )  # fmt: skip
-        task = send_delivery if send_after <= now else send_delivery.using(run_after=send_after)
-        task.enqueue(open_delivery.pk)
+        if send_after <= now:
+            due_now.append(open_delivery.pk)
+        else:
+            send_delivery.using(run_after=send_after).enqueue(open_delivery.pk)
         logger.info("event=delivery_scheduled delivery=%s user=%s room=%s at=%s", open_delivery.pk,
                     notification.user_id, notification.room_id, send_after.isoformat())  # fmt: skip
     notification.delivery = open_delivery
