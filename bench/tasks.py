@@ -15,7 +15,16 @@ PostgreSQL (fsync on) and the same Redis:
   than rates do;
 - enqueue-to-start latency: with the workers idle, tasks enqueued one at a time
   at a modest rate; each task returns time.time() when it starts, compared with
-  the time taken just before its enqueue call (p50/p99).
+  the time taken just before its enqueue call (p50/p99);
+- I/O-bound drain (Parley and Celery): N tasks that each wait 50 ms, the work of
+  the `notifications` queue (a provider's HTTP call), drained like the no-op
+  ones by 2 fresh worker processes: for Parley once as sync tasks
+  (time.sleep) and once as async ones (await asyncio.sleep), for Celery as
+  sync tasks on `--pool=threads --concurrency=8` (2 processes, so 16 threads).
+  Parley's workers get `runworker --concurrency 8` when runworker has that
+  option (slots per process; without it a process runs one task at a time).
+  Each worker process's resident memory is sampled during these runs, and the
+  peak of the biggest process reported.
 
 Workers: Parley `manage.py runworker default` x2 (from .venv); Celery one
 `celery worker --pool=prefork --concurrency=2` (Redis broker, acks_late,
@@ -38,9 +47,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)
 
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -63,6 +74,7 @@ from bench.common import (  # noqa: E402
 SYSTEMS = ("parley", "celery", "dtdb")
 LABELS = {"parley": "Parley", "celery": "Celery", "dtdb": "django-tasks-db"}
 WORKERS = 2
+IO_SLEEP = 0.05  # seconds each I/O-bound task waits
 
 
 # --- The systems, each driven from its own child process -----------------------
@@ -85,18 +97,33 @@ class Parley:
 
         call_command("migrate", verbosity=0, interactive=False)
         async_to_sync(get_channel_layer().flush)()
+        from bench.peers.io_jobs import io_async, io_sync
         from bench.peers.jobs import noop
         from tasks.models import TaskRecord
 
         self.noop, self.records, self.log_dir = noop, TaskRecord.objects, log_dir
+        self.io_tasks = {"sync": io_sync, "async": io_async}
         self.procs: list[subprocess.Popen] = []
+        # Slots per worker process (`runworker --concurrency N`) exist once runworker lists the option.
+        help_text = subprocess.run(
+            [sys.executable, "manage.py", "runworker", "--help"], cwd=ROOT, capture_output=True, text=True
+        ).stdout  # fmt: skip
+        self.has_slots = "--concurrency" in help_text
 
     def enqueue(self, enqueued_at: float) -> str:
         return self.noop.enqueue(enqueued_at).id
 
-    def start_workers(self) -> None:
+    def start_workers(self, concurrency: int | None = None) -> None:
         cmd = [sys.executable, "manage.py", "runworker", "default"]
+        if concurrency and self.has_slots:
+            cmd += ["--concurrency", str(concurrency)]
         self.procs = [spawn(cmd, dict(os.environ), self.log_dir / f"parley-worker-{i}.log") for i in range(WORKERS)]
+
+    def io_slots(self, concurrency: int) -> str:
+        return f"{concurrency} slots" if self.has_slots else "1 slot (runworker has no --concurrency)"
+
+    def io_enqueue(self, kind: str, count: int) -> list[str]:
+        return [self.io_tasks[kind].enqueue(IO_SLEEP).id for _ in range(count)]
 
     def stop_workers(self) -> None:
         stop(self.procs)
@@ -153,22 +180,35 @@ class Celery:
         os.environ["BENCH_REDIS_URL"] = redis_url
         import redis
 
-        from bench.peers.celery_app import REDIS_URL, noop
+        from bench.peers.celery_app import REDIS_URL, io_sleep, noop
 
         self.results = redis.Redis.from_url(f"{REDIS_URL}/1")
         self.results.flushall()
-        self.noop, self.log_dir = noop, log_dir
+        self.noop, self.io_sleep, self.log_dir = noop, io_sleep, log_dir
         self.procs: list[subprocess.Popen] = []
 
     def enqueue(self, enqueued_at: float) -> str:
         return self.noop.delay(enqueued_at).id
 
-    def start_workers(self) -> None:
-        cmd = [
-            sys.executable, "-m", "celery", "-A", "bench.peers.celery_app", "worker",
-            "--pool=prefork", f"--concurrency={WORKERS}", "--loglevel=WARNING",
+    def start_workers(self, concurrency: int | None = None) -> None:
+        """No-op runs: one prefork worker of 2 processes; I/O runs: 2 processes of `concurrency` threads."""
+        celery = [sys.executable, "-m", "celery", "-A", "bench.peers.celery_app", "worker", "--loglevel=WARNING"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        if concurrency is None:
+            cmd = [*celery, "--pool=prefork", f"--concurrency={WORKERS}"]
+            self.procs = [spawn(cmd, env, self.log_dir / "celery-worker.log")]
+            return
+        self.procs = [
+            spawn([*celery, "--pool=threads", f"--concurrency={concurrency}", "-n", f"io{i}@%h"], env,
+                  self.log_dir / f"celery-io-worker-{i}.log")
+            for i in range(WORKERS)
         ]  # fmt: skip
-        self.procs = [spawn(cmd, {**os.environ, "PYTHONPATH": str(ROOT)}, self.log_dir / "celery-worker.log")]
+
+    def io_slots(self, concurrency: int) -> str:
+        return f"{concurrency} threads"
+
+    def io_enqueue(self, kind: str, count: int) -> list[str]:
+        return [self.io_sleep.delay(IO_SLEEP).id for _ in range(count)]
 
     def stop_workers(self) -> None:
         stop(self.procs)
@@ -186,7 +226,51 @@ class Celery:
 SYSTEM_CLASSES = {"parley": Parley, "celery": Celery, "dtdb": DjangoTasksDB}
 
 
-def measure(system: Any, drain: int, latency: int, rate: float) -> dict[str, float]:
+def rss_mb(procs: list[subprocess.Popen]) -> float:
+    """Resident memory of the biggest of these process groups (spawn() starts each in its own), in MB.
+
+    Read from /proc rather than with psutil: the peers' virtualenv runs this too.
+    """
+    groups = dict.fromkeys((proc.pid for proc in procs), 0)
+    page = os.sysconf("SC_PAGE_SIZE")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) in groups:  # fields after "(comm)": state ppid pgrp ... rss(21)
+                groups[int(fields[2])] += int(fields[21]) * page
+    return max(groups.values(), default=0) / 2**20
+
+
+def measure_io(system: Any, kind: str, count: int, concurrency: int) -> tuple[float, float]:
+    """Tasks/s of `count` I/O-bound tasks drained by fresh workers, and their peak RSS (MB)."""
+    before = system.done_count()
+    ids = system.io_enqueue(kind, count)
+    system.start_workers(concurrency)
+    peak = 0.0
+    stop_sampling = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop_sampling.wait(0.2):
+            peak = max(peak, rss_mb(system.procs))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        # One slot per process at worst: count * IO_SLEEP / WORKERS seconds.
+        wait_until(lambda: system.done_count() >= before + count, timeout=60 + count * IO_SLEEP, interval=0.025,
+                   what=f"{kind} I/O tasks")  # fmt: skip
+        drained_at = time.time()
+        per_s = count / (drained_at - min(system.start_times(ids)))
+        peak = max(peak, rss_mb(system.procs))
+    finally:
+        stop_sampling.set()
+        sampler.join()
+        system.stop_workers()
+    return per_s, peak
+
+
+def measure(system: Any, drain: int, latency: int, rate: float, io: int, concurrency: int) -> dict[str, Any]:
     """One system's figures; its workers are stopped whatever happens."""
     started = time.perf_counter()
     ids = [system.enqueue(0.0) for _ in range(drain)]
@@ -216,7 +300,7 @@ def measure(system: Any, drain: int, latency: int, rate: float) -> dict[str, flo
         latencies = [(start - enqueued_at) * 1000 for start, (_, enqueued_at) in zip(starts, sent)]
     finally:
         system.stop_workers()
-    return {
+    figures: dict[str, Any] = {
         "enqueue_per_s": enqueue_per_s,
         "drain_per_s": drain_per_s,
         "worker_cpu_ms_per_task": cpu_ms_per_task,
@@ -224,6 +308,15 @@ def measure(system: Any, drain: int, latency: int, rate: float) -> dict[str, flo
         "p99_ms": percentile(latencies, 99),
         "max_ms": max(latencies),
     }
+    if hasattr(system, "io_enqueue"):
+        kinds = ["sync", "async"] if isinstance(system, Parley) else ["sync"]
+        peaks = []
+        for kind in kinds:
+            figures[f"io_{kind}_per_s"], peak = measure_io(system, kind, io, concurrency)
+            peaks.append(peak)
+        figures["io_rss_mb"] = max(peaks)
+        figures["io_slots"] = system.io_slots(concurrency)
+    return figures
 
 
 # --- The run: servers, turns, table ------------------------------------------------
@@ -235,8 +328,9 @@ def run_child(python: Path, system: str, redis: Any, database_url: str, args: An
         str(python), str(ROOT / "bench" / "tasks.py"), "--system", system,
         "--redis-url", redis.url, "--database-url", database_url, "--log-dir", str(log_dir),
         "--drain", str(args.drain), "--latency", str(args.latency), "--rate", str(args.rate),
+        "--io", str(args.io), "--concurrency", str(args.concurrency),
     ]  # fmt: skip
-    timeout = 180 + args.drain / 20 + args.latency / args.rate
+    timeout = 180 + args.drain / 20 + args.latency / args.rate + 2 * (60 + args.io * IO_SLEEP)
     # Each system brings its own settings: none inherits ours (Celery, say, sets
     # Django up by itself whenever DJANGO_SETTINGS_MODULE is in its environment).
     env = {k: v for k, v in os.environ.items() if k not in {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL"}}
@@ -282,6 +376,17 @@ def main_run(args: Any) -> None:
         ["system", "enqueue/s", "drain/s", "worker CPU ms/task", "p50 ms", "p99 ms", ""],
         rows,
     )
+    io_rows = []
+    for name, kind in (("parley", "sync"), ("parley", "async"), ("celery", "sync")):
+        if name in chosen and runs[name]:
+            slots = runs[name][0]["io_slots"]
+            io_rows.append([f"{LABELS[name]} {kind}", figure(name, f"io_{kind}_per_s"), figure(name, "io_rss_mb"), slots])
+    if io_rows:
+        print_table(
+            f"I/O-bound tasks ({args.io} that each wait {IO_SLEEP * 1000:g} ms), {WORKERS} worker processes each",
+            ["system", "tasks/s", "worker RSS peak MB", "per process"],
+            io_rows,
+        )
     parley_drain, celery_drain = figure("parley", "drain_per_s"), figure("celery", "drain_per_s")
     ratios = [p["drain_per_s"] / c["drain_per_s"] for p, c in zip(runs["parley"], runs["celery"])]
     print(f"\nParley/Celery drain ratio per round: {', '.join(f'{r:.2f}' for r in ratios) or '-'}; logs in {log_dir}")
@@ -302,6 +407,12 @@ def main_run(args: Any) -> None:
         "parley_worker_cpu_ms_per_task": figure("parley", "worker_cpu_ms_per_task"),
         "celery_worker_cpu_ms_per_task": figure("celery", "worker_cpu_ms_per_task"),
         "dtdb_worker_cpu_ms_per_task": figure("dtdb", "worker_cpu_ms_per_task"),
+        "io_sync_per_s": figure("parley", "io_sync_per_s"),
+        "io_async_per_s": figure("parley", "io_async_per_s"),
+        "celery_io_per_s": figure("celery", "io_sync_per_s"),
+        "parley_rss_mb": figure("parley", "io_rss_mb"),
+        "celery_rss_mb": figure("celery", "io_rss_mb"),
+        "parley_slots": runs["parley"][0]["io_slots"] if runs["parley"] else None,
         "smoke": args.smoke,
     })  # fmt: skip
 
@@ -311,6 +422,8 @@ def main() -> None:
     parser.add_argument("--drain", type=int, help="tasks enqueued, then drained (default 5000; smoke 200)")
     parser.add_argument("--latency", type=int, help="tasks timed from enqueue to start (default 500; smoke 20)")
     parser.add_argument("--rate", type=float, default=50.0, help="latency tasks enqueued per second")
+    parser.add_argument("--io", type=int, help="I/O-bound tasks drained, each kind (default 2000; smoke 20)")
+    parser.add_argument("--concurrency", type=int, default=8, help="Celery's threads and Parley's slots per process")
     parser.add_argument("--rounds", type=int, help="turns each system takes; the table shows medians (default 3)")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="which to measure, e.g. parley,celery")
     # A child process measuring one system (run_child):
@@ -321,10 +434,11 @@ def main() -> None:
     args = parser.parse_args()
     args.drain = args.drain or (200 if args.smoke else 5000)
     args.latency = args.latency or (20 if args.smoke else 500)
+    args.io = args.io or (20 if args.smoke else 2000)
     args.rounds = args.rounds or (1 if args.smoke else 3)
     if args.system:
         system = SYSTEM_CLASSES[args.system](args.redis_url, args.database_url, args.log_dir)
-        emit(measure(system, args.drain, args.latency, args.rate))
+        emit(measure(system, args.drain, args.latency, args.rate, args.io, args.concurrency))
     else:
         main_run(args)
 

@@ -1,21 +1,27 @@
 """Parley's `django.tasks` backend: the database holds each task, the channel layer rings the bell."""
 
 import asyncio
+import atexit
 import collections
+import contextlib
+import functools
 import json
 import logging
 import re
 import threading
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer, channel_layers, get_channel_layer
+from channels_redis.core import RedisChannelLayer
 from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.tasks import task_backends
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.base import Task, TaskError, TaskResult
@@ -67,30 +73,58 @@ class ChannelsBackend(BaseTaskBackend):
                 raise InvalidTask("retry_backoff and retry_backoff_max must not be negative.")
 
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
+        return self._enqueue(task, [(args, kwargs)], many=False)[0]
+
+    def enqueue_many(self, task: Task, calls: Iterable[tuple[Any, Any]]) -> list[TaskResult]:
+        """Enqueue `task` once per `(args, kwargs)` of `calls`: one INSERT, bells after commit.
+
+        All or nothing: every call is checked before anything is stored, and an
+        error names the item at fault. The rows go in one statement (several,
+        in one transaction, past the database's limit of parameters), each task
+        is announced by `task_enqueued`, and the queue's bells are rung together
+        once the transaction commits (never if it rolls back).
+        """
+        return self._enqueue(task, calls, many=True)
+
+    def _enqueue(self, task: Task, calls: Iterable[tuple[Any, Any]], many: bool) -> list[TaskResult]:
         self.validate_task(task)
-        args, kwargs = self._serializable(task, args, kwargs)
         now = timezone.now()
-        record = TaskRecord.objects.create(
-            task_path=task.module_path,
-            backend=self.alias,
-            queue_name=task.queue_name,
-            priority=task.priority,
-            args=args,
-            kwargs=kwargs,
-            enqueued_at=now,
-            run_after=task.run_after,
-            available_at=task.run_after or now,
-            max_attempts=getattr(task, "max_attempts", 1),
-            retry_backoff=getattr(task, "retry_backoff", 1.0),
-            retry_backoff_max=getattr(task, "retry_backoff_max", 300.0),
-        )
-        result = to_task_result(record, task)
+        records = []
+        for index, call in enumerate(calls):
+            item = f" (item {index} of enqueue_many())" if many else ""
+            if not (
+                isinstance(call, (list, tuple)) and len(call) == 2
+                and isinstance(call[0], (list, tuple)) and isinstance(call[1], dict)
+            ):  # fmt: skip
+                raise InvalidTask(f"Item {index} of enqueue_many() must be an (args, kwargs) pair: {call!r:.100}")
+            args, kwargs = self._serializable(task, *call, item)
+            records.append(
+                TaskRecord(
+                    task_path=task.module_path,
+                    backend=self.alias,
+                    queue_name=task.queue_name,
+                    priority=task.priority,
+                    args=args,
+                    kwargs=kwargs,
+                    enqueued_at=now,
+                    run_after=task.run_after,
+                    available_at=task.run_after or now,
+                    max_attempts=getattr(task, "max_attempts", 1),
+                    retry_backoff=getattr(task, "retry_backoff", 1.0),
+                    retry_backoff_max=getattr(task, "retry_backoff_max", 300.0),
+                )
+            )
+        if not records:
+            return []
+        insert(records)
+        results = [to_task_result(record, task) for record in records]
         # Announced before the bell, so task_enqueued comes before task_started.
-        task_enqueued.send(type(self), task_result=result)
-        # Inside atomic(), the row is only real once committed: ring then, and
-        # never if the transaction rolls back (the row goes with it).
-        ring_on_commit(record.queue_name, self.channel_layer_alias)
-        return result
+        for result in results:
+            task_enqueued.send(type(self), task_result=result)
+        # Inside atomic(), the rows are only real once committed: ring then, and
+        # never if the transaction rolls back (the rows go with it).
+        ring_on_commit(task.queue_name, self.channel_layer_alias, len(records))
+        return results
 
     def get_result(self, result_id: str) -> TaskResult:
         try:
@@ -128,14 +162,63 @@ class ChannelsBackend(BaseTaskBackend):
         return errors
 
     @staticmethod
-    def _serializable(task: Task, args: Any, kwargs: Any) -> tuple[list, dict]:
+    def _serializable(task: Task, args: Any, kwargs: Any, item: str) -> tuple[list, dict]:
         """Arguments as they will reach the worker, or a clear error now rather than there."""
         try:
             return to_json(args), to_json(kwargs)
         except (TypeError, ValueError) as exc:
             raise InvalidTask(
-                f"Arguments of task {task.module_path} must be JSON-serializable: {exc}"
+                f"Arguments of task {task.module_path}{item} must be JSON-serializable: {exc}"
             ) from exc
+
+
+def enqueue_many(task: Task, calls: Iterable[tuple[Any, Any]]) -> list[TaskResult]:
+    """`task.enqueue(*args, **kwargs)` for each `(args, kwargs)` of `calls`, in one INSERT.
+
+    For fan-outs (one delivery per user mentioned, an export's follow-ups): see
+    ChannelsBackend.enqueue_many().
+    """
+    backend = task.get_backend()
+    if not isinstance(backend, ChannelsBackend):
+        raise InvalidTask(f"enqueue_many() needs a ChannelsBackend, not {type(backend).__name__}.")
+    return backend.enqueue_many(task, calls)
+
+
+def insert(records: list[TaskRecord]) -> None:
+    """INSERT these new rows in one statement (on SQLite, one per batch it allows, atomically).
+
+    Plain SQL sent to the cursor: through the ORM, building the INSERT of this
+    27-column model costs more than the round trip it makes. On PostgreSQL
+    several rows travel as one array per column, so the statement's text is
+    the same for any number of rows and PostgreSQL prepares it once (one row
+    goes as plain values: cheaper to send than 27 arrays of one).
+    """
+    fields = TaskRecord._meta.concrete_fields
+    columns = [[field.get_db_prep_save(getattr(record, field.attname), connection) for record in records] for field in fields]
+    if connection.vendor == "postgresql" and len(records) > 1:
+        with connection.cursor() as cursor:
+            cursor.execute(_insert_sql(connection.vendor, 0), columns)
+        return
+    batch = connection.ops.bulk_batch_size(fields, records) or len(records)
+    with transaction.atomic(savepoint=False) if batch < len(records) else contextlib.nullcontext():
+        with connection.cursor() as cursor:
+            for start in range(0, len(records), batch):
+                rows = zip(*(column[start : start + batch] for column in columns))
+                params = [value for row in rows for value in row]
+                cursor.execute(_insert_sql(connection.vendor, len(params) // len(fields)), params)
+
+
+@functools.lru_cache(maxsize=16)
+def _insert_sql(vendor: str, rows: int) -> str:
+    """The INSERT of `rows` rows; with `rows` 0, of any number, as arrays (PostgreSQL only)."""
+    fields = TaskRecord._meta.concrete_fields
+    table = connection.ops.quote_name(TaskRecord._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    if rows == 0:
+        arrays = ", ".join(f"%s::{field.cast_db_type(connection)}[]" for field in fields)
+        return f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays})"
+    row = f"({', '.join(['%s'] * len(fields))})"
+    return f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * rows)}"
 
 
 def to_json(value: Any) -> Any:
@@ -203,34 +286,36 @@ def bell_layer_alias() -> str:
     return getattr(task_backends["default"], "channel_layer_alias", "default")
 
 
-def ring_on_commit(queue_name: str, layer_alias: str) -> None:
-    """Ring one bell for `queue_name` once the current transaction commits (at once outside one).
+def ring_on_commit(queue_name: str, layer_alias: str, count: int = 1) -> None:
+    """Ring `count` bells for `queue_name` once the current transaction commits (at once outside one).
 
-    Each enqueue owes a bell, so that as many idle workers wake as there are
-    new tasks. A transaction's bells are rung together by the first of its
-    on_commit callbacks, from one event loop, rather than one loop and Redis
-    connection per task: a transaction that enqueues thousands of tasks would
-    otherwise stall its commit for seconds. Bells owed by a transaction that
-    rolled back are rung with the next commit: a spare bell costs one empty claim.
+    Each task owes a bell, so that as many idle workers wake as there are new
+    tasks (_send_bell() leaves out those no worker could answer). A
+    transaction's bells are rung together by the first of its on_commit
+    callbacks, and sent by the bell loop while the caller goes on: the
+    committed rows are what matters, and a bell that never arrives costs
+    latency only. Bells owed by a transaction that rolled back are rung with
+    the next commit: a spare bell costs one empty claim.
     """
     bells = _owed.__dict__.setdefault("bells", collections.Counter())
-    bells[(queue_name, layer_alias)] += 1
+    bells[(queue_name, layer_alias)] += count
     transaction.on_commit(_ring_owed)
 
 
 def _ring_owed() -> None:
     bells = _owed.__dict__.pop("bells", None)
     if bells:  # else an earlier callback of the same commit rang them
-        _ring_from_sync(bells)
+        _ring_from_sync(bells, wait=False)
 
 
 def ring(queue_name: str, layer_alias: str | None = None) -> None:
     """Tell the workers of `queue_name` that it has work, from sync code. Never raises.
 
-    A lost bell costs latency, not a task: workers also look at the database
-    when no bell has come for a while.
+    Returns once the bell is sent (a worker handing tasks back exits right
+    after). A lost bell costs latency, not a task: workers also look at the
+    database when no bell has come for a while.
     """
-    _ring_from_sync({(queue_name, layer_alias or bell_layer_alias()): 1})
+    _ring_from_sync({(queue_name, layer_alias or bell_layer_alias()): 1}, wait=True)
 
 
 async def aring(queue_name: str, layer_alias: str | None = None) -> None:
@@ -238,8 +323,8 @@ async def aring(queue_name: str, layer_alias: str | None = None) -> None:
     await _send_bell(get_channel_layer(layer_alias or bell_layer_alias()), queue_name)
 
 
-def _ring_from_sync(bells: dict[tuple[str, str], int]) -> None:
-    """Ring {(queue, layer alias): count} bells from sync code.
+def _ring_from_sync(bells: dict[tuple[str, str], int], wait: bool) -> None:
+    """Ring {(queue, layer alias): count} bells from sync code; with `wait`, return once sent.
 
     The in-memory layer's receivers wait on the loop that serves this process
     (runserver's): async_to_sync rings there. For any other layer,
@@ -255,23 +340,88 @@ def _ring_from_sync(bells: dict[tuple[str, str], int]) -> None:
             async_to_sync(_ring_all)(local, get_channel_layer)
         except RuntimeError:  # called from inside an event loop's own thread
             logger.error("event=bell_failed queues=%s reason=sync_ring_in_event_loop_thread", sorted(local))
-    if remote:
+    if remote and wait:
         asyncio.run_coroutine_threadsafe(_ring_all(remote, _bell_layer), bell_loop()).result(timeout=10)
+    elif remote:
+        _post_bells(remote)
 
 
 async def _ring_all(bells: dict[tuple[str, str], int], layer_for) -> None:
     for (queue_name, layer_alias), count in bells.items():
-        for _ in range(count):
-            await _send_bell(layer_for(layer_alias), queue_name)
+        await _send_bell(layer_for(layer_alias), queue_name, count)
 
 
-async def _send_bell(layer, queue_name: str) -> None:
+# A queue's channel that holds a bell already gets no more: Redis hands a bell
+# to a worker blocked on the channel (BZPOPMIN) as soon as the command that
+# added it ends, before any other command, so a bell still there means that no
+# worker is waiting on it. Each worker is then running tasks, and claims again
+# until the queue is empty before it listens, or is on its way to listen, and
+# takes the waiting bell first. Whoever takes that bell takes it after this
+# commit, and claims after taking it: the new task is seen either way.
+_RING_IF_QUIET = """
+if redis.call('ZCARD', KEYS[1]) > 0 then return 0 end
+for i = 3, #ARGV do redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i]) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return #ARGV - 2
+"""
+
+
+async def _send_bell(layer, queue_name: str, count: int = 1) -> None:
     try:
-        await layer.send(queue_name, {"type": "task.ready"})
+        if isinstance(layer, RedisChannelLayer) and layer.ring_size == 1:
+            # channels-redis' own send is four round trips; this is one.
+            bells = [layer.serialize({"type": "task.ready"}) for _ in range(min(count, layer.get_capacity(queue_name)))]
+            key = layer.prefix + queue_name
+            if not await layer.connection(0).eval(_RING_IF_QUIET, 1, key, time.time(), int(layer.expiry), *bells):
+                logger.debug("event=bell_skipped queue=%s reason=bell_waiting", queue_name)
+        else:  # the in-memory layer, or bells sharded over several Redis servers
+            for _ in range(count):
+                await layer.send(queue_name, {"type": "task.ready"})
     except ChannelFull:
         logger.debug("event=bell_dropped queue=%s reason=channel_full", queue_name)
     except Exception as exc:  # Redis down, say: the task is safe in the database.
         logger.warning("event=bell_failed queue=%s error=%r", queue_name, exc)
+
+
+# Bells rung from sync code and not sent yet, and whether the bell loop is sending them:
+# callers go on at once, and what piles up meanwhile goes out together.
+_unsent: collections.Counter = collections.Counter()
+_unsent_lock = threading.Lock()
+_all_sent = threading.Event()
+_all_sent.set()
+
+
+def _post_bells(bells: dict[tuple[str, str], int]) -> None:
+    with _unsent_lock:
+        _unsent.update(bells)
+        if not _all_sent.is_set():
+            return  # the sender is running and will take these too
+        _all_sent.clear()
+    asyncio.run_coroutine_threadsafe(_send_unsent(), bell_loop())
+
+
+async def _send_unsent() -> None:
+    bells: dict = {}
+    try:
+        while True:
+            with _unsent_lock:
+                bells = dict(_unsent)
+                _unsent.clear()
+                if not bells:
+                    _all_sent.set()
+                    return
+            await _ring_all(bells, _bell_layer)
+    except BaseException:
+        logger.exception("event=bell_failed queues=%s", sorted(queue for queue, _ in bells))
+        with _unsent_lock:
+            _all_sent.set()
+        raise
+
+
+@atexit.register
+def _flush_bells() -> None:
+    """A script that enqueues and exits still rings (bounded: a bell is only latency)."""
+    _all_sent.wait(timeout=5)
 
 
 _bell_loop: asyncio.AbstractEventLoop | None = None

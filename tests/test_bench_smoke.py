@@ -25,6 +25,7 @@ EXPECTED_KEYS = {
     "tasks.py": {
         "parley_drain_per_s", "celery_drain_per_s", "dtdb_drain_per_s", "parley_p50_ms", "parley_p99_ms",
         "celery_p50_ms", "celery_p99_ms", "ratio_vs_celery",
+        "io_sync_per_s", "io_async_per_s", "celery_io_per_s", "parley_rss_mb", "celery_rss_mb",
     },
     "thumbnails.py": {"parley_avatars_per_s", "loop_avatars_per_s", "naive_avatars_per_s", "ratio_vs_loop"},
     "export.py": {"jsonl_msgs_per_s", "csv_msgs_per_s", "html_msgs_per_s", "copy_msgs_per_s", "peak_rss_mb"},
@@ -63,7 +64,8 @@ def test_benchmark_smoke_ends_with_its_json_line(script):
 def test_tasks_benchmark_measures_parley():
     """Parley's own figures are real measurements, whether or not the peers' venv exists."""
     _, result = run_smoke("tasks.py")
-    for key in ("parley_drain_per_s", "parley_p50_ms", "parley_p99_ms", "parley_enqueue_per_s"):
+    for key in ("parley_drain_per_s", "parley_p50_ms", "parley_p99_ms", "parley_enqueue_per_s",
+                "io_sync_per_s", "io_async_per_s", "parley_rss_mb"):
         assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, (key, result)
     assert result["parley_p50_ms"] <= result["parley_p99_ms"]
     peers = (ROOT / ".venv-bench" / "bin" / "python").exists()

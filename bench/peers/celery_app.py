@@ -1,6 +1,7 @@
 """Celery as the issue benchmarks it: Redis broker, acks_late, reject on worker loss.
 
-Worker: `celery -A bench.peers.celery_app worker --pool=prefork --concurrency=2`.
+Workers: `celery -A bench.peers.celery_app worker --pool=prefork --concurrency=2` for
+no-op tasks, and `--pool=threads --concurrency=8` per process for `io_sleep`.
 Results go to another Redis database of the same server, so the benchmark can
 count finished tasks (DBSIZE) and read their start times without touching the broker.
 """
@@ -29,3 +30,11 @@ app.conf.update(
 @app.task(name="bench.noop")
 def noop(enqueued_at: float = 0.0) -> float:
     return time.time()
+
+
+@app.task(name="bench.io_sleep")
+def io_sleep(seconds: float) -> float:
+    """A blocking 50 ms wait, like Parley's io_sync; returns when it started."""
+    started = time.time()
+    time.sleep(seconds)
+    return started
