@@ -20,6 +20,11 @@ def validate_not_reserved(handle: str) -> None:
 
 
 class UserManager(AuthUserManager):
+    def get_by_natural_key(self, username: str) -> "User":
+        """The user whose handle is `username` in any case: handles are unique regardless of
+        case, so "ANN" logs in as ann (auth's backends look users up through this)."""
+        return self.get(username__iexact=username)
+
     def lock(self, pk: int) -> "User | None":
         """The user's row, locked until the transaction ends; None if there is no such user.
 

@@ -68,7 +68,8 @@ def mention_subject(room, notifications: Sequence[Notification]) -> str:
 
 def render_email(template: str, context: dict) -> tuple[str, str]:
     """(text, html) from notifications/email/<template>.txt and .html."""
-    context = {"settings_link": absolute(reverse("notifications:list")), **context}
+    # Notification settings live on the profile page, in its #notifications section.
+    context = {"settings_link": absolute(reverse("profile") + "#notifications"), **context}
     text = render_to_string(f"notifications/email/{template}.txt", context)
     html = render_to_string(f"notifications/email/{template}.html", context)
     return text, html

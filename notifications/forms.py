@@ -13,7 +13,7 @@ class NotificationSettingsForm(forms.Form):
     email = forms.EmailField(required=False, max_length=254)
     phone = forms.CharField(
         label="Mobile number", required=False, max_length=40,
-        help_text="With the country code, e.g. +44 7700 900123. A national number is read as "
+        help_text="With the country code, e.g. +44 7400 123456. A national number is read as "
         f"{settings.PHONE_DEFAULT_REGION}.",
     )  # fmt: skip
 
@@ -26,7 +26,7 @@ class NotificationSettingsForm(forms.Form):
             number = phonenumbers.parse(raw, settings.PHONE_DEFAULT_REGION)
         except phonenumbers.NumberParseException:
             raise forms.ValidationError(
-                "That does not look like a phone number. Write it with its country code, e.g. +44 7700 900123."
+                "That does not look like a phone number. Write it with its country code, e.g. +44 7400 123456."
             )
         if not phonenumbers.is_valid_number(number):
             raise forms.ValidationError(

@@ -88,6 +88,8 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
             ],
+            # `{{ when|ago }}` in every template: "just now", "5 minutes ago".
+            "builtins": ["project.relative_time"],
         },
     },
 ]
