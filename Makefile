@@ -60,7 +60,7 @@ run: $(VENV)/.installed
 	@echo
 	@echo "  Parley is starting. Open http://$(HOST):$(PORT)/ and sign up."
 	@echo
-	$(PY) manage.py runserver $(HOST):$(PORT)
+	HOST=$(HOST) PORT=$(PORT) $(PY) manage.py runserver $(HOST):$(PORT)
 
 # The suite runs twice: everything on PostgreSQL + channels-redis, then the
 # in-process tests again on SQLite + the in-memory layer.

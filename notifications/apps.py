@@ -7,4 +7,4 @@ class NotificationsConfig(AppConfig):
     def ready(self) -> None:
         # Mentions are found when a chat message is saved, whoever saves it:
         # chat needs no knowledge of notifications.
-        from . import signals  # noqa: F401
+        from . import checks, signals  # noqa: F401

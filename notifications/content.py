@@ -20,8 +20,12 @@ EXCERPT_MAX = 300
 
 
 def absolute(path: str) -> str:
-    """A link for outside Parley (email, SMS): PARLEY_BASE_URL + path."""
-    return settings.PARLEY_BASE_URL.rstrip("/") + path
+    """A link for outside Parley (email, SMS): PARLEY_BASE_URL + path.
+
+    Without PARLEY_BASE_URL (development), the address served (settings.SERVED_BASE_URL):
+    links from `make run PORT=8411` lead back to port 8411.
+    """
+    return (settings.PARLEY_BASE_URL or settings.SERVED_BASE_URL).rstrip("/") + path
 
 
 def room_link(room) -> str:

@@ -7,7 +7,8 @@ from tests.processes import ROOT, base_env
 
 def test_check_deploy_is_clean_with_debug_off():
     """`manage.py check --deploy` with the production settings: no error, no warning."""
-    env = base_env(DEBUG="0", SECRET_KEY=secrets.token_urlsafe(50), ALLOWED_HOSTS="parley.example.com")
+    env = base_env(DEBUG="0", SECRET_KEY=secrets.token_urlsafe(50), ALLOWED_HOSTS="parley.example.com",
+                   PARLEY_BASE_URL="https://parley.example.com")
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,

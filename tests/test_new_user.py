@@ -1,6 +1,9 @@
 """What a new user hits first (issue 18): each test here failed before its fix."""
 
+import os
 import re
+import signal
+import subprocess
 from datetime import timedelta
 
 import phonenumbers
@@ -12,6 +15,9 @@ from django.utils import timezone
 
 from chat.models import Room
 from notifications.forms import NotificationSettingsForm
+from tests.processes import ROOT, base_env, wait_until
+from tests.servers import free_port, wait_for_port
+from tests.test_production_shape import signed_up_session
 from tests.fake_providers import fake_postmark, fake_twilio, providers  # noqa: F401 (fixtures)
 from tests.test_notifications import by_email, post, run_notifications
 
@@ -64,3 +70,59 @@ def test_relative_times_say_just_now_under_a_minute(seconds, expected):
     """Item 16: never "0 minutes ago"."""
     when = timezone.now() - timedelta(seconds=seconds)
     assert Template("{{ when|ago }}").render(Context({"when": when})) == expected
+
+
+@pytest.mark.e2e
+def test_make_run_on_another_port_sends_links_to_that_port(tmp_path):
+    """Item 2: `make run PORT=<p>` (DEBUG, no PARLEY_BASE_URL): a confirmation link leads to port p."""
+    port = free_port()
+    env = base_env(SQLITE_PATH=str(tmp_path / "db.sqlite3"), MEDIA_ROOT=str(tmp_path / "media"))
+    env.pop("PARLEY_BASE_URL", None)
+    log_path = tmp_path / "make-run.log"
+    # -o: the shared virtualenv is installed already; reinstalling is not what is tested here.
+    server = subprocess.Popen(
+        ["make", "--no-print-directory", "-o", ".venv/.installed", "run", f"PORT={port}"], cwd=ROOT, env=env,
+        stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, timeout=90, proc=server)
+        base = f"http://127.0.0.1:{port}"
+        session = signed_up_session(base, "ann")
+        session.get(f"{base}/me/", timeout=10).raise_for_status()
+        saved = session.post(f"{base}/notifications/settings/", timeout=10, data={
+            "csrfmiddlewaretoken": session.cookies["csrftoken"], "mention_channel": "app",
+            "email": "ann@example.com", "phone": "", "next": "/me/",
+        })  # fmt: skip
+        assert saved.status_code == 200 and saved.url == f"{base}/me/"
+        # The console mail backend prints the confirmation email when the embedded worker sends it.
+        link = wait_until(
+            lambda: re.search(r"(http://[^/\s]+)/notifications/confirm-email/", log_path.read_text(errors="replace")),
+            timeout=30, interval=0.2, message="the confirmation email",
+        )  # fmt: skip
+        assert link.group(1) == base
+        assert "http://127.0.0.1:8000" not in log_path.read_text(errors="replace").split("Subject:", 1)[1]
+    except BaseException:
+        print(log_path.read_text(errors="replace"))
+        raise
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(5)
+
+
+def test_check_deploy_warns_without_an_https_base_url(settings):
+    """Item 2: production keeps PARLEY_BASE_URL the rule; `check --deploy` says when it is unset or plain HTTP."""
+    from django.core.checks import run_checks
+
+    def warnings() -> set[str]:
+        return {m.id for m in run_checks(include_deployment_checks=True) if m.id.startswith("notifications.")}
+
+    settings.PARLEY_BASE_URL = ""
+    assert warnings() == {"notifications.W001"}
+    settings.PARLEY_BASE_URL = "http://parley.example.com"
+    assert warnings() == {"notifications.W002"}
+    settings.PARLEY_BASE_URL = "https://parley.example.com"
+    assert warnings() == set()
