@@ -72,6 +72,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Under DEBUG (make run) too, a 404 is Parley's page, not Django's list of URL patterns.
+    "project.not_found.NotFoundPageMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"

@@ -9,6 +9,7 @@ from datetime import timedelta
 import phonenumbers
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.staticfiles import finders
 from django.template import Context, Template
 from django.test import Client
 from django.utils import timezone
@@ -126,3 +127,25 @@ def test_check_deploy_warns_without_an_https_base_url(settings):
     assert warnings() == {"notifications.W002"}
     settings.PARLEY_BASE_URL = "https://parley.example.com"
     assert warnings() == set()
+
+
+def test_a_404_under_debug_is_parleys_page_not_the_url_list(settings, client):
+    """Item 6: `make run` is DEBUG; an unknown address or an unseen room shows Parley's 404 page."""
+    settings.DEBUG = True
+    client.force_login(get_user_model().objects.create_user("ann"))
+    for path in ("/no/such/page/", "/Not A Label!/", "/me/nothing/"):
+        response = client.get(path)
+        page = response.content.decode()
+        assert response.status_code == 404, path
+        assert "<h1>Not found</h1>" in page and "URLconf" not in page and "admin/" not in page, path
+    # A JSON 404 is an answer, not a page: left alone.
+    response = client.get("/nowhere/messages")
+    assert response.status_code == 404 and response.json()["error"] == "not_found"
+
+
+def test_every_page_has_a_favicon(client):
+    """Item 6: base.html links an icon that is served, so browsers stop asking for /favicon.ico."""
+    page = client.get("/").content.decode()
+    href = re.search(r'<link rel="icon" href="([^"]+)" type="image/svg\+xml">', page).group(1)
+    assert href == "/static/favicon.svg"
+    assert finders.find("favicon.svg").endswith("static/favicon.svg")
