@@ -17,6 +17,14 @@ class NotificationSettingsForm(forms.Form):
         f"{settings.PHONE_DEFAULT_REGION}.",
     )  # fmt: skip
 
+    def __init__(self, *args, offer: list[str] | None = None, **kwargs) -> None:
+        """`offer`: the channels the page offers (notify.choosable_channels); a post may name any,
+        and notify.change_settings keeps the user's channel when one is not choosable."""
+        super().__init__(*args, **kwargs)
+        if offer is not None:
+            field = self.fields["mention_channel"]
+            field.choices = [(value, label) for value, label in field.choices if value in offer]
+
     def clean_phone(self) -> str:
         """The number in E.164 (+14155550100), or a clear error."""
         raw = self.cleaned_data["phone"].strip()

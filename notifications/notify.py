@@ -2,6 +2,7 @@
 
 import logging
 from datetime import timedelta
+from typing import NamedTuple
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -166,11 +167,34 @@ def send_test(user_id: int) -> Delivery | None:
 # --- Changed addresses and their confirmation ------------------------------------------
 
 
-def change_settings(user, *, email: str, phone: str, channel: str) -> list[str]:
+def choosable_channels(user) -> list[str]:
+    """Where mentions may be sent from now on: in Parley, and to each confirmed address.
+
+    The user's current channel stays choosable while its new address waits for
+    confirmation (nothing goes there until then: delivery.usable_channel).
+    """
+    Channel = get_user_model().MentionChannel
+    channels = [Channel.APP]
+    if user.email and user.email_confirmed or user.mention_channel == Channel.EMAIL:
+        channels.append(Channel.EMAIL)
+    if user.phone and user.phone_confirmed or user.mention_channel == Channel.SMS:
+        channels.append(Channel.SMS)
+    return channels
+
+
+class SettingsChange(NamedTuple):
+    """What change_settings did: confirmations sent ("email", "sms"), and a channel it refused."""
+
+    sent: list[str]
+    refused_channel: str | None
+
+
+def change_settings(user, *, email: str, phone: str, channel: str) -> SettingsChange:
     """Save a user's notification settings; a new address is unconfirmed until confirmed.
 
-    Returns what was sent to confirm ("email", "sms"), each by its delivery's
-    own task (signals.delivery_created).
+    A channel whose address is not confirmed cannot be chosen: the user keeps
+    the channel they had, and chooses it once the code or link has come back.
+    Confirmations go out by each delivery's own task (signals.delivery_created).
     """
     sent = []
     with transaction.atomic():
@@ -178,36 +202,72 @@ def change_settings(user, *, email: str, phone: str, channel: str) -> list[str]:
         if email != user.email:
             user.email, user.email_confirmed, user.email_opted_out = email, False, False
             if email:
-                link = content.absolute(
-                    reverse("notifications:confirm_email", args=[tokens.confirm_email_token(user, email)])
-                )
-                text, html = content.render_email(
-                    "confirm", {"user": user, "email": email, "confirm_link": link, "days": tokens.CONFIRM_EMAIL_DAYS}
-                )
-                Delivery.objects.create(
-                    user=user, kind=Delivery.Kind.CONFIRM, channel=Delivery.Channel.EMAIL, to=email,
-                    subject="Confirm your email for Parley", body=text, html=html, send_after=timezone.now(),
-                )  # fmt: skip
+                send_email_confirmation(user)
                 sent.append("email")
         if phone != user.phone:
             user.phone, user.phone_confirmed, user.sms_opted_out = phone, False, False
             PhoneConfirmation.objects.filter(user=user).delete()
             if phone:
-                code = tokens.new_code()
-                PhoneConfirmation.objects.create(
-                    user=user, phone=phone, code_hash=tokens.hash_code(phone, code), created_at=timezone.now()
-                )
-                Delivery.objects.create(
-                    user=user, kind=Delivery.Kind.CONFIRM, channel=Delivery.Channel.SMS, to=phone,
-                    body=f"Parley code: {code}. Enter it on your profile to get mentions by SMS.",
-                    send_after=timezone.now(),
-                )  # fmt: skip
+                send_phone_code(user)
                 sent.append("sms")
-        user.mention_channel = channel
+        refused = None
+        if channel in choosable_channels(user):
+            user.mention_channel = channel
+        else:
+            refused = channel
         user.save(update_fields=["email", "email_confirmed", "email_opted_out", "phone", "phone_confirmed",
                                  "sms_opted_out", "mention_channel"])  # fmt: skip
-    logger.info("event=notification_settings user=%s channel=%s confirm=%s", user.pk, channel, ",".join(sent))
-    return sent
+    logger.info("event=notification_settings user=%s channel=%s refused=%s confirm=%s",
+                user.pk, user.mention_channel, refused, ",".join(sent))  # fmt: skip
+    return SettingsChange(sent, refused)
+
+
+def send_email_confirmation(user) -> Delivery:
+    """A confirmation link to the user's (unconfirmed) email address, sent by its own task."""
+    link = content.absolute(reverse("notifications:confirm_email", args=[tokens.confirm_email_token(user, user.email)]))
+    text, html = content.render_email(
+        "confirm", {"user": user, "email": user.email, "confirm_link": link, "days": tokens.CONFIRM_EMAIL_DAYS}
+    )
+    return Delivery.objects.create(
+        user=user, kind=Delivery.Kind.CONFIRM, channel=Delivery.Channel.EMAIL, to=user.email,
+        subject="Confirm your email for Parley", body=text, html=html, send_after=timezone.now(),
+    )  # fmt: skip
+
+
+def send_phone_code(user) -> Delivery:
+    """A new code texted to the user's (unconfirmed) number; an older code stops working."""
+    code = tokens.new_code()
+    PhoneConfirmation.objects.update_or_create(
+        user=user, defaults={"phone": user.phone, "code_hash": tokens.hash_code(user.phone, code),
+                             "created_at": timezone.now(), "attempts_left": 5},
+    )  # fmt: skip
+    return Delivery.objects.create(
+        user=user, kind=Delivery.Kind.CONFIRM, channel=Delivery.Channel.SMS, to=user.phone,
+        body=f"Parley code: {code}. Enter it on your profile to get mentions by SMS.",
+        send_after=timezone.now(),
+    )  # fmt: skip
+
+
+def resend_confirmation(user, channel: str) -> bool:
+    """Send the confirmation of an unconfirmed address again (after one that failed); False if none is due."""
+    with transaction.atomic():
+        user = get_user_model().objects.lock(user.pk)
+        if channel == Delivery.Channel.EMAIL and user.email and not user.email_confirmed:
+            send_email_confirmation(user)
+        elif channel == Delivery.Channel.SMS and user.phone and not user.phone_confirmed:
+            send_phone_code(user)
+        else:
+            return False
+    logger.info("event=confirmation_resent user=%s channel=%s", user.pk, channel)
+    return True
+
+
+def confirmation(user, channel: str) -> Delivery | None:
+    """The last confirmation sent to the user's current address on `channel`: was it sent, or why not."""
+    to = address(user, channel)
+    if not to:
+        return None
+    return Delivery.objects.filter(user=user, kind=Delivery.Kind.CONFIRM, channel=channel, to=to).order_by("-id").first()
 
 
 def confirm_email(token: str) -> bool:

@@ -144,7 +144,9 @@ class ParleyTwilioHttpClient(TwilioHttpClient):
 
 def twilio_client() -> Client:
     if not (settings.TWILIO_ACCOUNT_SID and settings.TWILIO_AUTH_TOKEN and settings.TWILIO_FROM_NUMBER):
-        raise ImproperlyConfigured("SMS needs TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_FROM_NUMBER.")
+        raise ImproperlyConfigured(
+            "SMS is not set up on this Parley server (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_FROM_NUMBER)."
+        )
     http_client = ParleyTwilioHttpClient(api_url=settings.TWILIO_API_URL, timeout=settings.TWILIO_TIMEOUT)
     return Client(settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN, http_client=http_client)
 

@@ -10,6 +10,7 @@ urlpatterns = [
     path("test/", views.send_test, name="test"),
     path("settings/", views.save_settings, name="settings"),
     path("confirm-phone/", views.confirm_phone, name="confirm_phone"),
+    path("confirm-again/", views.resend_confirmation, name="resend_confirmation"),
     path("confirm-email/<str:token>/", views.confirm_email, name="confirm_email"),
     path("unsubscribe/<str:token>/", views.unsubscribe, name="unsubscribe"),
     path("twilio/", views.twilio_webhook, name="twilio_webhook"),

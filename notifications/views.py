@@ -13,8 +13,9 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from twilio.request_validator import RequestValidator
 
 from . import content, notify
+from .delivery import usable_channel
 from .forms import NotificationSettingsForm, PhoneCodeForm
-from .models import Notification
+from .models import Delivery, Notification
 from .tasks import send_test_notification
 
 logger = logging.getLogger(__name__)
@@ -54,10 +55,24 @@ def mark_read(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 def send_test(request: HttpRequest) -> HttpResponse:
-    """Send me a test notification: through the notifications queue, like a mention."""
+    """Send me a test notification: through the notifications queue, like a mention.
+
+    The message says where it goes, as the task will decide: by email or SMS only
+    to a chosen, confirmed address, else to the bell alone.
+    """
     send_test_notification.enqueue(request.user.pk)
-    messages.info(request, "A test notification is on its way.")
+    channel = usable_channel(request.user)
+    if channel == Delivery.Channel.SMS:
+        messages.info(request, f"A test SMS is on its way to {request.user.phone}.")
+    elif channel == Delivery.Channel.EMAIL:
+        messages.info(request, f"A test email is on its way to {request.user.email}.")
+    else:
+        messages.info(request, "A test notification is on its way to your bell, here in Parley. Mentions reach "
+                      "you only here: confirm an email address or a number, then choose it, to get them there too.")
     return _back(request)
+
+
+CHANNEL_NAMES = {"email": ("Email", "your email address"), "sms": ("SMS", "your number")}
 
 
 @require_POST
@@ -70,15 +85,29 @@ def save_settings(request: HttpRequest) -> HttpResponse:
             for error in errors:
                 messages.error(request, f"{label}: {error}" if label else error)
         return _back(request)
-    sent = notify.change_settings(
+    change = notify.change_settings(
         request.user, email=form.cleaned_data["email"], phone=form.cleaned_data["phone"],
         channel=form.cleaned_data["mention_channel"],
     )  # fmt: skip
-    if "email" in sent:
-        messages.info(request, "We sent a confirmation link to your new email address.")
-    if "sms" in sent:
-        messages.info(request, "We texted a code to your new number: enter it below to confirm it.")
+    if "email" in change.sent:
+        messages.info(request, "We are sending a confirmation link to your new email address.")
+    if "sms" in change.sent:
+        messages.info(request, "We are texting a code to your new number: enter it below once it arrives.")
+    if change.refused_channel:
+        name, what = CHANNEL_NAMES[change.refused_channel]
+        messages.warning(request, f"{name} can be chosen once {what} is confirmed.")
     messages.success(request, "Notification settings saved.")
+    return _back(request)
+
+
+@require_POST
+def resend_confirmation(request: HttpRequest) -> HttpResponse:
+    """Send a confirmation again, after one that could not be sent (the page shows why)."""
+    channel = request.POST.get("channel", "")
+    if channel in CHANNEL_NAMES and notify.resend_confirmation(request.user, channel):
+        messages.info(request, "We are sending it again." if channel == "email" else "We are texting a new code.")
+    else:
+        messages.error(request, "There is nothing to confirm there.")
     return _back(request)
 
 

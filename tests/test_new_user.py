@@ -149,3 +149,81 @@ def test_every_page_has_a_favicon(client):
     href = re.search(r'<link rel="icon" href="([^"]+)" type="image/svg\+xml">', page).group(1)
     assert href == "/static/favicon.svg"
     assert finders.find("favicon.svg").endswith("static/favicon.svg")
+
+
+def profile_page(client: Client) -> str:
+    return client.get("/me/").content.decode()
+
+
+def channel_options(page: str) -> list[str]:
+    return re.findall(r'name="mention_channel" value="(\w+)"', page)
+
+
+def test_sms_without_twilio_says_why_offers_a_retry_and_is_not_chosen(providers, settings):
+    """Item 4: a code that could not be sent is shown with its reason and a retry; SMS waits for a confirmed number."""
+    twilio, _ = providers
+    settings.TWILIO_ACCOUNT_SID = settings.TWILIO_AUTH_TOKEN = settings.TWILIO_FROM_NUMBER = ""
+    bob = get_user_model().objects.create_user("bob")
+    client = Client()
+    client.force_login(bob)
+    assert channel_options(profile_page(client)) == ["app"]
+    response = client.post("/notifications/settings/", {"mention_channel": "sms", "phone": "+1 415 555 0101",
+                                                        "email": "", "next": "/me/"}, follow=True)  # fmt: skip
+    page = response.content.decode()
+    assert "SMS can be chosen once your number is confirmed." in page
+    assert "texting a code…" in page and 'name="code"' not in page and "waiting for" not in page
+    bob.refresh_from_db()
+    assert (bob.phone, bob.mention_channel) == ("+14155550101", "app")
+
+    run_notifications()  # the code cannot be texted
+    page = profile_page(client)
+    assert "The code could not be texted to +14155550101: SMS is not set up on this Parley server" in page
+    assert "Text me a code again" in page and 'name="code"' not in page and "waiting for" not in page
+    assert channel_options(page) == ["app"]
+
+    settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN = twilio.account_sid, twilio.auth_token
+    settings.TWILIO_FROM_NUMBER = twilio.from_number
+    client.post("/notifications/confirm-again/", {"channel": "sms", "next": "/me/"})
+    run_notifications()
+    page = profile_page(client)
+    assert "could not be texted" not in page and "waiting for the code we texted" in page and 'name="code"' in page
+    [sms] = twilio.sent_to("+14155550101")
+    client.post("/notifications/confirm-phone/", {"code": re.search(r"code: (\d{6})", sms["body"]).group(1)})
+    assert channel_options(profile_page(client)) == ["app", "sms"]
+    client.post("/notifications/settings/", {"mention_channel": "sms", "phone": "+14155550101", "email": ""})
+    bob.refresh_from_db()
+    assert (bob.phone_confirmed, bob.mention_channel) == (True, "sms")
+
+
+def test_a_failed_confirmation_email_is_shown_with_a_retry(providers):
+    """Item 4, email: a refused confirmation says why, and "Send it again" sends a new link."""
+    _, postmark = providers
+    bob = get_user_model().objects.create_user("bob")
+    client = Client()
+    client.force_login(bob)
+    postmark.script(("error", 422, 406))
+    client.post("/notifications/settings/", {"mention_channel": "email", "email": "bob@example.com", "phone": ""})
+    run_notifications()
+    page = profile_page(client)
+    assert "The confirmation email to bob@example.com could not be sent: " in page and "Send it again" in page
+    assert channel_options(page) == ["app"]
+    client.post("/notifications/confirm-again/", {"channel": "email"})
+    run_notifications()
+    page = profile_page(client)
+    assert "could not be sent" not in page and "waiting for confirmation: check your inbox" in page
+    assert len(postmark.sent_to("bob@example.com")) == 1
+
+
+def test_the_test_notification_message_says_where_it_goes(providers):
+    """Item 4: "on its way" names the channel the task will use, and nothing else."""
+    bob = get_user_model().objects.create_user("bob")
+    client = Client()
+    client.force_login(bob)
+    bob.phone = "+14155550101"  # not confirmed: nothing goes there
+    bob.save()
+    page = client.post("/notifications/test/", {"next": "/me/"}, follow=True).content.decode()
+    assert "on its way to your bell, here in Parley" in page and "A test SMS" not in page
+    bob.phone_confirmed, bob.mention_channel = True, "sms"
+    bob.save()
+    page = client.post("/notifications/test/", {"next": "/me/"}, follow=True).content.decode()
+    assert "A test SMS is on its way to +14155550101." in page

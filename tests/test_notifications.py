@@ -476,7 +476,8 @@ def test_a_changed_phone_is_validated_and_confirmed_by_a_texted_code(providers, 
     assert bob.phone == ""
     client.post("/notifications/settings/", {"mention_channel": "sms", "phone": "(415) 555-0101", "email": ""})
     bob.refresh_from_db()
-    assert (bob.phone, bob.phone_confirmed, bob.mention_channel) == (BOB_PHONE, False, "sms")  # E.164
+    # E.164; SMS is chosen only once the number is confirmed (issue 18).
+    assert (bob.phone, bob.phone_confirmed, bob.mention_channel) == (BOB_PHONE, False, "app")
     run_notifications()
     [sms] = twilio.sent_to(BOB_PHONE)
     code = re.search(r"code: (\d{6})", sms["body"]).group(1)
