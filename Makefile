@@ -8,6 +8,8 @@ BENCH_VENV ?= .venv-bench
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# Links in emails and SMS lead to the address served; on every interface, this machine's loopback.
+LINK_HOST := $(if $(filter 0.0.0.0,$(HOST)),127.0.0.1,$(if $(filter ::,$(HOST)),[::1],$(HOST)))
 
 # Django 6.1 needs Python >= 3.12. PYTHON=/path/to/python overrides the search.
 PY_OK := import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)
@@ -60,7 +62,7 @@ run: $(VENV)/.installed
 	@echo
 	@echo "  Parley is starting. Open http://$(HOST):$(PORT)/ and sign up."
 	@echo
-	HOST=$(HOST) PORT=$(PORT) $(PY) manage.py runserver $(HOST):$(PORT)
+	PARLEY_BASE_URL="$${PARLEY_BASE_URL:-http://$(LINK_HOST):$(PORT)}" $(PY) manage.py runserver $(HOST):$(PORT)
 
 # The suite runs twice: everything on PostgreSQL + channels-redis, then the
 # in-process tests again on SQLite + the in-memory layer.

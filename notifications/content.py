@@ -19,13 +19,13 @@ GSM7 = set(
 EXCERPT_MAX = 300
 
 
-def absolute(path: str) -> str:
-    """A link for outside Parley (email, SMS): PARLEY_BASE_URL + path.
+# Where runserver serves by default: links point there while PARLEY_BASE_URL is unset.
+DEVELOPMENT_BASE_URL = "http://127.0.0.1:8000"
 
-    Without PARLEY_BASE_URL (development), the address served (settings.SERVED_BASE_URL):
-    links from `make run PORT=8411` lead back to port 8411.
-    """
-    return (settings.PARLEY_BASE_URL or settings.SERVED_BASE_URL).rstrip("/") + path
+
+def absolute(path: str) -> str:
+    """A link for outside Parley (email, SMS): PARLEY_BASE_URL + path."""
+    return (settings.PARLEY_BASE_URL or DEVELOPMENT_BASE_URL).rstrip("/") + path
 
 
 def room_link(room) -> str:

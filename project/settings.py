@@ -227,13 +227,9 @@ REPORTS_EXPORT_PART_BYTES = int(os.environ.get("REPORTS_EXPORT_PART_BYTES", str(
 
 # --- Notifications (@mentions by email or SMS, on the notifications queue) --------
 # Links in emails and SMS start with this: Parley's public address. Production sets it
-# (`check --deploy` warns otherwise); unset, links point at the address this process
-# serves, HOST and PORT as `make run` and honcho set them.
+# (`check --deploy` warns otherwise); `make run` sets it to the address it serves.
+# Unset, links point at runserver's default address.
 PARLEY_BASE_URL = os.environ.get("PARLEY_BASE_URL", "")
-_SERVED_HOST = os.environ.get("HOST", "127.0.0.1")
-# A server bound to every interface is reached, on this machine, at the loopback address.
-_SERVED_HOST = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "[::]": "[::1]"}.get(_SERVED_HOST, _SERVED_HOST)
-SERVED_BASE_URL = f"http://{_SERVED_HOST}:{os.environ.get('PORT', '8000')}"
 # Email: any django-anymail backend, e.g. EMAIL_BACKEND=anymail.backends.postmark.EmailBackend
 # with ANYMAIL_POSTMARK_SERVER_TOKEN=...; every ANYMAIL_<NAME> variable becomes ANYMAIL["<NAME>"].
 # By default the console backend (mail printed to the terminal) when DEBUG is on, SMTP when off.
