@@ -248,10 +248,18 @@ def send_phone_code(user) -> Delivery:
     )  # fmt: skip
 
 
+# A confirmation is sent again at once after a failure, else at most once a minute:
+# each text costs money, and a click on a stale page must not send a burst.
+RESEND_AFTER = timedelta(minutes=1)
+
+
 def resend_confirmation(user, channel: str) -> bool:
     """Send the confirmation of an unconfirmed address again (after one that failed); False if none is due."""
     with transaction.atomic():
         user = get_user_model().objects.lock(user.pk)
+        last = confirmation(user, channel)
+        if last is not None and last.status != Status.FAILED and last.created_at > timezone.now() - RESEND_AFTER:
+            return False
         if channel == Delivery.Channel.EMAIL and user.email and not user.email_confirmed:
             send_email_confirmation(user)
         elif channel == Delivery.Channel.SMS and user.phone and not user.phone_confirmed:

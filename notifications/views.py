@@ -107,7 +107,7 @@ def resend_confirmation(request: HttpRequest) -> HttpResponse:
     if channel in CHANNEL_NAMES and notify.resend_confirmation(request.user, channel):
         messages.info(request, "We are sending it again." if channel == "email" else "We are texting a new code.")
     else:
-        messages.error(request, "There is nothing to confirm there.")
+        messages.error(request, "Nothing was sent: that address is confirmed, or its confirmation has just gone out.")
     return _back(request)
 
 

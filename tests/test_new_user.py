@@ -187,6 +187,10 @@ def test_sms_without_twilio_says_why_offers_a_retry_and_is_not_chosen(providers,
     run_notifications()
     page = profile_page(client)
     assert "could not be texted" not in page and "waiting for the code we texted" in page and 'name="code"' in page
+    # A code that went out is not sent again within the minute (each text costs).
+    page = client.post("/notifications/confirm-again/", {"channel": "sms", "next": "/me/"}, follow=True)
+    assert "Nothing was sent" in page.content.decode()
+    run_notifications()
     [sms] = twilio.sent_to("+14155550101")
     client.post("/notifications/confirm-phone/", {"code": re.search(r"code: (\d{6})", sms["body"]).group(1)})
     assert channel_options(profile_page(client)) == ["app", "sms"]

@@ -48,8 +48,6 @@ def notification_settings(context) -> dict:
         "user": user,
         "form": form,
         "code_form": PhoneCodeForm(),
-        "email_confirmation": email_confirmation,
-        "phone_confirmation": phone_confirmation,
         # The code box only once a code was sent (or may have been): never for a text that failed.
         "code_pending": (
             phone_confirmation is not None
