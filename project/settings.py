@@ -266,10 +266,13 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 # Failed logins are counted per handle and per address (django-axes): after
-# LOGIN_FAILURE_LIMIT of either, that handle or address may not log in for
-# LOGIN_LOCKOUT_MINUTES. A success clears the handle's count. The cool-off runs
-# from the failure that reached the limit; attempts during it do not extend it,
-# so whoever hammers a handle cannot keep its owner out for ever.
+# LOGIN_FAILURE_LIMIT of either within LOGIN_LOCKOUT_MINUTES, that handle or
+# address may not log in for LOGIN_LOCKOUT_MINUTES. The cool-off runs from the
+# failure that reached the limit; attempts during it do not extend it, so
+# whoever hammers a handle cannot keep its owner out for ever. A success clears
+# nothing: axes would clear the address's count too, and a guesser with an
+# account of their own could then guess on without end. Successful logins are
+# not logged (axes' access log): Parley needs only the failures.
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
@@ -277,7 +280,8 @@ AUTHENTICATION_BACKENDS = [
 AXES_FAILURE_LIMIT = int(os.environ.get("LOGIN_FAILURE_LIMIT", "5"))
 AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("LOGIN_LOCKOUT_MINUTES", "15")))
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
-AXES_RESET_ON_SUCCESS = True
+AXES_RESET_ON_SUCCESS = False
+AXES_DISABLE_ACCESS_LOG = True
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 
