@@ -77,10 +77,12 @@ def test_new_room_takes_a_long_label_once_the_short_ones_are_taken(monkeypatch, 
     assert len(suffix) == 12 and int(suffix, 16) >= 0
 
 
-def test_home_lists_rooms_with_messages_and_ones_own_and_pages_them(client, ann, bob):
+def test_home_lists_rooms_with_messages_ones_own_and_private_ones_and_pages_them(client, ann, bob):
     for n in range(3):
         Room.objects.create(label=f"bobs-empty-{n}", created_by=bob)
     Room.objects.create(label="anns-empty", created_by=ann)
+    Room.objects.create(label="bobs-private", created_by=bob, is_private=True).invite(bob)
+    Room.objects.create(label="invited-to", created_by=bob, is_private=True).invite(ann)  # empty, but ann's
     busy = Room.objects.bulk_create(Room(label=f"busy-{n:03}", created_by=bob) for n in range(120))
     Message.objects.bulk_create(Message(room=room, user=bob, text="hi", client_id=f"c{room.pk}") for room in busy)
     first = client.get("/")
@@ -88,7 +90,7 @@ def test_home_lists_rooms_with_messages_and_ones_own_and_pages_them(client, ann,
     assert len(labels) == 50 and not any(label.startswith("bobs-empty") for label in labels)
     assert 'href="?page=2"' in first.content.decode()
     every = labels + [r.label for page in (2, 3) for r in client.get(f"/?page={page}").context["rooms"]]
-    assert sorted(every) == sorted(["anns-empty", *(f"busy-{n:03}" for n in range(120))])
+    assert sorted(every) == sorted(["anns-empty", "invited-to", *(f"busy-{n:03}" for n in range(120))])
     assert client.get("/?page=99").context["rooms"].number == 3  # past the end: the last page
 
 
