@@ -31,7 +31,7 @@ ANIMALS = (
 
 
 def random_label(long: bool = False) -> str:
-    """A readable label like "brave-otter-42"; `long`: "brave-otter-3fa9c2d1e07b", 2**48 times as many."""
+    """A readable label like "brave-otter-42"; `long`: "brave-otter-3fa9c2d1e07b" (2**48 suffixes, not 100)."""
     suffix = secrets.token_hex(6) if long else secrets.randbelow(100)
     return f"{secrets.choice(ADJECTIVES)}-{secrets.choice(ANIMALS)}-{suffix}"
 
