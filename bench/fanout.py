@@ -137,11 +137,12 @@ class Session:
         try:
             clients = [
                 {"index": g, "url": f"ws://127.0.0.1:{ports[g % daphnes]}{target.path()}",
+                 "origin": f"http://127.0.0.1:{ports[g % daphnes]}",  # Parley checks the port too
                  "cookie": sessions[g] if target.proto == "parley" else None}
                 for g in range(n_clients)
             ]  # fmt: skip
             for k in range(gens):
-                config = {"proto": target.proto, "origin": f"http://127.0.0.1:{ports[0]}", "clients": clients[k::gens]}
+                config = {"proto": target.proto, "clients": clients[k::gens]}
                 self.gens.append(LoadGen(config, log_dir / f"loadgen-{target.name}-{k}.log"))
             answers = [gen.answer(120) for gen in self.gens]
             failed = [f for a in answers for f in a["failed"]]

@@ -1,20 +1,25 @@
 import logging
 import secrets
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
-from django.db import IntegrityError, transaction
+from django.core.paginator import Paginator
+from django.db import IntegrityError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from .forms import InviteForm, NewRoomForm
-from .models import Room, is_valid_label
+from .models import Room, TooManyRooms, is_valid_label
 from .protocol import HISTORY_LIMIT, message_frame
 
 logger = logging.getLogger(__name__)
 
 INITIAL_MESSAGES = 50
+ROOMS_PER_PAGE = 50
+# Short labels tried before a long one: 30 x 30 x 100 of them, so they run out.
+SHORT_LABEL_TRIES = 3
 ADJECTIVES = (
     "amber brave calm clever cosmic eager fuzzy gentle golden happy jolly keen lively lucky "
     "mellow merry nimble polite proud quiet rapid shiny silly sunny swift tidy vivid witty zesty"
@@ -25,9 +30,17 @@ ANIMALS = (
 ).split()
 
 
-def random_label() -> str:
-    """A readable label like "brave-otter-42"."""
-    return f"{secrets.choice(ADJECTIVES)}-{secrets.choice(ANIMALS)}-{secrets.randbelow(100)}"
+def random_label(long: bool = False) -> str:
+    """A readable label like "brave-otter-42"; `long`: "brave-otter-3fa9c2d1e07b" (2**48 suffixes, not 100)."""
+    suffix = secrets.token_hex(6) if long else secrets.randbelow(100)
+    return f"{secrets.choice(ADJECTIVES)}-{secrets.choice(ANIMALS)}-{suffix}"
+
+
+def too_many_rooms(request: HttpRequest) -> HttpResponse:
+    """The page instead of a room the user may not create yet."""
+    logger.info("event=room_create_refused reason=limit user=%s", request.user.pk)
+    context = {"limit": settings.CHAT_ROOM_CREATE_LIMIT, "minutes": round(settings.CHAT_ROOM_CREATE_WINDOW / 60)}
+    return render(request, "chat/too_many_rooms.html", context, status=429)
 
 
 def visible_room_or_404(label: str, user) -> Room:
@@ -43,25 +56,25 @@ def visible_room_or_404(label: str, user) -> Room:
 def home(request: HttpRequest) -> HttpResponse:
     if not request.user.is_authenticated:
         return render(request, "home.html")
-    rooms = Room.objects.visible_to(request.user).order_by("-last_activity_at")
-    return render(request, "chat/rooms.html", {"rooms": rooms, "form": NewRoomForm()})
+    page = Paginator(Room.objects.listed_for(request.user), ROOMS_PER_PAGE).get_page(request.GET.get("page"))
+    return render(request, "chat/rooms.html", {"rooms": page, "form": NewRoomForm()})
 
 
 @require_POST
 def new_room(request: HttpRequest) -> HttpResponse:
     form = NewRoomForm(request.POST)
     is_private = form.is_valid() and form.cleaned_data["is_private"]
-    for _ in range(10):  # 30 x 30 x 100 labels: a collision is rare, ten in a row is not going to happen
+    # Once the short labels run out, long ones: five of those all taken does not happen.
+    for attempt in range(SHORT_LABEL_TRIES + 5):
         try:
-            with transaction.atomic():
-                room = Room.objects.create(label=random_label(), is_private=is_private, created_by=request.user)
-                if is_private:
-                    room.invite(request.user)
+            room = Room.objects.create_by(request.user, random_label(long=attempt >= SHORT_LABEL_TRIES), is_private)
+        except TooManyRooms:
+            return too_many_rooms(request)
         except IntegrityError:
             continue
         logger.info("event=room_created room=%s private=%s user=%s", room.label, is_private, request.user.pk)
         return redirect("room", label=room.label)
-    raise RuntimeError("no free room label after 10 attempts")
+    raise RuntimeError("five long random labels in a row were taken")
 
 
 @require_GET
@@ -71,10 +84,16 @@ def room(request: HttpRequest, label: str) -> HttpResponse:
         return redirect("room", label=label.lower(), permanent=True)
     if not is_valid_label(label):
         raise Http404("Room labels are lower-case letters, digits, '-' or '_', at most 50 characters.")
-    room, created = Room.objects.get_or_create(label=label, defaults={"created_by": request.user})
-    if created:
-        logger.info("event=room_created room=%s private=False user=%s", room.label, request.user.pk)
-    elif not room.can_view(request.user):
+    room = Room.objects.filter(label=label).first()
+    if room is None:
+        try:
+            room = Room.objects.create_by(request.user, label)
+            logger.info("event=room_created room=%s private=False user=%s", room.label, request.user.pk)
+        except TooManyRooms:
+            return too_many_rooms(request)
+        except IntegrityError:  # another request made it first
+            room = Room.objects.get(label=label)
+    if not room.can_view(request.user):
         raise Http404("No such room.")
     recent = list(room.messages.select_related("user", "room").order_by("-id")[: INITIAL_MESSAGES + 1])
     has_more = len(recent) > INITIAL_MESSAGES

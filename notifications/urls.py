@@ -1,8 +1,14 @@
-from django.urls import include, path
+import anymail.urls
+from django.urls import URLPattern, include, path
 
 from . import views
 
 app_name = "notifications"
+# anymail's webhook views, each answering a payload meant for another of them with 400 (views.esp_webhook).
+esp_webhooks = [
+    URLPattern(pattern.pattern, views.esp_webhook(pattern.callback), pattern.default_args, pattern.name)
+    for pattern in anymail.urls.urlpatterns
+]
 urlpatterns = [
     path("", views.notification_list, name="list"),
     path("<int:pk>/", views.notification_open, name="open"),
@@ -16,5 +22,5 @@ urlpatterns = [
     path("twilio/", views.twilio_webhook, name="twilio_webhook"),
     # The ESP's tracking webhooks (bounces, complaints): e.g. email/postmark/tracking/,
     # behind basic auth with ANYMAIL_WEBHOOK_SECRET.
-    path("email/", include("anymail.urls")),
+    path("email/", include((esp_webhooks, anymail.urls.app_name))),
 ]

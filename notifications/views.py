@@ -1,10 +1,13 @@
+import functools
 import logging
+from collections.abc import Callable
 
+from anymail.exceptions import AnymailConfigurationError
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -159,3 +162,25 @@ def twilio_webhook(request: HttpRequest) -> HttpResponse:
     logger.info("event=twilio_webhook outcome=%s", outcome)
     # An empty TwiML answer: no automatic reply from us.
     return HttpResponse("<Response/>", content_type="text/xml")
+
+
+def esp_webhook(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """One of anymail's webhook views, answering a payload of the wrong kind with 400.
+
+    anymail raises AnymailConfigurationError when a tracking event is posted to
+    an inbound URL (or the other way round): a misconfigured ESP, or anyone who
+    knows the URL. That is the sender's mistake, so a 400 saying which, not a 500.
+    functools.wraps keeps anymail's csrf_exempt and login_not_required marks.
+    """
+
+    @functools.wraps(view)
+    def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        try:
+            return view(request, *args, **kwargs)
+        except AnymailConfigurationError as error:
+            detail = str(error).split("\n", 1)[0]
+            logger.warning("event=esp_webhook_rejected reason=wrong_payload path=%s detail=%r", request.path, detail)
+            body = f"This webhook URL does not take this payload: {detail}"
+            return HttpResponseBadRequest(body, content_type="text/plain")
+
+    return wrapped

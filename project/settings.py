@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.csp import CSP
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -53,6 +54,7 @@ INSTALLED_APPS = [
     "reports",
     "notifications",
     "django.contrib.admin",
+    "axes",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -72,8 +74,11 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
     # Under DEBUG (make run) too, a 404 is Parley's page, not Django's list of URL patterns.
     "project.not_found.NotFoundPageMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
@@ -216,6 +221,11 @@ CHAT_PRESENCE_TTL = float(os.environ.get("CHAT_PRESENCE_TTL", "60"))
 if CHAT_PRESENCE_TTL <= 0:
     raise ImproperlyConfigured("CHAT_PRESENCE_TTL must be a positive number of seconds.")
 
+# A user may create CHAT_ROOM_CREATE_LIMIT rooms (by "New room" or by visiting a
+# free label) per CHAT_ROOM_CREATE_WINDOW seconds; the next is refused with a 429 page.
+CHAT_ROOM_CREATE_LIMIT = int(os.environ.get("CHAT_ROOM_CREATE_LIMIT", "20"))
+CHAT_ROOM_CREATE_WINDOW = float(os.environ.get("CHAT_ROOM_CREATE_WINDOW", "3600"))
+
 # --- Reports (room exports and insights, on the compute queue) -------------------
 # A user's queued or running exports and insights at once; one more is refused.
 REPORTS_MAX_RUNNING_PER_USER = int(os.environ.get("REPORTS_MAX_RUNNING_PER_USER", "3"))
@@ -261,6 +271,26 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
+# Failed logins are counted per handle and per address (django-axes): after
+# LOGIN_FAILURE_LIMIT of either within LOGIN_LOCKOUT_MINUTES, that handle or
+# address may not log in for LOGIN_LOCKOUT_MINUTES. The cool-off runs from the
+# failure that reached the limit; attempts during it do not extend it, so
+# whoever hammers a handle cannot keep its owner out for ever. A success clears
+# nothing: axes would clear the address's count too, and a guesser with an
+# account of their own could then guess on without end. Successful logins are
+# not logged (axes' access log): Parley needs only the failures.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = int(os.environ.get("LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("LOGIN_LOCKOUT_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = False
+AXES_DISABLE_ACCESS_LOG = True
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+
 # --- I18N -------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -297,6 +327,30 @@ if AWS_STORAGE_BUCKET_NAME:
     AWS_QUERYSTRING_AUTH = False
     AWS_DEFAULT_ACL = None
     AWS_S3_OBJECT_PARAMETERS = {"CacheControl": "public, max-age=31536000, immutable"}
+
+# --- Content-Security-Policy (every page; Django's own middleware) -------------
+# Parley's pages have no inline script, style or handler: scripts, styles and
+# sockets come from Parley itself, and images from it, the avatar preview
+# (blob:) and the media bucket. ('self' covers ws:/wss: to the same host.)
+_MEDIA_ORIGINS = []
+if AWS_STORAGE_BUCKET_NAME:
+    if AWS_S3_CUSTOM_DOMAIN:
+        _MEDIA_ORIGINS.append(f"https://{AWS_S3_CUSTOM_DOMAIN}")
+    elif AWS_S3_ENDPOINT_URL:
+        _MEDIA_ORIGINS.append(AWS_S3_ENDPOINT_URL.rstrip("/"))
+    else:
+        _MEDIA_ORIGINS.append("https://*.amazonaws.com")
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF],
+    "style-src": [CSP.SELF],
+    "img-src": [CSP.SELF, "data:", "blob:", *_MEDIA_ORIGINS],
+    "connect-src": [CSP.SELF],
+    "object-src": [CSP.NONE],
+    "base-uri": [CSP.NONE],
+    "form-action": [CSP.SELF],
+    "frame-ancestors": [CSP.NONE],
+}
 
 # --- Security (production) -------------------------------------------------
 if not DEBUG:

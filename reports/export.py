@@ -143,13 +143,35 @@ class CsvWriter(Writer):
         return self._take()
 
     def rows(self, rows: list[Row]) -> str:
-        self.writer.writerows((id_, timestamp(at), handle, name, text) for id_, at, _, handle, name, text in rows)
+        self.writer.writerows(
+            (id_, timestamp(at), inert_cell(handle), inert_cell(name), inert_cell(text))
+            for id_, at, _, handle, name, text in rows
+        )
         return self._take()
 
     def batches(self, messages: QuerySet, after_id: int) -> Iterator[Piece]:
         if connections[messages.db].vendor != "postgresql":
             return super().batches(messages, after_id)
-        return copy_batches(messages, after_id, ("id", ISO_TIMESTAMP, "user__username", *COPY_NULLABLE), "FORMAT csv")
+        return copy_batches(messages, after_id, ("id", ISO_TIMESTAMP, *COPY_CSV_CELLS), "FORMAT csv")
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula
+# (`=HYPERLINK(...)` leaks data when clicked): OWASP's "CSV injection" advice is
+# to make such a cell plain text with a leading single quote.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def inert_cell(value: str) -> str:
+    """`value` as a spreadsheet shows it as text, never runs it (see FORMULA_STARTS)."""
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
+class InertCell(Func):
+    """inert_cell() in SQL, so COPY writes the same bytes as CsvWriter.rows."""
+
+    # The column once, so its parameters (NullIf's "") are passed once; chr(9), chr(13): tab, CR.
+    template = r"regexp_replace(%(expressions)s, '^([-=+@' || chr(9) || chr(13) || '])', '''\1')"
+    output_field = TextField()
 
 
 def copy_batches(messages: QuerySet, after_id: int, columns: tuple, options: str) -> Iterator[Piece]:
@@ -193,6 +215,8 @@ FIRST_NUMBER = re.compile(rb"\D*(\d+)")
 # comma, a quote, CR or LF; quotes doubled), and an empty string too, as "" (to
 # tell it from NULL): empty texts go out as NULL, which COPY writes as nothing, as csv does.
 COPY_NULLABLE = tuple(NullIf(name, Value(""), output_field=TextField()) for name in ("user__display_name", "text"))
+# The CSV's handle, display name and text columns, each made inert (InertCell).
+COPY_CSV_CELLS = (InertCell("user__username"), *(InertCell(column) for column in COPY_NULLABLE))
 
 
 def _json(field: str) -> Func:

@@ -65,6 +65,7 @@ def test_home_lists_visible_rooms_most_recent_first(client, ann, bob):
     hidden.invite(bob)
     mine = Room.objects.create(label="mine", is_private=True, created_by=ann)
     mine.invite(ann)
+    new.post(bob, "hi", "c0")  # empty rooms are listed to their creators only
     old.post(ann, "bump", "c1")  # old is now the most recently active
     rooms = list(client.get("/").context["rooms"])
     assert rooms[0] == old

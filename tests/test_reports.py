@@ -347,7 +347,7 @@ def authenticated(user, path: str) -> WebsocketCommunicator:
     client = Client()
     client.force_login(user)
     cookie = f"sessionid={client.cookies['sessionid'].value}"
-    headers = [(b"cookie", cookie.encode()), (b"origin", b"http://localhost")]
+    headers = [(b"host", b"localhost"), (b"cookie", cookie.encode()), (b"origin", b"http://localhost")]
     return WebsocketCommunicator(application, path, headers=headers)
 
 

@@ -5,7 +5,7 @@ so bench/fanout.py starts several of these and splits the clients between them.
 It speaks line-delimited JSON: a config on stdin's first line, then commands,
 one per line; each answer is one line on stdout.
 
-    config  {"proto": "parley"|"bare", "clients": [{"index": g, "url": ..., "cookie": ...|null}], "origin": ...}
+    config  {"proto": "parley"|"bare", "clients": [{"index": g, "url": ..., "origin": ..., "cookie": ...|null}]}
     ->      {"ready": true, "connected": n, "failed": [...]}
     run     {"cmd": "run", "step": k, "rate": msg/s, "senders": s, "start": monotonic, "warmup": s,
              "duration": s, "drain": s}
@@ -62,7 +62,7 @@ class Client:
 class Generator:
     def __init__(self, config: dict) -> None:
         self.proto = config["proto"]
-        self.clients = [Client(c["index"], c["url"], c.get("cookie"), config["origin"], self.proto)
+        self.clients = [Client(c["index"], c["url"], c.get("cookie"), c["origin"], self.proto)
                         for c in config["clients"]]
         self.step = -1
         self.latencies: list[float] = []
