@@ -4,7 +4,7 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import IntegrityError, connection, models, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 if TYPE_CHECKING:
@@ -100,6 +100,8 @@ class Room(models.Model):
         kept as `message.previous_id` (0 for a room's first message, None on a
         retry, whose predecessor is not looked up): a socket that has not
         seen it knows it missed something (chat.consumers).
+        Raises RoomHidden, storing nothing, when `user` may not see the room
+        (a private room they are not, or no longer, a member of).
         The retry and rate-limit checks read before the lock, in one query, to
         keep the room locked for as short a time as possible; two sockets of one
         user posting at the same instant may slip one message past the limit.
@@ -115,7 +117,11 @@ class Room(models.Model):
             raise RateLimited
         try:
             with transaction.atomic():
-                Room.objects.filter(pk=self.pk).update(last_activity_at=now)
+                # The lock, and the check that `user` may still see the room (a removed
+                # member's socket may still be open), in one statement.
+                member = Membership.objects.filter(room=OuterRef("pk"), user=user)
+                if not Room.objects.filter(Q(is_private=False) | Exists(member), pk=self.pk).update(last_activity_at=now):
+                    raise RoomHidden(f"Room {self.label!r} is private.")
                 previous = self.messages.order_by("-pk").values_list("pk", flat=True).first() or 0
                 message = Message.objects.create(room=self, user=user, text=text, client_id=client_id)
         except IntegrityError:
