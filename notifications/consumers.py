@@ -5,6 +5,7 @@ import logging
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.contrib.auth.base_user import AbstractBaseUser
 
 from chat.models import Room
 from project.access import CLOSE_SESSION_ENDED, AccessGuard
@@ -75,7 +76,7 @@ class NotificationConsumer(AccessGuard, AsyncWebsocketConsumer):
         if await self.recheck_access():  # it writes: only for a session that is still logged in
             await database_sync_to_async(self._mark_read)(frame)
 
-    def may_stay(self, user) -> bool:
+    def may_stay(self, user: AbstractBaseUser) -> bool:
         return True  # the bell is the user's own: only the session matters
 
     def _mark_read(self, frame: dict) -> None:

@@ -29,6 +29,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model, load_backend
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
 from django.utils.crypto import constant_time_compare
 
@@ -90,7 +91,7 @@ def announce_access_change(user_id: int, reason: str, session_key: str | None = 
     announce(access_group(user_id), reason, session_key)
 
 
-def session_user(session_key: str | None):
+def session_user(session_key: str | None) -> AbstractBaseUser | None:
     """The user the session `session_key` is still logged in as, or None.
 
     django.contrib.auth.get_user()'s rules (the session exists, names an
@@ -120,7 +121,7 @@ def session_user(session_key: str | None):
     return user
 
 
-def require_session(session_key: str | None, user_id: int):
+def require_session(session_key: str | None, user_id: int) -> AbstractBaseUser:
     """The session's user, or AccessEnded(4401) once the session no longer logs in user `user_id`."""
     user = session_user(session_key)
     if user is None or user.pk != user_id:
@@ -144,7 +145,7 @@ class AccessGuard:
     access_timer: asyncio.Task | None = None
     access_joined: str | None = None
 
-    def may_stay(self, user) -> bool:
+    def may_stay(self, user: AbstractBaseUser) -> bool:
         """The socket's own rule (the room, the staff flag, the job), for the session's current user."""
         raise NotImplementedError
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 
 from chat.models import RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW
@@ -93,7 +94,7 @@ class JobConsumer(AccessGuard, AsyncJsonWebsocketConsumer):
             # `error` repeats the detail for clients written against this socket's first error frame.
             await self.send_json({**error.frame(), "error": error.detail})
 
-    def may_stay(self, user) -> bool:
+    def may_stay(self, user: AbstractBaseUser) -> bool:
         job = Job.objects.select_related("room").filter(pk=self.watcher.job.pk).first()
         return job is not None and job.can_view(user)
 

@@ -8,6 +8,7 @@ from inspect import iscoroutinefunction
 from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.contrib.auth.base_user import AbstractBaseUser
 
 from project.access import CLOSE_ACCESS_ENDED, CLOSE_SESSION_ENDED, AccessGuard
 from project.sockets import FrameError, RateLimit
@@ -60,7 +61,7 @@ class TaskConsumer(AsyncConsumer):
             state.changed()
 
 
-def may_monitor(user) -> bool:
+def may_monitor(user: AbstractBaseUser) -> bool:
     """The /tasks/ monitor is for active staff only."""
     return user.is_active and user.is_staff
 
@@ -107,7 +108,7 @@ class TaskMonitorConsumer(AccessGuard, AsyncJsonWebsocketConsumer):
         if not self.bad_frames.allow():
             await self.close(code=4429)
 
-    def may_stay(self, user) -> bool:
+    def may_stay(self, user: AbstractBaseUser) -> bool:
         return may_monitor(user)
 
     async def send_overviews(self) -> None:
