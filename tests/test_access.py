@@ -20,6 +20,7 @@ from chat.models import Membership, Message, Room, RoomHidden
 from project import access
 from project.asgi import application
 from reports.jobs import start_export
+from reports.models import Job
 from tests.chat_helpers import ORIGIN, fresh_channel_layer, next_of, send
 
 __all__ = ["fresh_channel_layer"]
@@ -157,12 +158,15 @@ async def test_a_room_made_private_closes_the_non_members_only(ann, bob):
 async def test_the_end_of_the_session_closes_every_socket_with_4401(ann, bob, change):
     room = await private_room(bob, ann)
     bob_socket = await (await browser(bob)).chat("secret")
+    ann.is_staff = True
+    await database_sync_to_async(ann.save)()
     ann_browser = await browser(ann)
     chat, bell = await ann_browser.chat("secret"), await ann_browser.open("/notifications/live/")
     job, _ = await database_sync_to_async(start_export)(ann, room, "jsonl")
-    progress = await ann_browser.open(f"/reports/{job.pk}/live/")
+    progress, monitor = await ann_browser.open(f"/reports/{job.pk}/live/"), await ann_browser.open("/tasks/live/")
     assert (await bell.receive_json_from(timeout=5))["type"] == "unread"
     assert (await progress.receive_json_from(timeout=5))["type"] == "job.progress"
+    assert (await monitor.receive_json_from(timeout=5))["type"] == "overview"
 
     if change == "password":
         await database_sync_to_async(ann.set_password)("a-new-pw-3")  # hashing takes a while: not the change yet
@@ -180,7 +184,7 @@ async def test_the_end_of_the_session_closes_every_socket_with_4401(ann, bob, ch
 
     started = time.monotonic()
     await database_sync_to_async(end_session)()
-    assert [await close_code(s) for s in (chat, bell, progress)] == [4401, 4401, 4401]
+    assert [await close_code(s) for s in (chat, bell, progress, monitor)] == [4401] * 4
     assert time.monotonic() - started < WITHIN
     await still_open(bob_socket)  # another user's socket is untouched
     await bob_socket.disconnect()
@@ -224,6 +228,15 @@ async def test_a_sync_after_removal_is_answered_with_nothing_from_the_room(ann, 
     assert output["code"] == 4403
     assert len(frames) == 1 and '"access_ended"' in frames[0] and "secret plan" not in frames[0]
     await b.disconnect(code=4403)
+
+
+async def test_an_export_frame_after_removal_starts_nothing(ann, bob):
+    room = await private_room(ann, bob)
+    b = await (await browser(bob)).chat("secret")
+    await drop_membership_unannounced(room, bob)
+    await send(b, {"type": "export", "format": "csv"})
+    assert await close_code(b, within=5) == 4403
+    assert not await database_sync_to_async(Job.objects.exists)()
 
 
 async def test_a_lost_announcement_is_caught_by_the_sockets_own_timer(ann, bob, monkeypatch):
