@@ -111,7 +111,11 @@ class Room(models.Model):
         seen = Message.objects.filter(Q(client_id=client_id) | window, user=user).aggregate(
             retry_of=models.Max("pk", filter=Q(client_id=client_id)), recent=models.Count("pk", filter=window)
         )
+        member = Membership.objects.filter(room=OuterRef("pk"), user=user)
+        visible = Room.objects.filter(Q(is_private=False) | Exists(member), pk=self.pk)
         if seen["retry_of"] is not None:
+            if not visible.exists():  # nothing of the room, not even one's own message, once it is hidden
+                raise RoomHidden(f"Room {self.label!r} is private.")
             return Message.objects.get(pk=seen["retry_of"]), False
         if seen["recent"] >= RATE_LIMIT_COUNT:
             raise RateLimited
@@ -119,8 +123,7 @@ class Room(models.Model):
             with transaction.atomic():
                 # The lock, and the check that `user` may still see the room (a removed
                 # member's socket may still be open), in one statement.
-                member = Membership.objects.filter(room=OuterRef("pk"), user=user)
-                if not Room.objects.filter(Q(is_private=False) | Exists(member), pk=self.pk).update(last_activity_at=now):
+                if not visible.update(last_activity_at=now):
                     raise RoomHidden(f"Room {self.label!r} is private.")
                 previous = self.messages.order_by("-pk").values_list("pk", flat=True).first() or 0
                 message = Message.objects.create(room=self, user=user, text=text, client_id=client_id)

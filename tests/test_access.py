@@ -127,6 +127,10 @@ def test_room_post_refuses_a_non_member_of_a_private_room_and_stores_nothing(ann
         room.post(bob, "let me in", "c1")
     assert room.post(ann, "mine", "c2")[1]
     assert list(Message.objects.values_list("text", flat=True)) == ["mine"]
+    # A retry after removal does not hand back even the member's own message.
+    room.memberships.filter(user=ann).delete()
+    with pytest.raises(RoomHidden):
+        room.post(ann, "mine", "c2")
 
 
 # --- the room socket -----------------------------------------------------------------
