@@ -5,7 +5,7 @@ class ChatConfig(AppConfig):
     name = "chat"
 
     def ready(self) -> None:
-        from . import protocol
+        from . import protocol, signals  # noqa: F401 (signals: its receivers connect on import)
         from .consumers import ChatConsumer
 
         protocol.register("message", protocol.MESSAGE_SCHEMA, ChatConsumer.on_message)

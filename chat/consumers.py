@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.db.models import Q
 
+from project.access import CLOSE_ACCESS_ENDED, CLOSE_SESSION_ENDED, AccessEnded, AccessGuard, require_session
 from project.sockets import FrameError, RateLimit
 
 from . import presence, protocol
@@ -23,8 +25,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CLOSE_NOT_LOGGED_IN = 4401
-CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_LOGGED_IN = CLOSE_SESSION_ENDED
+CLOSE_FORBIDDEN = CLOSE_ACCESS_ENDED
 CLOSE_NOT_FOUND = 4404
 TYPING_INTERVAL = 2.0
 
@@ -41,6 +43,15 @@ def find_room(label: str, user: "User") -> tuple[Room | None, int | None]:
         return None, CLOSE_FORBIDDEN
     except Room.DoesNotExist:
         return None, CLOSE_NOT_FOUND
+
+
+def can_still_view(room: Room, user: "User") -> bool:
+    """Whether `user` may see `room` now, as the database has it (it may have been made private since)."""
+    return Room.objects.filter(Q(is_private=False) | Q(memberships__user=user), pk=room.pk).exists()
+
+
+def room_gone() -> AccessEnded:
+    return AccessEnded(CLOSE_FORBIDDEN, "You can no longer see this room.")
 
 
 def messages_after(room: Room, after: int) -> tuple[list[dict[str, Any]], bool]:
@@ -69,6 +80,28 @@ def post_message(room: Room, user: "User", text: str, client_id: str) -> dict[st
     return {"type": "chat.message", "text": encode(message_frame(message)), "id": message.pk, "previous": message.previous_id}
 
 
+def post_for_socket(session_key: str | None, room: Room, user: "User", text: str, client_id: str) -> dict[str, Any]:
+    """post_message() for a socket, only while its session still logs `user` in and `user` may see `room`.
+
+    One trip to the post thread: the session is read first, and Room.post
+    checks the room inside its transaction, so no frame sent after access
+    ended is stored.
+    """
+    require_session(session_key, user.pk)
+    try:
+        return post_message(room, user, text, client_id)
+    except RoomHidden:
+        raise room_gone() from None
+
+
+def sync_for_socket(session_key: str | None, room: Room, user: "User", after: int) -> tuple[list[dict[str, Any]], bool]:
+    """messages_after() for a socket, only while its session still logs `user` in and `user` may see `room`."""
+    require_session(session_key, user.pk)
+    if not can_still_view(room, user):
+        raise room_gone()
+    return messages_after(room, after)
+
+
 # Messages are stored, and missed ones read, on threads of their own, each with
 # its own database connection. On daphne's one database thread (channels'
 # default) a process stored at most 1 / (one post's round trips) messages a
@@ -78,7 +111,7 @@ def post_message(room: Room, user: "User", text: str, client_id: str) -> dict[st
 # holds up to POST_THREADS more connections.
 POST_THREADS = 4
 _post_threads = ThreadPoolExecutor(POST_THREADS, thread_name_prefix="parley-post")
-store_message = database_sync_to_async(post_message, thread_sensitive=False, executor=_post_threads)
+store_message = database_sync_to_async(post_for_socket, thread_sensitive=False, executor=_post_threads)
 read_missed = database_sync_to_async(messages_after, thread_sensitive=False, executor=_post_threads)
 
 
@@ -104,7 +137,7 @@ async def missed_after(room: Room, after: int) -> list[dict[str, Any]]:
     return frames
 
 
-class ChatConsumer(AsyncWebsocketConsumer):
+class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
     """One socket in a room.
 
     Frame handlers registered with chat.protocol, chat's own and other apps',
@@ -123,6 +156,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
     `last_id` makes the socket read what it is missing from the database
     (catch_up), and each heartbeat does the same for a broadcast that never
     came at all.
+
+    Its access ends with its session or its right to see the room (see
+    project.access.AccessGuard): it is closed (4401, 4403), and a message or
+    sync frame is checked against both before it is stored or answered.
     """
 
     room: Room | None = None
@@ -156,11 +193,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not self.user.is_authenticated:
             await self.close(code=CLOSE_NOT_LOGGED_IN)
             return
+        # Listen for the end of access before checking the room: a removal from here on is heard.
+        await self.guard_access()
         label = self.scope["url_route"]["kwargs"]["label"]
         room, refusal = await database_sync_to_async(find_room)(label, self.user)
         if refusal:
             logger.info("event=ws_refused room=%s user=%s code=%s", label[:60], self.user.pk, refusal)
-            await self.close(code=refusal)
+            await self.end_access(refusal, "refused")
             return
         self.room = room
         self.state: dict[str, Any] = {}
@@ -179,6 +218,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         logger.info("event=ws_connect room=%s user=%s channel=%s", room.label, self.user.pk, self.channel_name)
 
     async def disconnect(self, code: int) -> None:
+        await self.unguard_access()
         if self.room is None:
             return
         # Database calls run one at a time on one thread, in order: once this is
@@ -196,7 +236,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         logger.info("event=ws_disconnect room=%s user=%s code=%s", self.room.label, self.user.pk, code)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.room is None:
+        if self.room is None or self.access_ended:
             return
         try:
             frame = parse_frame(text_data, bytes_data)
@@ -215,9 +255,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not self.message_limit.allow():
             raise FrameError("rate_limited", self.rate_limit_detail(), client_id=client_id)
         try:
-            event = await store_message(self.room, self.user, frame["text"], client_id)
+            event = await store_message(self.access_session_key(), self.room, self.user, frame["text"], client_id)
         except RateLimited:
             raise FrameError("rate_limited", self.rate_limit_detail(), client_id=client_id) from None
+        except AccessEnded as ended:
+            await self.refuse_ended(ended, client_id=client_id)
+            return
         if event["previous"] is None:
             # A retry: its sender gets the original back whatever this socket was
             # sent before, as an answer to the resend.
@@ -229,7 +272,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.chat_message(event)  # the sender sees it stored; others read it at their next beat
 
     async def on_sync(self, frame: dict[str, Any]) -> None:
-        frames, more = await database_sync_to_async(messages_after)(self.room, frame["after"])
+        try:
+            frames, more = await database_sync_to_async(sync_for_socket)(
+                self.access_session_key(), self.room, self.user, frame["after"]
+            )
+        except AccessEnded as ended:
+            await self.refuse_ended(ended)
+            return
         for message in frames:
             await self.send_frame(message)
         last_id = frames[-1]["id"] if frames else frame["after"]
@@ -238,12 +287,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.last_id = max(self.last_id, last_id)
 
     async def on_typing(self, frame: dict[str, Any]) -> None:
+        if not await self.recheck_access(max_age=1.0):  # only a hint: a check at most 1 s old will do
+            return
         key = (self.room.pk, self.user.pk)
         now = time.monotonic()
         if now - _typing_relayed.get(key, -TYPING_INTERVAL) < TYPING_INTERVAL:
             return  # relayed moments ago: drop quietly, it is only a hint
         _typing_relayed[key] = now
         await self.broadcast({"type": "typing", "handle": self.user.username}, skip_user=self.user.pk)
+
+    def may_stay(self, user: "User") -> bool:
+        return can_still_view(self.room, user)
+
+    async def refuse_ended(self, ended: AccessEnded, **extra: Any) -> None:
+        """A frame came after access ended: say so, and close the socket."""
+        await self.send_frame(ended.frame(**extra))
+        await self.end_access(ended.code, "frame")
 
     # --- outbound -----------------------------------------------------------------
 

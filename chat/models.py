@@ -139,6 +139,8 @@ class Room(models.Model):
         kept as `message.previous_id` (0 for a room's first message, None on a
         retry, whose predecessor is not looked up): a socket that has not
         seen it knows it missed something (chat.consumers).
+        Raises RoomHidden, storing nothing, when `user` may not see the room
+        (a private room they are not, or no longer, a member of).
         The retry and rate-limit checks read before the lock, in one query, to
         keep the room locked for as short a time as possible; two sockets of one
         user posting at the same instant may slip one message past the limit.
@@ -148,13 +150,20 @@ class Room(models.Model):
         seen = Message.objects.filter(Q(client_id=client_id) | window, user=user).aggregate(
             retry_of=models.Max("pk", filter=Q(client_id=client_id)), recent=models.Count("pk", filter=window)
         )
+        member = Membership.objects.filter(room=OuterRef("pk"), user=user)
+        visible = Room.objects.filter(Q(is_private=False) | Exists(member), pk=self.pk)
         if seen["retry_of"] is not None:
+            if not visible.exists():  # nothing of the room, not even one's own message, once it is hidden
+                raise RoomHidden(f"Room {self.label!r} is private.")
             return Message.objects.get(pk=seen["retry_of"]), False
         if seen["recent"] >= RATE_LIMIT_COUNT:
             raise RateLimited
         try:
             with transaction.atomic():
-                Room.objects.filter(pk=self.pk).update(last_activity_at=now)
+                # The lock, and the check that `user` may still see the room (a removed
+                # member's socket may still be open), in one statement.
+                if not visible.update(last_activity_at=now):
+                    raise RoomHidden(f"Room {self.label!r} is private.")
                 previous = self.messages.order_by("-pk").values_list("pk", flat=True).first() or 0
                 message = Message.objects.create(room=self, user=user, text=text, client_id=client_id)
         except IntegrityError:

@@ -5,8 +5,10 @@ import logging
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.contrib.auth.base_user import AbstractBaseUser
 
 from chat.models import Room
+from project.access import CLOSE_SESSION_ENDED, AccessGuard
 from project.sockets import FrameError, RateLimit, compile_schema, parse
 
 from . import notify
@@ -31,12 +33,13 @@ MARK_READ = {
 VALIDATORS = {"mark_read": compile_schema(MARK_READ)}
 
 
-class NotificationConsumer(AsyncWebsocketConsumer):
+class NotificationConsumer(AccessGuard, AsyncWebsocketConsumer):
     """Sends {"type": "unread", "count": n} on connect and whenever it changes.
 
     Accepts {"type": "mark_read", "ids": [...]} or {"type": "mark_read", "room": label}
     (the room page says so while it is on screen); answers bad frames with
-    project.sockets' error frame.
+    project.sockets' error frame. Closed with 4401 once the session ends
+    (project.access.AccessGuard).
     """
 
     async def connect(self) -> None:
@@ -44,8 +47,9 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         if self.user is None or not self.user.is_authenticated:
             # Accept first: a browser only sees close codes after an accept.
             await self.accept()
-            await self.close(code=4401)
+            await self.close(code=CLOSE_SESSION_ENDED)
             return
+        await self.guard_access()
         self.group = notify.user_group(self.user.pk)
         self.frame_limit = RateLimit(MAX_FRAMES, FRAMES_WINDOW)
         await self.channel_layer.group_add(self.group, self.channel_name)
@@ -56,8 +60,11 @@ class NotificationConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+        await self.unguard_access()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.access_ended:
+            return
         try:
             if not self.frame_limit.allow():
                 raise FrameError("rate_limited", "too many frames; slow down")
@@ -66,7 +73,11 @@ class NotificationConsumer(AsyncWebsocketConsumer):
             # `error` repeats the detail for clients written against this socket's first error frame.
             await self.send_json({**error.frame(), "error": error.detail})
             return
-        await database_sync_to_async(self._mark_read)(frame)
+        if await self.recheck_access():  # it writes: only for a session that is still logged in
+            await database_sync_to_async(self._mark_read)(frame)
+
+    def may_stay(self, user: AbstractBaseUser) -> bool:
+        return True  # the bell is the user's own: only the session matters
 
     def _mark_read(self, frame: dict) -> None:
         room = None

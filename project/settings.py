@@ -373,6 +373,7 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "kv"}},
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
+        "project": {"level": LOG_LEVEL},
         "accounts": {"level": LOG_LEVEL},
         "chat": {"level": LOG_LEVEL},
         "notifications": {"level": LOG_LEVEL},

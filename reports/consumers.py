@@ -7,15 +7,18 @@ from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 
 from chat.models import RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW
+from project.access import CLOSE_ACCESS_ENDED, CLOSE_SESSION_ENDED, AccessGuard
 from project.sockets import FrameError, RateLimit, compile_schema, decode, frame_schema, validate
 from tasks.progress import progress_group
 
 from .forms import export_options
 from .jobs import TooManyJobs, cancel_job, start_export
 from .live import JobWatcher, load_job
+from .models import Job
 
 if TYPE_CHECKING:
     from chat.consumers import ChatConsumer
@@ -33,25 +36,37 @@ CANCEL = compile_schema({
 })
 
 
-class JobConsumer(AsyncJsonWebsocketConsumer):
+class JobConsumer(AccessGuard, AsyncJsonWebsocketConsumer):
     """/reports/<id>/live/: the job's progress (`job.progress` frames); `{"action": "cancel"}` stops it.
 
-    Only users who may see the job are accepted (others are refused with 4403).
-    A reload opens a new socket, which gets the job's current state at once.
+    Accepted first, so the page sees why it is refused: 4401 without a session,
+    4404 for no such job, 4403 for a job the user may not see. Closed the same
+    way once the session ends or the job is no longer theirs to see
+    (project.access.AccessGuard). A reload opens a new socket, which gets the
+    job's current state at once.
     """
 
     watcher: JobWatcher | None = None
     ticker: asyncio.Task | None = None
 
     async def connect(self) -> None:
+        # A browser sees close codes only after an accept (a refused handshake is a bare 403, retried for ever).
+        await self.accept()
         user = self.scope["user"]
+        if not user.is_authenticated:
+            await self.close(code=CLOSE_SESSION_ENDED)
+            return
+        # Listen for the end of access before checking the job: a removal from here on is heard.
+        await self.guard_access()
         job = await load_job(self.scope["url_route"]["kwargs"]["job_id"])
-        if not user.is_authenticated or job is None or not await database_sync_to_async(job.can_view)(user):
-            await self.close(code=4403)
+        if job is None:
+            await self.end_access(4404, "refused")
+            return
+        if not await database_sync_to_async(job.can_view)(user):
+            await self.end_access(CLOSE_ACCESS_ENDED, "refused")
             return
         self.watcher = JobWatcher(job)
         self.frame_limit = RateLimit(MAX_FRAMES_PER_SECOND, 1.0)
-        await self.accept()
         if job.task_id is not None:
             await self.channel_layer.group_add(self.watcher.group_name, self.channel_name)
         await self.send_json(await self.watcher.refresh())
@@ -62,8 +77,11 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
             self.ticker.cancel()
         if self.watcher is not None and self.watcher.job.task_id is not None:
             await self.channel_layer.group_discard(self.watcher.group_name, self.channel_name)
+        await self.unguard_access()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if not await self.recheck_access():  # a cancel writes: only while the job is still the user's
+            return
         try:
             if not self.frame_limit.allow():
                 raise FrameError("rate_limited", "too many frames; slow down")
@@ -75,6 +93,10 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         except FrameError as error:
             # `error` repeats the detail for clients written against this socket's first error frame.
             await self.send_json({**error.frame(), "error": error.detail})
+
+    def may_stay(self, user: AbstractBaseUser) -> bool:
+        job = Job.objects.select_related("room").filter(pk=self.watcher.job.pk).first()
+        return job is not None and job.can_view(user)
 
     async def task_update(self, event: dict) -> None:
         frame = await self.watcher.on_update(event["task"])
@@ -162,7 +184,9 @@ class ChatExports:
 
 
 async def on_export(consumer: "ChatConsumer", frame: dict[str, Any]) -> None:
-    await ChatExports.of(consumer).start(frame)
+    # An export reads the whole room: only while the socket's access holds (else it is closed).
+    if await consumer.recheck_access():
+        await ChatExports.of(consumer).start(frame)
 
 
 async def on_task_update(consumer: "ChatConsumer", event: dict[str, Any]) -> None:

@@ -8,7 +8,9 @@ from inspect import iscoroutinefunction
 from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.contrib.auth.base_user import AbstractBaseUser
 
+from project.access import CLOSE_ACCESS_ENDED, CLOSE_SESSION_ENDED, AccessGuard
 from project.sockets import FrameError, RateLimit
 
 from . import runner
@@ -59,26 +61,35 @@ class TaskConsumer(AsyncConsumer):
             state.changed()
 
 
-class TaskMonitorConsumer(AsyncJsonWebsocketConsumer):
+def may_monitor(user: AbstractBaseUser) -> bool:
+    """The /tasks/ monitor is for active staff only."""
+    return user.is_active and user.is_staff
+
+
+class TaskMonitorConsumer(AccessGuard, AsyncJsonWebsocketConsumer):
     """The /tasks/ page's live feed, staff only: tasks.monitor.overview() every few seconds.
 
     Frames out: {"type": "overview", "overview": {...}} and project.sockets' error frame.
     It takes no frames in: each one is answered with an error, and a client
-    that keeps sending is closed (4429).
+    that keeps sending is closed (4429). Accepted first, so the page sees why
+    it is refused (4401, 4403); closed the same way once the session or the
+    staff flag ends (project.access.AccessGuard).
     """
 
     interval = 2.0
     max_bad_frames = 10
 
     async def connect(self) -> None:
+        # Accept first: a browser sees close codes only after an accept (a refused handshake is a bare 403).
+        await self.accept()
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
-            await self.close(code=4401)
+            await self.close(code=CLOSE_SESSION_ENDED)
             return
-        if not (user.is_active and user.is_staff):
-            await self.close(code=4403)
+        await self.guard_access()
+        if not may_monitor(user):
+            await self.end_access(CLOSE_ACCESS_ENDED, "refused")
             return
-        await self.accept()
         # Full after max_bad_frames - 1 frames, for good: the next one is answered, then the socket closed.
         self.bad_frames = RateLimit(self.max_bad_frames - 1, math.inf)
         self.feed = asyncio.create_task(self.send_overviews())
@@ -86,16 +97,22 @@ class TaskMonitorConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if feed := getattr(self, "feed", None):
             feed.cancel()
+        await self.unguard_access()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.access_ended:
+            return
         error = FrameError("invalid", "invalid frame: this socket only sends updates; it takes no frames")
         # `error` repeats the detail for clients written against this socket's first error frame.
         await self.send_json({**error.frame(), "error": error.detail})
         if not self.bad_frames.allow():
             await self.close(code=4429)
 
+    def may_stay(self, user: AbstractBaseUser) -> bool:
+        return may_monitor(user)
+
     async def send_overviews(self) -> None:
-        while True:
+        while not self.access_ended:
             try:
                 await self.send_json({"type": "overview", "overview": await database_sync_to_async(overview)()})
             except Exception:  # the database is away: say nothing new, try again next time

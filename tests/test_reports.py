@@ -317,8 +317,7 @@ def test_non_member_cannot_start_watch_or_download(client, room, alice, mallory)
     assert client.post(reverse("reports:cancel", args=[job.pk])).status_code == 404
     assert Job.objects.filter(requested_by=mallory).count() == 0
 
-    connected, code = async_to_sync(ws_connect)(mallory, job)
-    assert not connected
+    assert async_to_sync(ws_close_code)(mallory, job) == 4403
 
     # Alice downloads her file; Bob, a member, may not download Alice's export.
     client.force_login(alice)
@@ -333,11 +332,14 @@ def test_non_member_cannot_start_watch_or_download(client, room, alice, mallory)
     assert client.get(reverse("reports:download", args=[job.pk])).status_code == 404
 
 
-async def ws_connect(user, job):
+async def ws_close_code(user, job) -> int:
+    """The code the job's socket closes with for `user` (accepted first: browsers see close codes only then)."""
     communicator = await sync_to_async(authenticated)(user, f"/reports/{job.pk}/live/")
-    connected, code = await communicator.connect(timeout=5)
+    assert (await communicator.connect(timeout=5))[0]
+    closed = await communicator.receive_output(timeout=5)
     await communicator.disconnect()
-    return connected, code
+    assert closed["type"] == "websocket.close"
+    return closed["code"]
 
 
 def authenticated(user, path: str) -> WebsocketCommunicator:

@@ -192,11 +192,14 @@ async def connect_as(user) -> WebsocketCommunicator:
 
 
 async def test_monitor_socket_refuses_anonymous_and_non_staff_users():
+    # Accepted, then closed: a browser sees close codes only after an accept.
     communicator = await connect_as(AnonymousUser())
-    assert await communicator.connect() == (False, 4401)
+    assert await communicator.connect() == (True, None)
+    assert (await communicator.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4401}
     member = await database_sync_to_async(get_user_model().objects.create_user)("member", password="pw-for-tests-1")
     communicator = await connect_as(member)
-    assert await communicator.connect() == (False, 4403)
+    assert await communicator.connect() == (True, None)
+    assert (await communicator.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4403}
 
 
 async def test_monitor_socket_answers_a_frame_with_the_one_error_frame():

@@ -27,12 +27,16 @@
     text: document.getElementById("text"),
   };
 
-  // Close codes after which reconnecting cannot help.
+  // Close codes after which reconnecting cannot help (README.md, Close codes).
+  // 4401: the session ended (logged out, password changed, deactivated): the
+  // login page, which comes back here. 4403 after we were in the room: access
+  // to it ended (removed, or the room made private).
   const REFUSALS = {
     4401: "You are logged out. Log in again to chat.",
     4403: "This room is private.",
     4404: "This room does not exist.",
   };
+  const REMOVED = "You were removed from this room.";
   const BACKOFF_BASE_MS = 500;
   const BACKOFF_MAX_MS = 30000;
   const TYPING_SEND_MS = 2000;
@@ -46,6 +50,7 @@
     reconnectTimer: null,
     retryTimer: null,
     refused: false,
+    joined: false, // a socket got into the room (a presence frame) since the page loaded
     byId: new Map(), // message id -> element
     lastId: 0, // highest id seen: `sync` asks for everything after it
     hasMore: config.has_more,
@@ -314,6 +319,7 @@
       } catch (e) {
         return;
       }
+      if (frame.type === "presence") state.joined = true;
       const handler = ParleyChat.handlers[frame.type];
       if (handler) handler(frame);
     });
@@ -325,7 +331,8 @@
       if (REFUSALS[event.code]) {
         state.refused = true;
         setStatus("refused", "disconnected");
-        notice(REFUSALS[event.code]);
+        notice(event.code === 4403 && state.joined ? REMOVED : REFUSALS[event.code]);
+        if (event.code === 4401) location.assign("/login/?next=" + encodeURIComponent(location.pathname));
         return;
       }
       scheduleReconnect();

@@ -28,7 +28,8 @@
       if (frame.type === "unread" && Number.isInteger(frame.count)) show(frame.count);
     });
     socket.addEventListener("close", function (event) {
-      if (event.code === 4401) return; // signed out: nothing to show
+      // Signed out (4401), or no access (4403): retrying cannot help, and the page itself says why.
+      if (event.code === 4401 || event.code === 4403) return;
       setTimeout(connect, delay);
       delay = Math.min(delay * 2, 30000);
     });

@@ -1,6 +1,8 @@
 // Parley reports: the job page follows its job over /reports/<id>/live/.
 // A reload opens a new socket and gets the current state at once; a lost
-// socket is reopened with backoff while the job is still going.
+// socket is reopened with backoff while the job is still going, but not once the
+// server has said no (README.md, Close codes): 4401 goes to the login page,
+// 4403 and 4404 say the job is not (or no longer) the user's to see.
 "use strict";
 (() => {
   const box = document.getElementById("job");
@@ -37,7 +39,16 @@
   function connect() {
     const socket = new WebSocket(`${scheme}//${location.host}${box.dataset.live}`);
     socket.onmessage = (event) => { retry = 500; show(JSON.parse(event.data)); };
-    socket.onclose = () => {
+    socket.onclose = (event) => {
+      if (event.code === 4401) {
+        location.assign(`/login/?next=${encodeURIComponent(location.pathname)}`);
+        return;
+      }
+      if (event.code === 4403 || event.code === 4404) {
+        $("job-error").hidden = false;
+        $("job-error").textContent = "You can no longer see this job.";
+        return;
+      }
       if (finished) return;
       setTimeout(connect, retry);
       retry = Math.min(retry * 2, 10000);

@@ -53,7 +53,9 @@
       fill("tasks-failures", frame.overview.failures);
     };
     socket.onclose = (event) => {
-      if (event.code === 4401 || event.code === 4403) { status.textContent = "not allowed: reload to log in"; return; }
+      // Refused, or access ended (README.md, Close codes): retrying cannot help.
+      if (event.code === 4401) { location.assign("/login/?next=" + encodeURIComponent(location.pathname)); return; }
+      if (event.code === 4403) { status.textContent = "not allowed: staff only"; return; }
       status.textContent = "reconnecting…";
       setTimeout(connect, delay);
       delay = Math.min(delay * 2, 30000);
