@@ -12,7 +12,7 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from project.sockets import FrameError, RateLimit
+from project.sockets import FrameError, RateLimit, server_error
 
 from . import presence, protocol
 from .models import RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW, Message, RateLimited, Room, RoomHidden
@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 CLOSE_NOT_LOGGED_IN = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+CLOSE_TOO_MANY_SOCKETS = 4409
 TYPING_INTERVAL = 2.0
 
 # (room pk, user pk) -> when a typing frame was last relayed. Per process: two
@@ -48,11 +49,27 @@ def messages_after(room: Room, after: int) -> tuple[list[dict[str, Any]], bool]:
     return [message_frame(m) for m in rows[:SYNC_LIMIT]], len(rows) > SYNC_LIMIT
 
 
+def latest_id(room: Room) -> int:
+    return room.messages.order_by("-id").values_list("id", flat=True).first() or 0
+
+
 def enter(room: Room, user: "User", channel_name: str) -> tuple[bool, list[str], int]:
-    """A socket arrives: (first socket of the user here?, handles present, the room's latest message id)."""
+    """A socket arrives: (first socket of the user here?, handles present, the room's latest message id).
+
+    Raises presence.TooManySockets when the user has no socket to spare.
+    """
     first = presence.join(room, user, channel_name)
-    latest = room.messages.order_by("-id").values_list("id", flat=True).first() or 0
-    return first, presence.handles(room), latest
+    return first, presence.handles(room), latest_id(room)
+
+
+def sync_page(room: Room, after: int) -> tuple[list[dict[str, Any]], bool, int]:
+    """A `sync` reply: (message frames, more?, last_id), last_id never beyond the room's newest message.
+
+    A client may ask for ids after one that does not exist yet; answering
+    with that id would tell both ends the client has messages it was never sent.
+    """
+    frames, more = messages_after(room, after)
+    return frames, more, frames[-1]["id"] if frames else min(after, latest_id(room))
 
 
 def beat(room: Room, channel_name: str, after: int) -> tuple[bool, list[str], list[dict[str, Any]]]:
@@ -129,7 +146,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
     user: "User"
     heartbeat_task: asyncio.Task | None = None
     closing = False
+    left = False
     last_id = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        """Serve the socket; whatever ends it (an error, a cancelled task), its presence goes with it.
+
+        disconnect() runs only for a close daphne reports; a consumer that dies
+        another way would leave its heartbeat refreshing a presence row for
+        ever: a ghost the room sees as present, whose mentions are not mailed.
+        """
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.leave_room(None)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Run the handler of `message`, without channels' trip to the database thread first.
@@ -170,8 +200,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.message_limit = RateLimit(RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW.total_seconds())
         # Join the group before reading presence, so no join or leave falls in between.
         await self.channel_layer.group_add(room.group_name, self.channel_name)
+        self.sync_limit = RateLimit(RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW.total_seconds())
         # Messages up to last_id are the client's to fetch (`sync`); later ones are ours to send.
-        first, handles, self.last_id = await database_sync_to_async(enter)(room, self.user, self.channel_name)
+        try:
+            first, handles, self.last_id = await database_sync_to_async(enter)(room, self.user, self.channel_name)
+        except presence.TooManySockets:
+            logger.info("event=ws_refused room=%s user=%s code=%s", room.label, self.user.pk, CLOSE_TOO_MANY_SOCKETS)
+            self.left = True  # never entered: nothing to undo but the group
+            await self.channel_layer.group_discard(room.group_name, self.channel_name)
+            await self.close(code=CLOSE_TOO_MANY_SOCKETS)
+            return
         await self.send_frame({"type": "presence", "handles": handles})
         if first:
             await self.broadcast({"type": "join", "handle": self.user.username})
@@ -179,20 +217,28 @@ class ChatConsumer(AsyncWebsocketConsumer):
         logger.info("event=ws_connect room=%s user=%s channel=%s", room.label, self.user.pk, self.channel_name)
 
     async def disconnect(self, code: int) -> None:
-        if self.room is None:
+        await self.leave_room(code)
+
+    async def leave_room(self, code: int | None) -> None:
+        """Undo connect(), once: from disconnect(), or from __call__ when the consumer died without one."""
+        if self.room is None or self.left:
             return
+        self.left = True
         # Database calls run one at a time on one thread, in order: once this is
         # set no heartbeat can queue a join behind the leave below.
         self.closing = True
         if self.heartbeat_task:
             self.heartbeat_task.cancel()
-        for closer in self.closers:
-            await closer()
         _typing_relayed.pop((self.room.pk, self.user.pk), None)
-        await self.channel_layer.group_discard(self.room.group_name, self.channel_name)
-        last = await database_sync_to_async(presence.leave)(self.room, self.user, self.channel_name)
-        if last:
-            await self.broadcast({"type": "leave", "handle": self.user.username})
+        try:
+            # The presence row goes first: an app's clean-up or Redis failing below must not keep it.
+            last = await database_sync_to_async(presence.leave)(self.room, self.user, self.channel_name)
+            if last:
+                await self.broadcast({"type": "leave", "handle": self.user.username})
+        finally:
+            for closer in self.closers:
+                await closer()
+            await self.channel_layer.group_discard(self.room.group_name, self.channel_name)
         logger.info("event=ws_disconnect room=%s user=%s code=%s", self.room.label, self.user.pk, code)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -203,6 +249,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await protocol.handlers[frame["type"]](self, frame)
         except FrameError as error:
             await self.send_frame(error.frame())
+        except Exception:
+            # A handler's bug or a database error costs this frame, not the socket and its presence.
+            logger.exception("event=ws_frame_failed room=%s user=%s", self.room.label, self.user.pk)
+            await self.send_frame(server_error().frame())
 
     def on_disconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Await `callback()` when this socket leaves the room (a registered handler's clean-up)."""
@@ -229,10 +279,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.chat_message(event)  # the sender sees it stored; others read it at their next beat
 
     async def on_sync(self, frame: dict[str, Any]) -> None:
-        frames, more = await database_sync_to_async(messages_after)(self.room, frame["after"])
+        # A sync is up to SYNC_LIMIT messages of output for a few bytes in: limited like messages.
+        if not self.sync_limit.allow():
+            raise FrameError("rate_limited", f"More than {RATE_LIMIT_COUNT} syncs in "
+                             f"{int(RATE_LIMIT_WINDOW.total_seconds())} seconds; sync again in a moment.")  # fmt: skip
+        frames, more, last_id = await database_sync_to_async(sync_page)(self.room, frame["after"])
         for message in frames:
             await self.send_frame(message)
-        last_id = frames[-1]["id"] if frames else frame["after"]
         await self.send_frame({"type": "synced", "last_id": last_id, "more": more})
         # The client has everything up to last_id now: broadcasts of those need not be sent again.
         self.last_id = max(self.last_id, last_id)

@@ -7,7 +7,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from chat.models import Room
-from project.sockets import FrameError, RateLimit, compile_schema, parse
+from project.sockets import FrameError, RateLimit, compile_schema, parse, server_error
 
 from . import notify
 
@@ -66,7 +66,13 @@ class NotificationConsumer(AsyncWebsocketConsumer):
             # `error` repeats the detail for clients written against this socket's first error frame.
             await self.send_json({**error.frame(), "error": error.detail})
             return
-        await database_sync_to_async(self._mark_read)(frame)
+        try:
+            await database_sync_to_async(self._mark_read)(frame)
+        except Exception:
+            # A database error costs this frame, not the socket.
+            logger.exception("event=ws_frame_failed socket=notifications user=%s", self.user.pk)
+            error = server_error()
+            await self.send_json({**error.frame(), "error": error.detail})
 
     def _mark_read(self, frame: dict) -> None:
         room = None

@@ -211,6 +211,12 @@ DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = 65536
 CHAT_PRESENCE_TTL = float(os.environ.get("CHAT_PRESENCE_TTL", "60"))
 if CHAT_PRESENCE_TTL <= 0:
     raise ImproperlyConfigured("CHAT_PRESENCE_TTL must be a positive number of seconds.")
+# Room sockets one user may hold open at once, all rooms and daphnes together
+# (counted in the presence rows): one more is closed with 4409.
+CHAT_MAX_SOCKETS_PER_USER = int(os.environ.get("CHAT_MAX_SOCKETS_PER_USER", "20"))
+# Output a WebSocket may have waiting for its client to read before daphne
+# (project/webserver.py) closes it with 4408, instead of buffering it all.
+CHAT_MAX_UNSENT_BYTES = int(os.environ.get("CHAT_MAX_UNSENT_BYTES", str(8 * 1024 * 1024)))
 
 # --- Reports (room exports and insights, on the compute queue) -------------------
 # A user's queued or running exports and insights at once; one more is refused.

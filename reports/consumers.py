@@ -10,7 +10,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.core.exceptions import PermissionDenied
 
 from chat.models import RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW
-from project.sockets import FrameError, RateLimit, compile_schema, decode, frame_schema, validate
+from project.sockets import FrameError, RateLimit, compile_schema, decode, frame_schema, server_error, validate
 from tasks.progress import progress_group
 
 from .forms import export_options
@@ -74,6 +74,11 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
                 raise FrameError("forbidden", str(exc)) from None
         except FrameError as error:
             # `error` repeats the detail for clients written against this socket's first error frame.
+            await self.send_json({**error.frame(), "error": error.detail})
+        except Exception:
+            # A database error costs this frame, not the socket.
+            logger.exception("event=ws_frame_failed socket=job job=%s", self.watcher.job.pk)
+            error = server_error()
             await self.send_json({**error.frame(), "error": error.detail})
 
     async def task_update(self, event: dict) -> None:
