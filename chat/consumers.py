@@ -16,7 +16,7 @@ from project.sockets import FrameError, RateLimit, server_error
 
 from . import presence, protocol
 from .models import RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW, Message, RateLimited, Room, RoomHidden
-from .protocol import SYNC_LIMIT, encode, message_frame, parse_frame
+from .protocol import SYNC_LIMIT, SYNC_MAX_BYTES, encode, message_frame, parse_frame
 
 if TYPE_CHECKING:
     from accounts.models import User
@@ -62,14 +62,26 @@ def enter(room: Room, user: "User", channel_name: str) -> tuple[bool, list[str],
     return first, presence.handles(room), latest_id(room)
 
 
-def sync_page(room: Room, after: int) -> tuple[list[dict[str, Any]], bool, int]:
-    """A `sync` reply: (message frames, more?, last_id), last_id never beyond the room's newest message.
+def sync_page(room: Room, after: int) -> tuple[list[str], bool, int]:
+    """A `sync` reply: (encoded message frames, more?, last_id).
 
-    A client may ask for ids after one that does not exist yet; answering
-    with that id would tell both ends the client has messages it was never sent.
+    At most SYNC_LIMIT messages and about SYNC_MAX_BYTES of output. last_id is
+    never beyond the room's newest message: a client may ask for ids after one
+    that does not exist yet, and answering with that id would tell both ends
+    the client has messages it was never sent.
     """
     frames, more = messages_after(room, after)
-    return frames, more, frames[-1]["id"] if frames else min(after, latest_id(room))
+    page: list[str] = []
+    size = 0
+    for frame in frames:
+        text = encode(frame)
+        size += len(text.encode())
+        if page and size > SYNC_MAX_BYTES:
+            more = True
+            break
+        page.append(text)
+        after = frame["id"]
+    return page, more, after if page else min(after, latest_id(room))
 
 
 def beat(room: Room, channel_name: str, after: int) -> tuple[bool, list[str], list[dict[str, Any]]]:
@@ -283,9 +295,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not self.sync_limit.allow():
             raise FrameError("rate_limited", f"More than {RATE_LIMIT_COUNT} syncs in "
                              f"{int(RATE_LIMIT_WINDOW.total_seconds())} seconds; sync again in a moment.")  # fmt: skip
-        frames, more, last_id = await database_sync_to_async(sync_page)(self.room, frame["after"])
-        for message in frames:
-            await self.send_frame(message)
+        page, more, last_id = await database_sync_to_async(sync_page)(self.room, frame["after"])
+        for text in page:
+            await self.send(text_data=text)
         await self.send_frame({"type": "synced", "last_id": last_id, "more": more})
         # The client has everything up to last_id now: broadcasts of those need not be sent again.
         self.last_id = max(self.last_id, last_id)

@@ -216,7 +216,7 @@ if CHAT_PRESENCE_TTL <= 0:
 CHAT_MAX_SOCKETS_PER_USER = int(os.environ.get("CHAT_MAX_SOCKETS_PER_USER", "20"))
 # Output a WebSocket may have waiting for its client to read before daphne
 # (project/webserver.py) closes it with 4408, instead of buffering it all.
-CHAT_MAX_UNSENT_BYTES = int(os.environ.get("CHAT_MAX_UNSENT_BYTES", str(8 * 1024 * 1024)))
+CHAT_MAX_UNSENT_BYTES = int(os.environ.get("CHAT_MAX_UNSENT_BYTES", str(4 * 1024 * 1024)))
 
 # --- Reports (room exports and insights, on the compute queue) -------------------
 # A user's queued or running exports and insights at once; one more is refused.
