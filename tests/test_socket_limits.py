@@ -2,15 +2,33 @@
 cannot amplify or silence, a cap on sockets per user; and, with real daphne processes, the output bound
 (4408) and the 1009 close of an oversized frame."""
 
+import asyncio
+import base64
+import json
+import os
+import socket
+from pathlib import Path
+
 import pytest
+import websockets
 from channels.db import database_sync_to_async
 
 from chat import protocol
 from chat.models import RATE_LIMIT_COUNT, Message, Presence
 from project.sockets import frame_schema
 from tests.chat_helpers import (  # noqa: F401 (fixtures: ann, bob, lobby, fresh_channel_layer)
-    ann, bob, fresh_channel_layer, join, lobby, next_of, refused_with, send, session_cookie,
+    ann,
+    bob,
+    fresh_channel_layer,
+    join,
+    lobby,
+    next_of,
+    refused_with,
+    send,
+    session_cookie,
 )
+from tests.test_e2e_chat import connect, open_room, sign_up
+from tests.test_e2e_chat import next_of as next_of_e2e
 
 __all__ = ["fresh_channel_layer"]
 
@@ -115,3 +133,106 @@ async def test_sockets_per_user_are_capped_with_4409(settings, lobby, ann_cookie
     for socket in (second, third, other):
         await socket.disconnect()
     assert not await Presence.objects.aexists()
+
+
+# --- with real daphne processes ------------------------------------------------------------------
+
+SYNC_FRAMES = 200
+ROOM_MESSAGES = 500
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def masked_frame(text: str) -> bytes:
+    """A client's WebSocket text frame (RFC 6455: client frames are masked)."""
+    payload, mask = text.encode(), os.urandom(4)
+    size = bytes([0x80 | len(payload)]) if len(payload) < 126 else bytes([0x80 | 126]) + len(payload).to_bytes(2, "big")
+    return b"\x81" + size + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def open_raw_socket(port: int, cookie: str, label: str) -> socket.socket:
+    """A WebSocket that will never read: a small receive buffer, the handshake, and nothing more."""
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(10)
+    raw.connect(("127.0.0.1", port))
+    raw.sendall(
+        f"GET /chat/{label}/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\nSec-WebSocket-Version: 13\r\n"
+        f"Origin: http://127.0.0.1:{port}\r\nCookie: sessionid={cookie}\r\n\r\n".encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += raw.recv(1)  # byte by byte: nothing after the headers is read
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return raw
+
+
+def fill_room(stack, label: str, handle: str) -> None:
+    code = (
+        "from chat.models import Message, Room; from accounts.models import User;"
+        f"r = Room.objects.get(label='{label}'); u = User.objects.get(username='{handle}');"
+        f"Message.objects.bulk_create([Message(room=r, user=u, text='x' * 4000, client_id=f'c{{i}}')"
+        f" for i in range({ROOM_MESSAGES})])"
+    )
+    stack.manage("shell", "-c", code)
+
+
+@pytest.mark.e2e
+async def test_an_oversized_frame_is_closed_with_1009_by_daphne(stack):
+    _, port = stack.daphne()
+    ann = sign_up(port, "ann")
+    open_room(port, ann, "lobby")
+    socket_ = await connect(port, ann, "lobby")
+    await next_of_e2e(socket_, "presence")
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await socket_.send(json.dumps({"type": "message", "text": "x" * 70_000, "client_id": "big"}))
+        await next_of_e2e(socket_, "error")  # what we would get if daphne let it through
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+
+
+@pytest.mark.e2e
+async def test_a_client_that_never_reads_is_closed_with_4408_and_daphne_gives_the_memory_back(stack):
+    """200 syncs of after=0 on a room of 500 messages of 4,000 characters (~2 MB of output each), never read."""
+    stack.env["CHAT_MAX_UNSENT_BYTES"] = str(2 * 1024 * 1024)  # over one sync page (SYNC_MAX_BYTES)
+    daphne, port = stack.daphne()
+    ann, bob = sign_up(port, "ann"), sign_up(port, "bob")
+    open_room(port, ann, "big")
+    await asyncio.to_thread(fill_room, stack, "big", "ann")
+    # Warm up (a sync read in full), so the baseline has what any socket costs.
+    reader = await connect(port, ann, "big")
+    await reader.send(json.dumps({"type": "sync", "after": 0}))
+    await next_of_e2e(reader, "synced")
+    await reader.close()
+    await asyncio.sleep(1)
+    before = rss_mb(daphne.pid)
+
+    raw = open_raw_socket(port, ann, "big")
+    raw.sendall(b"".join(masked_frame('{"type":"sync","after":0}') for _ in range(SYNC_FRAMES)))
+    peak, log = before, stack.log_dir
+    async with asyncio.timeout(30):
+        while "event=ws_unsent_overflow" not in "".join(p.read_text() for p in log.glob("daphne-*.log")):
+            peak = max(peak, rss_mb(daphne.pid))
+            await asyncio.sleep(0.05)
+    # Closed: its presence went with it (bob sees only himself), while the client still reads nothing.
+    async with asyncio.timeout(10):
+        while True:
+            watcher = await connect(port, bob, "big")
+            handles = (await next_of_e2e(watcher, "presence"))["handles"]
+            await watcher.close()
+            if handles == ["bob"]:
+                break
+            peak = max(peak, rss_mb(daphne.pid))
+            await asyncio.sleep(0.2)
+    raw.close()
+    await asyncio.sleep(2)
+    after = rss_mb(daphne.pid)
+    print(f"daphne RSS MB: before {before:.1f}, peak during {peak:.1f}, after {after:.1f}")
+    assert "code=4408" in "".join(p.read_text() for p in log.glob("daphne-*.log"))
+    assert peak - before < 64, (before, peak, after)  # unbounded, it grew by hundreds of MB
+    assert after - before < 32, (before, peak, after)
