@@ -15,6 +15,7 @@ from channels.db import database_sync_to_async
 
 from chat import protocol
 from chat.models import RATE_LIMIT_COUNT, Message, Presence
+from chat.protocol import SYNC_MAX_BYTES
 from project.sockets import frame_schema
 from tests.chat_helpers import (  # noqa: F401 (fixtures: ann, bob, lobby, fresh_channel_layer)
     ann,
@@ -116,6 +117,28 @@ async def test_sync_after_an_id_beyond_the_last_does_not_silence_live_messages(l
     assert (await next_of(a, "message", timeout=3))["text"] == "live"
     await a.disconnect()
     await b.disconnect()
+
+
+async def test_a_sync_page_stops_at_sync_max_bytes_and_says_more(lobby, ann, ann_cookie):
+    """A page is written to the socket at once: it must stay well under the unsent bound (4408)."""
+
+    def fill() -> None:
+        Message.objects.bulk_create(
+            [Message(room=lobby, user=ann, text="x" * 4000, client_id=f"c{i}") for i in range(400)]
+        )
+
+    await database_sync_to_async(fill)()
+    a, _ = await join("lobby", ann_cookie)
+    await send(a, {"type": "sync", "after": 0})
+    size, count = 0, 0
+    while (frame := json.loads(text := (await a.receive_output(timeout=5))["text"]))["type"] != "synced":
+        if frame["type"] == "message":  # not ann's own join
+            size, count = size + len(text.encode()), count + 1
+    synced = frame
+    assert 0 < count < 400 and synced["more"] is True
+    assert size <= SYNC_MAX_BYTES
+    assert synced["last_id"] == await Message.objects.order_by("id").values_list("id", flat=True)[count - 1 : count].aget()
+    await a.disconnect()
 
 
 # --- item 7: sockets per user -----------------------------------------------------------------
