@@ -61,7 +61,7 @@ def join(room: Room, user: "User", channel_name: str) -> bool:
     """
     with transaction.atomic():
         # The user's row serialises their joins, across rooms and processes, so the cap is exact.
-        get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True).first()
+        get_user_model().objects.lock(user.pk)
         mine = Presence.objects.filter(user=user, last_seen__gt=timezone.now() - ttl()).exclude(channel_name=channel_name)
         if mine.count() >= settings.CHAT_MAX_SOCKETS_PER_USER:
             raise TooManySockets
