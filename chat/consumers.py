@@ -80,8 +80,9 @@ def sync_page(room: Room, after: int) -> tuple[list[str], bool, int]:
             more = True
             break
         page.append(text)
-        after = frame["id"]
-    return page, more, after if page else min(after, latest_id(room))
+    if not page:
+        return page, more, min(after, latest_id(room))
+    return page, more, frames[len(page) - 1]["id"]
 
 
 def beat(room: Room, channel_name: str, after: int) -> tuple[bool, list[str], list[dict[str, Any]]]:
@@ -299,8 +300,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         for text in page:
             await self.send(text_data=text)
         await self.send_frame({"type": "synced", "last_id": last_id, "more": more})
-        # The client has everything up to last_id now: broadcasts of those need not be sent again.
-        self.last_id = max(self.last_id, last_id)
+        if page:
+            # The client has everything up to last_id now: broadcasts of those need not be sent again.
+            # (An empty page moves nothing: a message stored since the read must still come live.)
+            self.last_id = max(self.last_id, last_id)
 
     async def on_typing(self, frame: dict[str, Any]) -> None:
         key = (self.room.pk, self.user.pk)
