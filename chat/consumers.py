@@ -14,11 +14,11 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.db.models import Q
 
 from project.access import CLOSE_ACCESS_ENDED, CLOSE_SESSION_ENDED, AccessEnded, AccessGuard, require_session
-from project.sockets import FrameError, RateLimit
+from project.sockets import FrameError, RateLimit, server_error
 
 from . import presence, protocol
 from .models import RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW, Message, RateLimited, Room, RoomHidden
-from .protocol import SYNC_LIMIT, encode, message_frame, parse_frame
+from .protocol import SYNC_LIMIT, SYNC_MAX_BYTES, encode, message_frame, parse_frame
 
 if TYPE_CHECKING:
     from accounts.models import User
@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 CLOSE_NOT_LOGGED_IN = CLOSE_SESSION_ENDED
 CLOSE_FORBIDDEN = CLOSE_ACCESS_ENDED
 CLOSE_NOT_FOUND = 4404
+CLOSE_TOO_MANY_SOCKETS = 4409
 TYPING_INTERVAL = 2.0
 
 # (room pk, user pk) -> when a typing frame was last relayed. Per process: two
@@ -59,11 +60,40 @@ def messages_after(room: Room, after: int) -> tuple[list[dict[str, Any]], bool]:
     return [message_frame(m) for m in rows[:SYNC_LIMIT]], len(rows) > SYNC_LIMIT
 
 
+def latest_id(room: Room) -> int:
+    return room.messages.order_by("-id").values_list("id", flat=True).first() or 0
+
+
 def enter(room: Room, user: "User", channel_name: str) -> tuple[bool, list[str], int]:
-    """A socket arrives: (first socket of the user here?, handles present, the room's latest message id)."""
+    """A socket arrives: (first socket of the user here?, handles present, the room's latest message id).
+
+    Raises presence.TooManySockets when the user has no socket to spare.
+    """
     first = presence.join(room, user, channel_name)
-    latest = room.messages.order_by("-id").values_list("id", flat=True).first() or 0
-    return first, presence.handles(room), latest
+    return first, presence.handles(room), latest_id(room)
+
+
+def sync_page(room: Room, after: int) -> tuple[list[str], bool, int]:
+    """A `sync` reply: (encoded message frames, more?, last_id).
+
+    At most SYNC_LIMIT messages and about SYNC_MAX_BYTES of output. last_id is
+    never beyond the room's newest message: a client may ask for ids after one
+    that does not exist yet, and answering with that id would tell both ends
+    the client has messages it was never sent.
+    """
+    frames, more = messages_after(room, after)
+    page: list[str] = []
+    size = 0
+    for frame in frames:
+        text = encode(frame)
+        size += len(text.encode())
+        if page and size > SYNC_MAX_BYTES:
+            more = True
+            break
+        page.append(text)
+    if not page:
+        return page, more, min(after, latest_id(room))
+    return page, more, frames[len(page) - 1]["id"]
 
 
 def beat(room: Room, channel_name: str, after: int) -> tuple[bool, list[str], list[dict[str, Any]]]:
@@ -94,12 +124,12 @@ def post_for_socket(session_key: str | None, room: Room, user: "User", text: str
         raise room_gone() from None
 
 
-def sync_for_socket(session_key: str | None, room: Room, user: "User", after: int) -> tuple[list[dict[str, Any]], bool]:
-    """messages_after() for a socket, only while its session still logs `user` in and `user` may see `room`."""
+def sync_for_socket(session_key: str | None, room: Room, user: "User", after: int) -> tuple[list[str], bool, int]:
+    """sync_page() for a socket, only while its session still logs `user` in and `user` may see `room`."""
     require_session(session_key, user.pk)
     if not can_still_view(room, user):
         raise room_gone()
-    return messages_after(room, after)
+    return sync_page(room, after)
 
 
 # Messages are stored, and missed ones read, on threads of their own, each with
@@ -166,7 +196,20 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
     user: "User"
     heartbeat_task: asyncio.Task | None = None
     closing = False
+    left = False
     last_id = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        """Serve the socket; whatever ends it (an error, a cancelled task), its presence goes with it.
+
+        disconnect() runs only for a close daphne reports; a consumer that dies
+        another way would leave its heartbeat refreshing a presence row for
+        ever: a ghost the room sees as present, whose mentions are not mailed.
+        """
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.leave_room(None)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Run the handler of `message`, without channels' trip to the database thread first.
@@ -209,8 +252,16 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
         self.message_limit = RateLimit(RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW.total_seconds())
         # Join the group before reading presence, so no join or leave falls in between.
         await self.channel_layer.group_add(room.group_name, self.channel_name)
+        self.sync_limit = RateLimit(RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW.total_seconds())
         # Messages up to last_id are the client's to fetch (`sync`); later ones are ours to send.
-        first, handles, self.last_id = await database_sync_to_async(enter)(room, self.user, self.channel_name)
+        try:
+            first, handles, self.last_id = await database_sync_to_async(enter)(room, self.user, self.channel_name)
+        except presence.TooManySockets:
+            logger.info("event=ws_refused room=%s user=%s code=%s", room.label, self.user.pk, CLOSE_TOO_MANY_SOCKETS)
+            self.left = True  # never entered: nothing to undo but the group
+            await self.channel_layer.group_discard(room.group_name, self.channel_name)
+            await self.close(code=CLOSE_TOO_MANY_SOCKETS)
+            return
         await self.send_frame({"type": "presence", "handles": handles})
         if first:
             await self.broadcast({"type": "join", "handle": self.user.username})
@@ -218,21 +269,30 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
         logger.info("event=ws_connect room=%s user=%s channel=%s", room.label, self.user.pk, self.channel_name)
 
     async def disconnect(self, code: int) -> None:
-        await self.unguard_access()
-        if self.room is None:
+        await self.leave_room(code)
+
+    async def leave_room(self, code: int | None) -> None:
+        """Undo connect(), once: from disconnect(), or from __call__ when the consumer died without one."""
+        if self.room is None or self.left:
+            await self.unguard_access()
             return
+        self.left = True
         # Database calls run one at a time on one thread, in order: once this is
         # set no heartbeat can queue a join behind the leave below.
         self.closing = True
         if self.heartbeat_task:
             self.heartbeat_task.cancel()
-        for closer in self.closers:
-            await closer()
         _typing_relayed.pop((self.room.pk, self.user.pk), None)
-        await self.channel_layer.group_discard(self.room.group_name, self.channel_name)
-        last = await database_sync_to_async(presence.leave)(self.room, self.user, self.channel_name)
-        if last:
-            await self.broadcast({"type": "leave", "handle": self.user.username})
+        try:
+            # The presence row goes first: an app's clean-up or Redis failing below must not keep it.
+            last = await database_sync_to_async(presence.leave)(self.room, self.user, self.channel_name)
+            if last:
+                await self.broadcast({"type": "leave", "handle": self.user.username})
+        finally:
+            for closer in self.closers:
+                await closer()
+            await self.channel_layer.group_discard(self.room.group_name, self.channel_name)
+            await self.unguard_access()
         logger.info("event=ws_disconnect room=%s user=%s code=%s", self.room.label, self.user.pk, code)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -243,6 +303,10 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
             await protocol.handlers[frame["type"]](self, frame)
         except FrameError as error:
             await self.send_frame(error.frame())
+        except Exception:
+            # A handler's bug or a database error costs this frame, not the socket and its presence.
+            logger.exception("event=ws_frame_failed room=%s user=%s", self.room.label, self.user.pk)
+            await self.send_frame(server_error().frame())
 
     def on_disconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Await `callback()` when this socket leaves the room (a registered handler's clean-up)."""
@@ -272,19 +336,24 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
             await self.chat_message(event)  # the sender sees it stored; others read it at their next beat
 
     async def on_sync(self, frame: dict[str, Any]) -> None:
+        # A sync is up to SYNC_LIMIT messages of output for a few bytes in: limited like messages.
+        if not self.sync_limit.allow():
+            raise FrameError("rate_limited", f"More than {RATE_LIMIT_COUNT} syncs in "
+                             f"{int(RATE_LIMIT_WINDOW.total_seconds())} seconds; sync again in a moment.")  # fmt: skip
         try:
-            frames, more = await database_sync_to_async(sync_for_socket)(
+            page, more, last_id = await database_sync_to_async(sync_for_socket)(
                 self.access_session_key(), self.room, self.user, frame["after"]
             )
         except AccessEnded as ended:
             await self.refuse_ended(ended)
             return
-        for message in frames:
-            await self.send_frame(message)
-        last_id = frames[-1]["id"] if frames else frame["after"]
+        for text in page:
+            await self.send(text_data=text)
         await self.send_frame({"type": "synced", "last_id": last_id, "more": more})
-        # The client has everything up to last_id now: broadcasts of those need not be sent again.
-        self.last_id = max(self.last_id, last_id)
+        if page:
+            # The client has everything up to last_id now: broadcasts of those need not be sent again.
+            # (An empty page moves nothing: a message stored since the read must still come live.)
+            self.last_id = max(self.last_id, last_id)
 
     async def on_typing(self, frame: dict[str, Any]) -> None:
         if not await self.recheck_access(max_age=1.0):  # only a hint: a check at most 1 s old will do

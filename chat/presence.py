@@ -4,7 +4,9 @@ One Presence row per open socket. A user is present while they have at least
 one fresh row; "join" is announced when the first socket arrives and "leave"
 when the last one goes. Sockets refresh their row every CHAT_PRESENCE_TTL / 3
 seconds; rows older than CHAT_PRESENCE_TTL belong to a process that died and
-are swept (announcing the leave) by any live socket of the room.
+are swept (announcing the leave) by any live socket of the room. The same rows
+count a user's sockets, so the cap on them (CHAT_MAX_SOCKETS_PER_USER) holds
+across processes.
 
 Every change runs under a lock on the room row, so two sockets of one user
 arriving at once on two processes cannot both (or neither) announce the join.
@@ -14,6 +16,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
@@ -45,9 +48,23 @@ def handles(room: Room) -> list[str]:
     return sorted(set(_fresh(room).values_list("user__username", flat=True)))
 
 
+class TooManySockets(Exception):
+    """The user already has CHAT_MAX_SOCKETS_PER_USER sockets open."""
+
+
 def join(room: Room, user: "User", channel_name: str) -> bool:
-    """Record a socket; True when it is the user's first in the room (announce a join)."""
+    """Record a socket; True when it is the user's first in the room (announce a join).
+
+    Raises TooManySockets when the user has CHAT_MAX_SOCKETS_PER_USER fresh
+    rows already, in any room: a client opening sockets in a loop must not
+    make every room's presence and broadcasts work for each.
+    """
     with transaction.atomic():
+        # The user's row serialises their joins, across rooms and processes, so the cap is exact.
+        get_user_model().objects.lock(user.pk)
+        mine = Presence.objects.filter(user=user, last_seen__gt=timezone.now() - ttl()).exclude(channel_name=channel_name)
+        if mine.count() >= settings.CHAT_MAX_SOCKETS_PER_USER:
+            raise TooManySockets
         _lock(room)
         others = _fresh(room).filter(user=user).exclude(channel_name=channel_name).exists()
         Presence.objects.update_or_create(

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 
 MAX_FRAME_BYTES = 64 * 1024
 SYNC_LIMIT = 500
+# A sync page also stops at this much encoded output (then `more`): a page is
+# written to the socket at once, and must fit well within the bound on a
+# socket's unsent output (CHAT_MAX_UNSENT_BYTES) for a client that reads.
+SYNC_MAX_BYTES = 1024 * 1024
 HISTORY_LIMIT = 200
 
 Handler = Callable[["ChatConsumer", dict[str, Any]], Awaitable[None]]

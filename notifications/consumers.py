@@ -9,7 +9,7 @@ from django.contrib.auth.base_user import AbstractBaseUser
 
 from chat.models import Room
 from project.access import CLOSE_SESSION_ENDED, AccessGuard
-from project.sockets import FrameError, RateLimit, compile_schema, parse
+from project.sockets import FrameError, RateLimit, compile_schema, parse, server_error
 
 from . import notify
 
@@ -73,8 +73,15 @@ class NotificationConsumer(AccessGuard, AsyncWebsocketConsumer):
             # `error` repeats the detail for clients written against this socket's first error frame.
             await self.send_json({**error.frame(), "error": error.detail})
             return
-        if await self.recheck_access():  # it writes: only for a session that is still logged in
+        if not await self.recheck_access():  # it writes: only for a session that is still logged in
+            return
+        try:
             await database_sync_to_async(self._mark_read)(frame)
+        except Exception:
+            # A database error costs this frame, not the socket.
+            logger.exception("event=ws_frame_failed socket=notifications user=%s", self.user.pk)
+            error = server_error()
+            await self.send_json({**error.frame(), "error": error.detail})
 
     def may_stay(self, user: AbstractBaseUser) -> bool:
         return True  # the bell is the user's own: only the session matters

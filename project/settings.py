@@ -220,6 +220,12 @@ DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = 65536
 CHAT_PRESENCE_TTL = float(os.environ.get("CHAT_PRESENCE_TTL", "60"))
 if CHAT_PRESENCE_TTL <= 0:
     raise ImproperlyConfigured("CHAT_PRESENCE_TTL must be a positive number of seconds.")
+# Room sockets one user may hold open at once, all rooms and daphnes together
+# (counted in the presence rows): one more is closed with 4409.
+CHAT_MAX_SOCKETS_PER_USER = int(os.environ.get("CHAT_MAX_SOCKETS_PER_USER", "20"))
+# Output a WebSocket may have waiting for its client to read before daphne
+# (project/webserver.py) closes it with 4408, instead of buffering it all.
+CHAT_MAX_UNSENT_BYTES = int(os.environ.get("CHAT_MAX_UNSENT_BYTES", str(4 * 1024 * 1024)))
 
 # A user may create CHAT_ROOM_CREATE_LIMIT rooms (by "New room" or by visiting a
 # free label) per CHAT_ROOM_CREATE_WINDOW seconds; the next is refused with a 429 page.

@@ -12,6 +12,7 @@ which routes all their sockets anyway.
 """
 
 import json
+import re
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -19,6 +20,17 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
+
+# Nesting no frame of ours needs more than a few levels of; deeper is refused
+# before any schema or handler walks it (json itself stops at the recursion limit).
+MAX_DEPTH = 16
+# Numbers must fit the 64-bit integers of the databases: a larger id or
+# offset reaches PostgreSQL as an out-of-range parameter and kills the handler.
+MAX_INT = 2**63 - 1
+# NUL is refused by PostgreSQL's text type (SQLite stores it): refused on both,
+# so a frame means the same on either. Lone surrogates cannot be encoded as
+# UTF-8, so neither database nor any outbound frame could carry them.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class FrameError(Exception):
@@ -32,6 +44,11 @@ class FrameError(Exception):
 
     def frame(self) -> dict[str, Any]:
         return {"type": "error", "code": self.code, "detail": self.detail, **self.extra}
+
+
+def server_error() -> FrameError:
+    """The answer to a frame whose handler failed unexpectedly (logged with its traceback where caught)."""
+    return FrameError("server_error", "the server failed to handle this frame; try again later")
 
 
 class InvalidFrame(FrameError):
@@ -86,18 +103,59 @@ def frame_schema(type_: str, properties: dict[str, Any] | None = None, required:
     }
 
 
+def _refuse_constant(name: str) -> None:
+    raise FrameError("invalid", f"invalid frame: {name} is not a number frames may carry")
+
+
+def _parse_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > 19 or not -MAX_INT - 1 <= (value := int(digits)) <= MAX_INT:
+        raise FrameError("invalid", "invalid frame: an integer beyond 64 bits")
+    return value
+
+
+def _parse_float(digits: str) -> float:
+    value = float(digits)
+    if not -MAX_INT - 1 <= value <= MAX_INT:  # also false for an overflow to infinity
+        raise FrameError("invalid", "invalid frame: a number beyond 64 bits")
+    return value
+
+
+def _check_values(frame: dict[str, Any]) -> None:
+    """Refuse nesting deeper than MAX_DEPTH and strings with NUL or lone surrogates, keys included."""
+    pending: list[tuple[Any, int]] = [(frame, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, str):
+            if _UNSTORABLE.search(value):
+                raise FrameError("invalid", "invalid frame: a string with NUL or a lone surrogate")
+        elif isinstance(value, dict | list):
+            if depth > MAX_DEPTH:
+                raise FrameError("invalid", f"invalid frame: nested deeper than {MAX_DEPTH} levels")
+            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            pending.extend((item, depth + 1) for item in items)
+
+
 def decode(text: str | None, binary: bytes | None, max_bytes: int) -> dict[str, Any]:
-    """One inbound frame as a JSON object, or FrameError (binary, too large, not JSON, not an object)."""
+    """One inbound frame as a JSON object, or FrameError.
+
+    Refused: binary, over `max_bytes`, not JSON, not an object, nested deeper
+    than MAX_DEPTH, NaN or Infinity, numbers beyond 64 bits, and strings with
+    NUL or lone surrogates; what passes can be validated, stored and echoed
+    without any handler meeting an input that makes it raise.
+    """
     if text is None:
         raise FrameError("invalid", "invalid frame: binary; frames are JSON text")
-    if len(text) > max_bytes or len(text.encode()) > max_bytes:
+    if len(text) > max_bytes or len(text.encode(errors="surrogatepass")) > max_bytes:
         raise FrameError("too_large", f"frames are JSON text of at most {max_bytes} bytes")
     try:
-        frame = json.loads(text)
+        frame = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise FrameError("invalid", f"invalid frame: nested deeper than {MAX_DEPTH} levels") from None
     except ValueError:
         raise FrameError("invalid", "invalid frame: not JSON") from None
     if not isinstance(frame, dict):
         raise FrameError("invalid", "invalid frame: not a JSON object")
+    _check_values(frame)
     return frame
 
 

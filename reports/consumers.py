@@ -12,7 +12,7 @@ from django.core.exceptions import PermissionDenied
 
 from chat.models import RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW
 from project.access import CLOSE_ACCESS_ENDED, CLOSE_SESSION_ENDED, AccessGuard
-from project.sockets import FrameError, RateLimit, compile_schema, decode, frame_schema, validate
+from project.sockets import FrameError, RateLimit, compile_schema, decode, frame_schema, server_error, validate
 from tasks.progress import progress_group
 
 from .forms import export_options
@@ -80,18 +80,23 @@ class JobConsumer(AccessGuard, AsyncJsonWebsocketConsumer):
         await self.unguard_access()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if not await self.recheck_access():  # a cancel writes: only while the job is still the user's
-            return
         try:
             if not self.frame_limit.allow():
                 raise FrameError("rate_limited", "too many frames; slow down")
             validate(decode(text_data, bytes_data, MAX_FRAME_BYTES), CANCEL)
+            if not await self.recheck_access():  # a cancel writes: only while the job is still the user's
+                return
             try:
                 await database_sync_to_async(cancel_job)(self.watcher.job, self.scope["user"])
             except PermissionDenied as exc:
                 raise FrameError("forbidden", str(exc)) from None
         except FrameError as error:
             # `error` repeats the detail for clients written against this socket's first error frame.
+            await self.send_json({**error.frame(), "error": error.detail})
+        except Exception:
+            # A database error costs this frame, not the socket.
+            logger.exception("event=ws_frame_failed socket=job job=%s", self.watcher.job.pk)
+            error = server_error()
             await self.send_json({**error.frame(), "error": error.detail})
 
     def may_stay(self, user: AbstractBaseUser) -> bool:

@@ -48,7 +48,7 @@ class Stack:
     def daphne(self, port: int | None = None) -> tuple[subprocess.Popen, int]:
         port = port or free_port()
         proc = self._spawn("daphne", [
-            sys.executable, "-m", "daphne", "--bind", "127.0.0.1", "--port", str(port),
+            sys.executable, "-m", "project.webserver", "--bind", "127.0.0.1", "--port", str(port),
             "--websocket-max-message-size", "65536", "project.asgi:application",
         ])  # fmt: skip
         wait_for_port(port, timeout=30, proc=proc)
