@@ -9,6 +9,7 @@ from django.views.decorators.http import require_GET, require_POST
 from chat.models import Room
 
 from .forms import ExportForm
+from .insights import CHART_DPI, CHART_SIZE
 from .jobs import TooManyJobs, cancel_job, start_export, start_insights
 from .models import Job
 
@@ -86,6 +87,12 @@ def download(request: HttpRequest, pk: int) -> HttpResponse:
     return FileResponse(default_storage.open(job.file.name, "rb"), as_attachment=True, filename=filename)
 
 
+def show_insights(request: HttpRequest, job: Job, room: Room) -> HttpResponse:
+    width, height = (round(inches * CHART_DPI) for inches in CHART_SIZE)
+    context = {"job": job, "room": room, "data": job.result, "chart_width": width, "chart_height": height}
+    return render(request, "reports/insights.html", context)
+
+
 @require_GET
 def insights(request: HttpRequest, label: str) -> HttpResponse:
     """The room's insights as of its last message: shown if cached, else computed while you watch.
@@ -101,14 +108,14 @@ def insights(request: HttpRequest, label: str) -> HttpResponse:
         job = visible_job_or_404(int(shown), request.user)
         if job.room_id != room.pk or job.kind != Job.Kind.INSIGHTS or job.status != Job.Status.DONE:
             raise Http404("No such report.")
-        return render(request, "reports/insights.html", {"job": job, "room": room, "data": job.result})
+        return show_insights(request, job, room)
     try:
         job, _ = start_insights(request.user, room)
     except TooManyJobs as exc:
         return refused(request, room, str(exc), status=429)
     if job.status != Job.Status.DONE:
         return render(request, "reports/job.html", {"job": job, "room": room})
-    return render(request, "reports/insights.html", {"job": job, "room": room, "data": job.result})
+    return show_insights(request, job, room)
 
 
 @require_GET

@@ -1,0 +1,104 @@
+"""What a user sees of reports: charts that read on a phone, counts written as on other pages,
+a job page that follows its job to the end, and the list of one's exports (issue 18, items 11 and 15)."""
+
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from django.urls import reverse
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+from accounts.models import User
+from reports import insights
+from reports.models import Job
+from tests.test_reports import make_room
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def drawn(draw, data: dict):
+    figure = insights.new_figure()
+    draw(figure, data)
+    FigureCanvasAgg(figure).draw()
+    return figure
+
+
+def ticks_in_view(axis) -> list[float]:
+    low, high = sorted(axis.get_view_interval())
+    return [t for t in axis.get_majorticklocs() if low <= t <= high]
+
+
+def assert_whole(values: list[float]) -> None:
+    assert values and all(float(v).is_integer() for v in values), values
+
+
+def test_a_room_active_on_one_day_gets_day_ticks_and_whole_counts():
+    figure = drawn(insights.draw_per_day, {"per_day": [["2026-03-02", 3]]})
+    axes = figure.axes[0]
+    ticks = ticks_in_view(axes.xaxis)
+    assert_whole(ticks)  # midnight of whole days: no hour ticks
+    assert 5 <= len(ticks) <= 8
+    labels = [label.get_text() for label in axes.get_xticklabels()]
+    assert not any(":" in label for label in labels), labels
+    assert "02" in labels and axes.xaxis.get_major_formatter().get_offset() == "2026-Mar"
+    assert_whole(ticks_in_view(axes.yaxis))  # 0, 1, 2, 3: never 2.5
+    # The bar is one day among the week shown, not the whole chart.
+    (bar,) = axes.patches
+    low, high = axes.get_xlim()
+    assert bar.get_width() / (high - low) < 0.2
+
+
+def test_a_room_years_old_gets_year_ticks():
+    start = date(2023, 1, 1)
+    per_day = [[(start + timedelta(days=i)).isoformat(), 1 + i % 3] for i in range(0, 1200, 3)]
+    axes = drawn(insights.draw_per_day, {"per_day": per_day}).axes[0]
+    ticks = ticks_in_view(axes.xaxis)
+    assert 3 <= len(ticks) <= 8
+    labels = [label.get_text() for label in axes.get_xticklabels()]
+    assert {"2024", "2025", "2026"} <= set(labels), labels
+    assert_whole(ticks_in_view(axes.yaxis))
+
+
+def test_count_axes_of_the_other_charts_are_whole():
+    heatmap = [[0] * 24 for _ in range(7)]
+    heatmap[0][9] = 1
+    colorbar = drawn(insights.draw_heatmap, {"heatmap": heatmap}).axes[1]
+    assert_whole(ticks_in_view(colorbar.yaxis))
+    for draw, key in ((insights.draw_top_posters, "top_posters"), (insights.draw_mentions, "mentions")):
+        axes = drawn(draw, {key: [["ann", 3], ["bob", 1]]}).axes[0]
+        assert_whole(ticks_in_view(axes.xaxis))
+
+
+def test_charts_are_phone_sized_and_sharp():
+    width, height = insights.CHART_SIZE
+    # At most a phone's width in CSS pixels, rendered at twice the pixels.
+    assert width * insights.CHART_DPI <= 480 and insights.CHART_SCALE >= 2
+
+
+@pytest.fixture
+def alice(db):
+    return User.objects.create_user("alice")
+
+
+def finished_insights(room, user, messages: int) -> Job:
+    now = datetime.now(UTC)
+    result = {
+        "messages": messages, "per_day": [], "heatmap": [[0] * 24 for _ in range(7)],
+        "top_posters": [["alice", 123456]], "mentions": [["alice", 2345]],
+        "threads": [{"first_id": 1, "start": now.isoformat(), "end": now.isoformat(), "messages": 4321,
+                     "participants": 2, "minutes": 3.5}],
+        "charts": {},
+    }  # fmt: skip
+    return Job.objects.create(kind=Job.Kind.INSIGHTS, room=room, requested_by=user, result=result,
+                              finished_at=now, expires_at=now + timedelta(days=1))  # fmt: skip
+
+
+def test_insights_page_writes_counts_with_thousands_separators(client, alice):
+    room = make_room(members=[alice])
+    job = finished_insights(room, alice, 300000)
+    client.force_login(alice)
+    page = client.get(reverse("reports:insights", args=[room.label]) + f"?job={job.pk}").content.decode()
+    assert "300,000 messages" in page and "300000" not in page
+    assert "123,456" in page and "2,345" in page and "4,321" in page
+    # The <img> size is the chart's own (CSS pixels), so the page reserves the right space.
+    width, height = (round(x * insights.CHART_DPI) for x in insights.CHART_SIZE)
+    assert f'width="{width}" height="{height}"' in page
