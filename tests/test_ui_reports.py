@@ -9,8 +9,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from accounts.models import User
 from reports import insights
+from reports.jobs import start_export, start_insights
+from reports.live import job_frame
 from reports.models import Job
-from tests.test_reports import make_room
+from tasks.progress import snapshot_of
+from tests.test_reports import make_room, post, run_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -102,3 +105,59 @@ def test_insights_page_writes_counts_with_thousands_separators(client, alice):
     # The <img> size is the chart's own (CSS pixels), so the page reserves the right space.
     width, height = (round(x * insights.CHART_DPI) for x in insights.CHART_SIZE)
     assert f'width="{width}" height="{height}"' in page
+
+
+def test_a_finished_export_no_longer_says_what_it_was_doing(alice):
+    room = make_room(members=[alice])
+    post(room, alice, "hello")
+    job, _ = start_export(alice, room, "csv")
+    run_jobs()
+    job = Job.objects.select_related("room").get(pk=job.pk)
+    snapshot = snapshot_of(job.task_id)
+    assert snapshot["note"] == "joining the parts"  # the task's last word, while it ran
+    frame = job_frame(job, snapshot, None)
+    assert frame["status"] == "done" and frame["note"] == ""
+    running = {"status": "RUNNING", "done": 1, "total": 2, "note": "1 of 2 messages", "attempts": 1}
+    assert job_frame(Job.objects.create(kind="export", format="csv", room=room, requested_by=alice),
+                     running, None)["note"] == "1 of 2 messages"  # fmt: skip
+
+
+def test_the_refusal_at_the_limit_links_to_the_running_jobs(client, alice):
+    room = make_room(members=[alice])
+    running = [start_export(alice, room, fmt)[0] for fmt in ("jsonl", "csv")] + [start_insights(alice, room)[0]]
+    client.force_login(alice)
+    response = client.post(reverse("reports:export", args=[room.label]), {"format": "html"})
+    assert response.status_code == 429
+    page = response.content.decode()
+    for job in running:
+        assert f'href="{job.get_absolute_url()}"' in page
+    assert "JSON Lines export of #lobby" in page and "Insights of #lobby" in page
+    assert f'href="{reverse("reports:mine")}"' in page
+
+
+def test_my_exports_lists_my_jobs_with_status_and_download_links(client, alice, settings):
+    bob = User.objects.create_user("bob")
+    room = make_room(members=[alice, bob])
+    hidden = make_room("secret", members=[alice])
+    post(room, alice, "hello")
+    done, _ = start_export(alice, room, "csv")
+    run_jobs()
+    queued, _ = start_export(alice, room, "html")
+    start_export(bob, room, "jsonl")  # bob's: not on alice's page
+    gone, _ = start_export(alice, hidden, "jsonl")
+    hidden.memberships.filter(user=alice).delete()  # she left: the room and its jobs are out of sight
+    client.force_login(alice)
+    page = client.get(reverse("reports:mine")).content.decode()
+    rows = page.split('<li class="job-row"')[1:]
+    assert len(rows) == 2  # newest first
+    assert 'data-status="queued"' in rows[0] and "HTML page export of #lobby" in rows[0] and "Download" not in rows[0]
+    assert 'data-status="done"' in rows[1] and f'href="{reverse("reports:download", args=[done.pk])}"' in rows[1]
+    assert gone.get_absolute_url() not in page and "JSON Lines" not in page
+    assert f'href="{reverse("reports:mine")}"' in page  # the nav links here
+
+    # Paginated: the 21st job is on page 2.
+    Job.objects.bulk_create(Job(kind="export", format="csv", room=room, requested_by=alice) for _ in range(20))
+    first = client.get(reverse("reports:mine")).content.decode()
+    second = client.get(reverse("reports:mine") + "?page=2").content.decode()
+    assert first.count('<li class="job-row"') == 20 and second.count('<li class="job-row"') == 2
+    assert 'href="?page=2"' in first
