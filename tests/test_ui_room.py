@@ -1,9 +1,48 @@
-"""What a new user sees on the room page, in real Chromium on a phone (issue 18, items 9 and 14)."""
+"""What a new user sees on the room page, in real Chromium on a phone (issue 18, items 7, 9 and 14)."""
 
 import pytest
+from django.urls import reverse
 from playwright.sync_api import expect
 
+from accounts.models import User
 from tests.test_browser_chat import browser, say, signed_up_page  # noqa: F401 (fixture)
+
+
+@pytest.mark.e2e
+def test_only_handles_of_users_are_highlighted(stack, browser):  # noqa: F811
+    _, port = stack.daphne()
+    base = f"http://127.0.0.1:{port}"
+    _, ann = signed_up_page(browser, base, "ann")
+    _, bob = signed_up_page(browser, base, "bob")
+    for page in (ann, bob):
+        page.goto("/lobby/")
+        expect(page.locator("#status")).to_have_attribute("data-state", "connected")
+    say(ann, "hi @Bob, @nobody and @here")
+    for page in (ann, bob):
+        message = page.locator(".msg[data-id]").filter(has_text="hi @Bob")
+        expect(message.locator(".mention")).to_have_text(["@Bob", "@here"])
+        expect(message.locator(".text span")).to_have_count(3)  # @nobody is found, but plain
+    # A user who signs up later is highlighted in the next message naming them.
+    signed_up_page(browser, base, "nobody")
+    say(ann, "welcome @nobody")
+    expect(bob.locator(".msg[data-id]").filter(has_text="welcome").locator(".mention")).to_have_text("@nobody")
+    # A reload (history) asks once for all its messages: the first one's @nobody is a user now.
+    bob.reload()
+    expect(bob.locator(".msg[data-id] .mention")).to_have_text(["@Bob", "@nobody", "@here", "@nobody"])
+
+
+@pytest.mark.django_db
+def test_the_handles_endpoint_answers_which_handles_are_users(client):
+    ann = User.objects.create_user("Ann")
+    User.objects.create_user("gone", is_active=False)
+    client.force_login(ann)
+    url = reverse("notifications:handles")
+    response = client.get(url, {"h": ["ann", "BOB", "gone", "nobody"]})
+    assert response.status_code == 200 and response.json() == {"handles": ["ann"]}
+    for bad in ([], ["not a handle"], ["x" * 31], [f"u{i}" for i in range(51)]):
+        assert client.get(url, {"h": bad}).status_code == 400
+    client.logout()
+    assert client.get(url, {"h": ["ann"]}).status_code == 302  # to the login page: no handle probing
 
 
 @pytest.mark.e2e
