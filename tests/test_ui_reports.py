@@ -1,11 +1,13 @@
 """What a user sees of reports: charts that read on a phone, counts written as on other pages,
 a job page that follows its job to the end, and the list of one's exports (issue 18, items 11 and 15)."""
 
+import re
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from django.urls import reverse
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from playwright.sync_api import expect
 
 from accounts.models import User
 from reports import insights
@@ -13,6 +15,7 @@ from reports.jobs import start_export, start_insights
 from reports.live import job_frame
 from reports.models import Job
 from tasks.progress import snapshot_of
+from tests.test_browser_chat import browser, signed_up_page  # noqa: F401 (fixture)
 from tests.test_reports import make_room, post, run_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -161,3 +164,38 @@ def test_my_exports_lists_my_jobs_with_status_and_download_links(client, alice, 
     second = client.get(reverse("reports:mine") + "?page=2").content.decode()
     assert first.count('<li class="job-row"') == 20 and second.count('<li class="job-row"') == 2
     assert 'href="?page=2"' in first
+
+
+SEED_ROOM = """
+from accounts.models import User
+from chat.models import Message, Room
+user = User.objects.create_user("archivist")
+room = Room.objects.create(label="archive")
+Message.objects.bulk_create(Message(room=room, user=user, text=f"old {i:03}", client_id=str(i)) for i in range(50))
+"""
+
+
+@pytest.mark.e2e
+def test_an_export_page_follows_the_job_to_done_and_my_exports_lists_it(stack, browser):  # noqa: F811
+    stack.manage("shell", "-c", SEED_ROOM)
+    _, port = stack.daphne()
+    stack.runworker("compute")
+    _, ann = signed_up_page(browser, f"http://127.0.0.1:{port}", "ann")
+    ann.goto("/archive/")
+    ann.get_by_text("Room menu").click()
+    ann.get_by_role("link", name="Export chosen dates…").click()
+    ann.get_by_role("button", name="Export").click()  # the form posts: the job's page
+    expect(ann.locator("#job-status")).to_have_text("Done", timeout=30_000)
+    expect(ann.locator("#job-link")).to_be_visible()
+    expect(ann.locator("#job-note")).to_have_text("")  # not "joining the parts"
+    ann.reload()  # a page opened after the end says the same
+    expect(ann.locator("#job-status")).to_have_text("Done")
+    expect(ann.locator("#job-note")).to_have_text("")
+
+    ann.get_by_role("link", name="Exports", exact=True).click()  # the nav
+    expect(ann.get_by_role("heading", name="My exports")).to_be_visible()
+    row = ann.locator(".job-row")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("JSON Lines export of #archive")
+    expect(row.locator(".job-row-status")).to_have_text("Done")
+    expect(row.get_by_role("link", name="Download")).to_have_attribute("href", re.compile(r"^/reports/\d+/download/$"))
