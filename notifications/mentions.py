@@ -3,6 +3,7 @@
 import re
 
 # Handles are accounts.User usernames: 1 to 30 of [A-Za-z0-9_-].
+HANDLE = re.compile(r"[A-Za-z0-9_-]{1,30}")
 # Not preceded by a word character, '.', '+', '/', '=', '@' or '-' (so not the
 # tail of an e-mail address or a path), not followed by another handle
 # character or '@' (so not the head of "user@host").

@@ -38,6 +38,14 @@ def present_user_ids(room: Room) -> set[int]:
     return set(Presence.objects.filter(room=room, last_seen__gte=fresh).values_list("user_id", flat=True))
 
 
+def known_handles(handles: list[str]) -> set[str]:
+    """Which of `handles` (lowercased) name an active user: the room page highlights only those."""
+    User = get_user_model()
+    lowered = {handle.lower() for handle in handles}
+    found = User.objects.annotate(handle_ci=Lower("username")).filter(handle_ci__in=lowered, is_active=True)
+    return set(found.values_list("handle_ci", flat=True))
+
+
 def mentioned_users(message: Message) -> list:
     """Users `message` notifies: named or @here, never its author, only those who can see the room."""
     handles, here = parse_mentions(message.text)

@@ -13,6 +13,7 @@ urlpatterns = [
     path("", views.notification_list, name="list"),
     path("<int:pk>/", views.notification_open, name="open"),
     path("read/", views.mark_read, name="mark_read"),
+    path("handles/", views.handles, name="handles"),
     path("test/", views.send_test, name="test"),
     path("settings/", views.save_settings, name="settings"),
     path("confirm-phone/", views.confirm_phone, name="confirm_phone"),

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -18,6 +18,7 @@ from twilio.request_validator import RequestValidator
 from . import content, notify
 from .delivery import usable_channel
 from .forms import NotificationSettingsForm, PhoneCodeForm
+from .mentions import HANDLE, MAX_MENTIONS
 from .models import Delivery, Notification
 from .tasks import send_test_notification
 
@@ -30,6 +31,19 @@ def _back(request: HttpRequest) -> HttpResponse:
     if not url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
         target = reverse("notifications:list")
     return redirect(target)
+
+
+@require_GET
+def handles(request: HttpRequest) -> HttpResponse:
+    """Which of the asked handles (`?h=ann&h=bob`, at most MAX_MENTIONS) are users, for mentions.js.
+
+    Per request rather than a list in the page: a user who signs up while the page is open
+    is highlighted in the next message that names them.
+    """
+    asked = request.GET.getlist("h")
+    if not asked or len(asked) > MAX_MENTIONS or not all(HANDLE.fullmatch(h) for h in asked):
+        return JsonResponse({"error": f"Give 1 to {MAX_MENTIONS} handles as ?h=..."}, status=400)
+    return JsonResponse({"handles": sorted(notify.known_handles(asked))})
 
 
 @require_GET

@@ -19,7 +19,9 @@ from django.db.models import Count
 from django.db.models.functions import ExtractHour, ExtractIsoWeekDay, Lower, TruncDate
 from django.utils import timezone
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, date2num
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from chat.models import Message
 from notifications.mentions import parse_mentions
@@ -34,6 +36,14 @@ THREAD_GAP = timedelta(minutes=5)
 TOP = 10
 TOP_THREADS = 5
 WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+# Charts are drawn at a phone's width (in CSS pixels at DPI 100) and rendered at
+# twice that, so they stay sharp on high-density screens and on wider pages.
+CHART_SIZE = (4.8, 3.0)
+CHART_DPI = 100
+CHART_SCALE = 2
+# The per-day chart spans at least this many days, so a young room gets day
+# ticks and a bar a day wide rather than hour ticks and one bar across the chart.
+MIN_DAYS_SHOWN = 7
 
 
 def compute(job: Job, progress: Progress) -> dict[str, Any]:
@@ -138,10 +148,11 @@ def save_charts(job: Job, data: dict[str, Any], progress: Progress) -> None:
     """Draw the charts into storage and keep the numbers with them on the job."""
     charts = {}
     for name, draw in CHARTS.items():
-        figure = Figure(figsize=(8, 3.2), dpi=100, layout="constrained")
+        figure = new_figure()
         draw(figure, data)
         buffer = io.BytesIO()
-        FigureCanvasAgg(figure).print_png(buffer)
+        FigureCanvasAgg(figure)
+        figure.savefig(buffer, format="png", dpi=CHART_DPI * CHART_SCALE)
         stored = f"{job.storage_dir}/{name}.png"
         default_storage.delete(stored)  # a rerun after a dead worker
         charts[name] = default_storage.save(stored, io.BytesIO(buffer.getvalue()))
@@ -152,6 +163,16 @@ def save_charts(job: Job, data: dict[str, Any], progress: Progress) -> None:
     steps = data["messages"] + 3
     progress(steps, steps, "charts drawn")
     logger.info("event=insights_finished job=%s messages=%d", job.pk, data["messages"])
+
+
+def new_figure() -> Figure:
+    """A blank chart of the size the insights page shows (its <img> width and height match)."""
+    return Figure(figsize=CHART_SIZE, dpi=CHART_DPI, layout="constrained")
+
+
+def _counts(axis) -> None:
+    """Counts are whole: no 2.5 messages between two ticks."""
+    axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _empty(axes, data: list) -> bool:
@@ -168,9 +189,18 @@ def draw_per_day(figure: Figure, data: dict[str, Any]) -> None:
     if _empty(axes, data["per_day"]):
         return
     days = [date.fromisoformat(day) for day, _ in data["per_day"]]
-    axes.bar(days, [n for _, n in data["per_day"]], color="#3b6fd8", width=0.9)
+    shown = (days[-1] - days[0]).days
+    span = max(shown + 1, MIN_DAYS_SHOWN)
+    # A bar is 0.9 day wide, wider in a room years old so that it stays a pixel or more wide.
+    axes.bar(days, [n for _, n in data["per_day"]], color="#3b6fd8", width=max(0.9, span / 300))
+    pad = (span - shown) / 2
+    axes.set_xlim(date2num(days[0]) - pad, date2num(days[-1]) + pad)
+    # Whole days (or months, years) at any span; ConciseDateFormatter names the month/year once, not per tick.
+    locator = AutoDateLocator(minticks=3, maxticks=8)
+    axes.xaxis.set_major_locator(locator)
+    axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    _counts(axes.yaxis)
     axes.set_ylabel("messages")
-    figure.autofmt_xdate()
 
 
 def draw_heatmap(figure: Figure, data: dict[str, Any]) -> None:
@@ -178,9 +208,9 @@ def draw_heatmap(figure: Figure, data: dict[str, Any]) -> None:
     axes.set_title(f"Activity by hour of week ({settings.TIME_ZONE})")
     image = axes.imshow(data["heatmap"], aspect="auto", cmap="Blues")
     axes.set_yticks(range(7), WEEKDAYS)
-    axes.set_xticks(range(0, 24, 2), [f"{h:02d}" for h in range(0, 24, 2)])
+    axes.set_xticks(range(0, 24, 3), [f"{h:02d}" for h in range(0, 24, 3)])
     axes.set_xlabel("hour")
-    figure.colorbar(image, ax=axes, label="messages")
+    figure.colorbar(image, ax=axes, label="messages", ticks=MaxNLocator(integer=True))
 
 
 def _draw_ranking(figure: Figure, rows: list, title: str, color: str) -> None:
@@ -190,6 +220,7 @@ def _draw_ranking(figure: Figure, rows: list, title: str, color: str) -> None:
         return
     handles = [f"@{handle}" for handle, _ in rows][::-1]
     axes.barh(handles, [n for _, n in rows][::-1], color=color)
+    _counts(axes.xaxis)
 
 
 def draw_top_posters(figure: Figure, data: dict[str, Any]) -> None:

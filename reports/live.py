@@ -71,7 +71,8 @@ def job_frame(job: Job, task: dict[str, Any] | None, rate: float | None) -> dict
         "percent": percent,
         "rate": round(rate, 1) if rate is not None and status == Job.Status.RUNNING else None,
         "eta": eta,
-        "note": (task or {}).get("note", ""),
+        # A note says what a running task is doing; once it ends the status says it all.
+        "note": (task or {}).get("note", "") if status in (Job.Status.QUEUED, Job.Status.RUNNING) else "",
         "attempt": (task or {}).get("attempts", 0),
         "error": job.user_error or None,
         "url": url,

@@ -5,6 +5,7 @@ from . import views
 app_name = "reports"
 
 urlpatterns = [
+    path("", views.my_jobs, name="mine"),
     path("rooms/<str:label>/export/", views.export, name="export"),
     path("rooms/<str:label>/export/new/", views.export_form, name="export_form"),
     path("rooms/<str:label>/insights/", views.insights, name="insights"),

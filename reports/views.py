@@ -1,7 +1,9 @@
 import logging
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.core.files.storage import default_storage
+from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
@@ -9,10 +11,13 @@ from django.views.decorators.http import require_GET, require_POST
 from chat.models import Room
 
 from .forms import ExportForm
+from .insights import CHART_DPI, CHART_SIZE
 from .jobs import TooManyJobs, cancel_job, start_export, start_insights
-from .models import Job
+from .models import Job, with_task_results
 
 logger = logging.getLogger(__name__)
+
+JOBS_PER_PAGE = 20
 
 
 def visible_room_or_404(label: str, user) -> Room:
@@ -34,6 +39,23 @@ def refused(request: HttpRequest, room: Room, message: str, status: int) -> Http
     return render(request, "reports/refused.html", {"room": room, "message": message}, status=status)
 
 
+def too_many(request: HttpRequest, room: Room, exc: TooManyJobs) -> HttpResponse:
+    """The refusal at the limit, with links to the jobs that fill it: the way to wait for or cancel one."""
+    running = with_task_results(Job.objects.active().filter(requested_by=request.user).select_related("room"))
+    context = {"room": room, "message": str(exc), "running": running}
+    return render(request, "reports/refused.html", context, status=429)
+
+
+@require_GET
+def my_jobs(request: HttpRequest) -> HttpResponse:
+    """The exports and insights the user asked for, newest first, in rooms they can still see."""
+    jobs = Job.objects.filter(requested_by=request.user, room__in=Room.objects.visible_to(request.user))
+    page = Paginator(jobs.select_related("room"), JOBS_PER_PAGE).get_page(request.GET.get("page"))
+    page.object_list = with_task_results(page.object_list)
+    ttl_days = settings.REPORTS_EXPORT_TTL.days
+    return render(request, "reports/mine.html", {"page": page, "ttl_days": ttl_days})
+
+
 @require_POST
 def export(request: HttpRequest, label: str) -> HttpResponse:
     """Start an export of the room (or attach to the same one running), then watch it."""
@@ -44,7 +66,7 @@ def export(request: HttpRequest, label: str) -> HttpResponse:
     try:
         job, _ = start_export(request.user, room, form.cleaned_data["format"], *form.date_range())
     except TooManyJobs as exc:
-        return refused(request, room, str(exc), status=429)
+        return too_many(request, room, exc)
     return redirect(job)
 
 
@@ -86,6 +108,12 @@ def download(request: HttpRequest, pk: int) -> HttpResponse:
     return FileResponse(default_storage.open(job.file.name, "rb"), as_attachment=True, filename=filename)
 
 
+def show_insights(request: HttpRequest, job: Job, room: Room) -> HttpResponse:
+    width, height = (round(inches * CHART_DPI) for inches in CHART_SIZE)
+    context = {"job": job, "room": room, "data": job.result, "chart_width": width, "chart_height": height}
+    return render(request, "reports/insights.html", context)
+
+
 @require_GET
 def insights(request: HttpRequest, label: str) -> HttpResponse:
     """The room's insights as of its last message: shown if cached, else computed while you watch.
@@ -101,14 +129,14 @@ def insights(request: HttpRequest, label: str) -> HttpResponse:
         job = visible_job_or_404(int(shown), request.user)
         if job.room_id != room.pk or job.kind != Job.Kind.INSIGHTS or job.status != Job.Status.DONE:
             raise Http404("No such report.")
-        return render(request, "reports/insights.html", {"job": job, "room": room, "data": job.result})
+        return show_insights(request, job, room)
     try:
         job, _ = start_insights(request.user, room)
     except TooManyJobs as exc:
-        return refused(request, room, str(exc), status=429)
+        return too_many(request, room, exc)
     if job.status != Job.Status.DONE:
         return render(request, "reports/job.html", {"job": job, "room": room})
-    return render(request, "reports/insights.html", {"job": job, "room": room, "data": job.result})
+    return show_insights(request, job, room)
 
 
 @require_GET

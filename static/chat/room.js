@@ -160,6 +160,8 @@
       const pending = el.list.querySelector(`.msg.pending[data-client-id="${CSS.escape(frame.client_id)}"]`);
       if (pending) pending.remove();
       outbox.remove(frame.client_id);
+      // The rate-limit notice is about the outbox: it goes once the outbox has emptied.
+      if (el.notice.textContent === SLOW_DOWN && outbox.load().length === 0) notice("");
     }
     // Stored messages come first, in id order, then our pending ones. Scan from
     // the newest stored message: nearly every message belongs at the end.
@@ -234,6 +236,8 @@
 
   // --- server frames ---------------------------------------------------------
 
+  const SLOW_DOWN = "Slow down a little; your message will be sent in a moment.";
+
   const handlers = {
     message: addMessage,
     synced(frame) {
@@ -267,7 +271,7 @@
     error(frame) {
       if (frame.code === "rate_limited" && frame.client_id) {
         // Still in the outbox: try again shortly.
-        notice("Slow down a little; your message will be sent in a moment.");
+        notice(SLOW_DOWN);
         // One retry for the whole outbox, however many refusals arrive.
         if (!state.retryTimer) {
           state.retryTimer = setTimeout(() => {

@@ -70,7 +70,9 @@
   // The button goes over the socket when it is open; otherwise the form posts.
   if (form) {
     form.addEventListener("submit", (event) => {
-      if (send({ format: form.elements.format.value })) event.preventDefault();
+      if (!send({ format: form.elements.format.value })) return;
+      event.preventDefault();
+      form.closest("details")?.removeAttribute("open"); // the room menu: its progress shows by the composer
     });
   }
 })();
