@@ -1,0 +1,51 @@
+"""What a new user sees, part 2 (issue 18 items 5, 10, 13), in real Chromium against daphne (and a worker)."""
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.test_browser_chat import browser, signed_up_page  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.e2e
+
+GREEN = "rgb(31, 157, 85)"  # --ok in parley.css
+
+
+def dot_colour(item) -> str:
+    return item.evaluate("li => getComputedStyle(li, '::before').color")
+
+
+def test_a_private_rooms_member_list_marks_online_only_members_present(stack, browser):  # noqa: F811
+    """Item 10: a member who is not in the room has no green dot; it comes and goes with them."""
+    _, port = stack.daphne()
+    base = f"http://127.0.0.1:{port}"
+    _, ann = signed_up_page(browser, base, "ann")
+    bob_context, _ = signed_up_page(browser, base, "bob")
+    ann.check("input[name=is_private]")
+    ann.get_by_role("button", name="New room").click()
+    expect(ann.locator("#status")).to_have_attribute("data-state", "connected")
+    ann.fill("input[name=handle]", "bob")
+    ann.get_by_role("button", name="Invite").click()
+    expect(ann.locator(".flash")).to_contain_text("@bob can now join this room")
+    expect(ann.locator("#status")).to_have_attribute("data-state", "connected")
+    label = ann.url.rstrip("/").rsplit("/", 1)[1]
+
+    members = ann.locator(".members li")
+    bob_item, ann_item = members.filter(has_text="bob"), members.filter(has_text="ann")
+    expect(members).to_have_count(2)
+    assert dot_colour(bob_item) != GREEN  # the bug: every member had the green dot
+    expect(ann_item).to_have_class("online")
+    assert dot_colour(ann_item) == GREEN
+    expect(bob_item).not_to_have_class("online")
+    expect(bob_item).to_have_attribute("title", "not here")
+    assert dot_colour(bob_item) != GREEN
+
+    # bob opens the room: ann's page marks him online, live; he leaves: not any more.
+    bob = bob_context.new_page()
+    bob.goto(f"/{label}/")
+    expect(bob.locator("#status")).to_have_attribute("data-state", "connected")
+    expect(bob_item).to_have_class("online")
+    expect(bob_item).to_have_attribute("title", "online")
+    assert dot_colour(bob_item) == GREEN
+    bob.close()
+    expect(bob_item).not_to_have_class("online")
+    assert dot_colour(bob_item) != GREEN
