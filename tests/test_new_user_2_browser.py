@@ -3,6 +3,7 @@
 import pytest
 from playwright.sync_api import expect
 
+from tests.avatar_images import camera_jpeg
 from tests.test_browser_chat import browser, signed_up_page  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.e2e
@@ -49,3 +50,28 @@ def test_a_private_rooms_member_list_marks_online_only_members_present(stack, br
     bob.close()
     expect(bob_item).not_to_have_class("online")
     assert dot_colour(bob_item) != GREEN
+
+
+def test_a_file_that_is_not_an_image_is_refused_before_upload_and_save_is_disabled(stack, browser):  # noqa: F811
+    """Item 13: a clear message instead of a broken preview, and no Save until another file is chosen."""
+    _, port = stack.daphne()
+    _, page = signed_up_page(browser, f"http://127.0.0.1:{port}", "ann")
+    page.goto("/me/")
+    save = page.locator("form[enctype='multipart/form-data'] button[type=submit]")
+    preview, current, error = page.locator("#avatar-preview"), page.locator("#avatar-current"), page.locator("#avatar-client-error")
+    files = {
+        "notes.txt": ("text/plain", b"I am not a picture.\n"),  # the browser knows the type
+        "me.jpg": ("image/jpeg", b"I am not a picture.\n" * 50),  # the name lies: only decoding tells
+    }
+    for name, (mime_type, data) in files.items():
+        page.set_input_files("input[name=avatar]", files=[{"name": name, "mimeType": mime_type, "buffer": data}])
+        expect(error).to_have_text(f'"{name}" is not a JPEG, PNG, WebP or GIF image: choose another file.')
+        expect(preview).to_be_hidden()
+        expect(current).to_be_visible()
+        expect(save).to_be_disabled()
+
+    page.set_input_files("input[name=avatar]", files=[{"name": "me.jpg", "mimeType": "image/jpeg", "buffer": camera_jpeg(6, 300, 200)}])
+    expect(preview).to_be_visible()
+    expect(error).to_have_text("")
+    expect(save).to_be_enabled()
+    page.wait_for_function("() => document.getElementById('avatar-preview').naturalWidth > 0")
