@@ -11,7 +11,9 @@ from django.test import Client
 from chat.models import Room
 from notifications.models import Delivery, Notification
 from notifications.tasks import process_invite
+from tests.avatar_images import camera_jpeg
 from tests.fake_providers import fake_postmark, fake_twilio, providers  # noqa: F401 (fixtures)
+from tests.test_avatars import run_queued_task, upload
 from tests.test_notifications import BOB_PHONE, by_email, by_sms, run_notifications
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -95,3 +97,19 @@ def test_an_invited_user_who_chose_sms_gets_one_short_sms(providers, ann, bob):
     assert len(sms["body"]) < 160
     assert Delivery.objects.get().status == "sent"
     assert postmark.requests == []
+
+
+def test_me_avatar_says_whether_the_new_thumbnails_are_ready(ann):
+    """Item 5: what /me/ asks while it says "being prepared"."""
+    client = logged_in(ann)
+    placeholder = dict.fromkeys(["256", "64", "32", "32png"], "/avatars/ann.svg")
+    assert client.get("/me/avatar/").json() == {"pending": False, "avatar": placeholder}
+    upload(client, camera_jpeg(1, 400, 300))
+    assert 'data-status-url="/me/avatar/"' in client.get("/me/").content.decode()
+    answer = client.get("/me/avatar/")
+    assert answer.json()["pending"] is True and "no-cache" in answer["Cache-Control"]
+    digest = run_queued_task(ann)
+    status = client.get("/me/avatar/").json()
+    assert status["pending"] is False
+    assert status["avatar"]["256"] == f"/media/avatars/{ann.pk}/{digest}-256.webp"
+    assert Client().get("/me/avatar/").status_code == 302  # to the login page

@@ -1,5 +1,7 @@
 """What a new user sees, part 2 (issue 18 items 5, 10, 13), in real Chromium against daphne (and a worker)."""
 
+import re
+
 import pytest
 from playwright.sync_api import expect
 
@@ -9,6 +11,7 @@ from tests.test_browser_chat import browser, signed_up_page  # noqa: F401 (fixtu
 pytestmark = pytest.mark.e2e
 
 GREEN = "rgb(31, 157, 85)"  # --ok in parley.css
+THUMBNAIL_256 = re.compile(r"^/media/avatars/\d+/[0-9a-f]{64}-256\.webp$")
 
 
 def dot_colour(item) -> str:
@@ -75,3 +78,27 @@ def test_a_file_that_is_not_an_image_is_refused_before_upload_and_save_is_disabl
     expect(error).to_have_text("")
     expect(save).to_be_enabled()
     page.wait_for_function("() => document.getElementById('avatar-preview').naturalWidth > 0")
+
+
+def test_me_shows_the_new_avatar_once_its_thumbnails_are_ready_without_a_reload(stack, browser, tmp_path):  # noqa: F811
+    """Item 5: /me/ said "being prepared" until reloaded; now it swaps the thumbnail in."""
+    stack.env["MEDIA_ROOT"] = str(tmp_path / "media")
+    _, port = stack.daphne()
+    _, page = signed_up_page(browser, f"http://127.0.0.1:{port}", "ann")
+    page.goto("/me/")
+    page.set_input_files(
+        "input[name=avatar]", files=[{"name": "me.jpg", "mimeType": "image/jpeg", "buffer": camera_jpeg(6, 1200, 800)}]
+    )
+    page.locator("form[enctype='multipart/form-data'] button[type=submit]").click()
+    expect(page.locator(".flash")).to_contain_text("Avatar uploaded")
+    # No worker yet: the thumbnails cannot be ready before the page has said so.
+    pending, current = page.locator("#avatar-pending"), page.locator("#avatar-current")
+    expect(pending).to_have_text("Your new avatar is being prepared…")
+    expect(current).to_have_attribute("src", "/avatars/ann.svg")
+    page.evaluate("window.notReloaded = true")
+
+    stack.runworker("thumbnails")
+    expect(current).to_have_attribute("src", THUMBNAIL_256, timeout=30_000)
+    expect(pending).to_have_count(0)
+    page.wait_for_function("() => document.getElementById('avatar-current').naturalWidth === 256")
+    assert page.evaluate("window.notReloaded") is True

@@ -54,3 +54,34 @@
     current.hidden = true;
   });
 })();
+
+// While the new avatar's thumbnails are being made, ask now and then whether they are ready,
+// then show them: other users' pages hear of it on the room socket, and this page holds none.
+(() => {
+  "use strict";
+  const pending = document.getElementById("avatar-pending");
+  const current = document.getElementById("avatar-current");
+  if (!pending || !current) return;
+  const GIVE_UP_AFTER = 10 * 60 * 1000; // the worker may be down: a reload asks again
+  const started = Date.now();
+  let delay = 1000;
+
+  async function check() {
+    try {
+      const response = await fetch(pending.dataset.statusUrl, { headers: { Accept: "application/json" } });
+      if (response.ok) {
+        const status = await response.json();
+        if (!status.pending) {
+          current.src = status.avatar["256"];
+          pending.remove();
+          return;
+        }
+      }
+    } catch (e) {
+      // Offline for a moment: ask again later.
+    }
+    delay = Math.min(delay * 1.5, 10000);
+    if (Date.now() - started < GIVE_UP_AFTER) setTimeout(check, delay);
+  }
+  setTimeout(check, delay);
+})();
