@@ -118,7 +118,7 @@ def notify_invite(membership_id: int) -> Notification | None:
     they cannot find a private room they were never told of.
     """
     membership = Membership.objects.select_related("room", "user", "invited_by").filter(pk=membership_id).first()
-    if membership is None or membership.invited_by is None:
+    if membership is None or membership.invited_by is None or not membership.user.is_active:
         return None
     user, room, inviter = membership.user, membership.room, membership.invited_by
     with transaction.atomic():

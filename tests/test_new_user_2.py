@@ -70,6 +70,17 @@ def test_an_invited_user_gets_an_in_app_notification_leading_to_the_room(provide
     assert Notification.objects.count() == 1
 
 
+def test_an_inactive_user_is_not_told_of_an_invitation(providers, ann, bob):
+    """The invite form refuses them; a membership made elsewhere (the admin) tells them nothing either."""
+    by_email(bob)
+    bob.is_active = False
+    bob.save()
+    room = Room.objects.create(label="secret", is_private=True, created_by=ann)
+    room.invite(bob, invited_by=ann)
+    run_notifications()
+    assert not Notification.objects.exists() and not Delivery.objects.exists()
+
+
 def test_an_invited_user_who_chose_email_gets_an_email(providers, ann, bob):
     twilio, postmark = providers
     by_email(bob)
