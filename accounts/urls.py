@@ -10,6 +10,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("me/", views.profile, name="profile"),
+    path("me/avatar/", views.profile_avatar, name="profile_avatar"),
     path("avatars/<str:handle>.svg", views.avatar_placeholder, name="avatar_placeholder"),
     path("avatars/<str:handle>/<int:size>", views.avatar_redirect, name="avatar"),
 ]

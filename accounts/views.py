@@ -4,8 +4,9 @@ from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_not_required
 from django.core.files.storage import default_storage
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_safe
 
 from . import avatars
@@ -45,6 +46,19 @@ def profile(request: HttpRequest) -> HttpResponse:
         "avatar_pending": avatars.thumbnails_pending(request.user),
     }
     return render(request, "accounts/profile.html", context)
+
+
+@never_cache
+@require_safe
+def profile_avatar(request: HttpRequest) -> JsonResponse:
+    """/me/avatar/: are the user's own thumbnails still being made, and where are they.
+
+    /me/ asks while it says "being prepared": the room socket tells other
+    users' pages of a new avatar, and /me/ holds no room socket.
+    """
+    return JsonResponse(
+        {"pending": avatars.thumbnails_pending(request.user), "avatar": avatars.avatar_urls(request.user)}
+    )
 
 
 @require_safe

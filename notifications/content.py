@@ -94,3 +94,17 @@ def mention_email(user, room, notifications: Sequence[Notification], unsubscribe
     context = {"user": user, "room": room, "room_link": room_link(room), "items": items,
                "subject": subject, "unsubscribe_link": unsubscribe_link}  # fmt: skip
     return (subject, *render_email("mentions", context))
+
+
+def invite_sms(room, inviter) -> str:
+    link = room_link(room)
+    return shortest_fit(f"Parley: @{inviter.username} invited you to the private room #{room.label} {link}",
+                        f"Parley: you were invited to #{room.label} {link}", f"Parley: an invitation {link}")  # fmt: skip
+
+
+def invite_email(user, room, inviter, unsubscribe_link: str) -> tuple[str, str, str]:
+    """(subject, text, html) telling `user` that `inviter` made them a member of the private `room`."""
+    subject = f"@{inviter.username} invited you to #{room.label}"
+    context = {"user": user, "room": room, "room_link": room_link(room), "inviter": inviter,
+               "subject": subject, "unsubscribe_link": unsubscribe_link}  # fmt: skip
+    return (subject, *render_email("invite", context))

@@ -4,7 +4,7 @@ from django.db.models import Q
 
 
 class Notification(models.Model):
-    """One thing to tell a user inside Parley: a mention of them, or a test.
+    """One thing to tell a user inside Parley: a mention of them, an invitation to a private room, or a test.
 
     Every mention gets one, whatever the user's channel; email and SMS are
     Deliveries that carry one or more of these (gathered in a 5-minute window).
@@ -12,6 +12,7 @@ class Notification(models.Model):
 
     class Kind(models.TextChoices):
         MENTION = "mention", "Mention"
+        INVITE = "invite", "Invitation"
         TEST = "test", "Test"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
@@ -32,6 +33,8 @@ class Notification(models.Model):
             models.UniqueConstraint(
                 "user", "message", name="notifications_one_per_message", condition=Q(message__isnull=False)
             ),
+            # Nor a retried invitation task.
+            models.UniqueConstraint("user", "room", name="notifications_one_per_invite", condition=Q(kind="invite")),
         ]
         indexes = [models.Index("user", "read_at", name="notifications_unread_idx")]
 
@@ -57,6 +60,7 @@ class Delivery(models.Model):
 
     class Kind(models.TextChoices):
         MENTION = "mention", "Mentions"
+        INVITE = "invite", "Invitation"
         TEST = "test", "Test"
         CONFIRM = "confirm", "Confirmation"
 

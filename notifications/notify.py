@@ -1,4 +1,4 @@
-"""From a saved message to notifications: who was mentioned, who hears of it where, and when."""
+"""From a saved message or membership to notifications: who was mentioned or invited, who hears of it where, and when."""
 
 import logging
 from datetime import timedelta
@@ -13,7 +13,7 @@ from django.db.models.functions import Lower
 from django.urls import reverse
 from django.utils import timezone
 
-from chat.models import Message, Presence, Room
+from chat.models import Membership, Message, Presence, Room
 
 from . import content, tokens
 from .delivery import address, unsubscribe_link, usable_channel
@@ -114,6 +114,42 @@ def gather(notification: Notification) -> Delivery:
     notification.delivery = open_delivery
     notification.save(update_fields=["delivery"])
     return open_delivery
+
+
+# --- Invitations to a private room -----------------------------------------------------
+
+
+def notify_invite(membership_id: int) -> Notification | None:
+    """Tell a user someone else made them a member of a private room. Safe to run twice.
+
+    In Parley always, and by email or SMS on the channel mentions reach them by:
+    they cannot find a private room they were never told of.
+    """
+    membership = Membership.objects.select_related("room", "user", "invited_by").filter(pk=membership_id).first()
+    if membership is None or membership.invited_by is None or not membership.user.is_active:
+        return None
+    user, room, inviter = membership.user, membership.room, membership.invited_by
+    with transaction.atomic():
+        notification, new = Notification.objects.get_or_create(user=user, room=room, kind=Notification.Kind.INVITE)
+        if not new:
+            return notification
+        transaction.on_commit(lambda: push_unread(user.pk))
+        channel = usable_channel(user)
+        if channel is not None:
+            delivery = Delivery(user=user, kind=Delivery.Kind.INVITE, channel=channel, room=room,
+                                to=address(user, channel), send_after=timezone.now())  # fmt: skip
+            if channel == Delivery.Channel.SMS:
+                delivery.body = content.invite_sms(room, inviter)
+            else:
+                delivery.subject, delivery.body, delivery.html = content.invite_email(
+                    user, room, inviter, unsubscribe_link(user)
+                )
+            delivery.save()  # and sent by its own task (signals.delivery_created)
+            notification.delivery = delivery
+            notification.save(update_fields=["delivery"])
+    logger.info("event=invite_notified user=%s room=%s by=%s channel=%s",
+                user.pk, room.pk, inviter.pk, channel or "app")  # fmt: skip
+    return notification
 
 
 # --- In Parley: unread count, list, read --------------------------------------------

@@ -1,4 +1,4 @@
-"""Where notifications listen: chat messages and deliveries being saved, and the ESP's reports on sent emails."""
+"""Where notifications listen: chat messages, memberships and deliveries being saved, and the ESP's reports on sent emails."""
 
 import logging
 
@@ -8,11 +8,11 @@ from django.db.models.signals import post_save
 from django.dispatch import receiver
 from django.utils import timezone
 
-from chat.models import Message
+from chat.models import Membership, Message
 
 from . import notify
 from .models import Delivery
-from .tasks import process_mentions, send_delivery
+from .tasks import process_invite, process_mentions, send_delivery
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,13 @@ def message_saved(sender, instance: Message, created: bool, raw: bool = False, *
         # Inside the sender's transaction the task rings on commit, and
         # vanishes with a rolled-back message.
         process_mentions.enqueue(instance.pk)
+
+
+@receiver(post_save, sender=Membership, dispatch_uid="notifications.invites")
+def membership_saved(sender, instance: Membership, created: bool, raw: bool = False, **kwargs) -> None:
+    # Only an invitation by someone else: a private room's creator is made its first member.
+    if created and not raw and instance.invited_by_id not in (None, instance.user_id):
+        process_invite.enqueue(instance.pk)
 
 
 @receiver(post_save, sender=Delivery, dispatch_uid="notifications.deliveries")

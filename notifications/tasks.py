@@ -16,6 +16,13 @@ def process_mentions(message_id: int) -> int:
 
 
 @task(queue_name="notifications", max_attempts=3, retry_backoff=2.0)
+def process_invite(membership_id: int) -> int | None:
+    """Enqueued when someone else makes a user a member of a private room (signals.py)."""
+    notification = notify.notify_invite(membership_id)
+    return notification.pk if notification else None
+
+
+@task(queue_name="notifications", max_attempts=3, retry_backoff=2.0)
 def send_test_notification(user_id: int) -> int | None:
     """Enqueued by POST /notifications/test/."""
     test = notify.send_test(user_id)

@@ -55,11 +55,14 @@ def notification_list(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def notification_open(request: HttpRequest, pk: int) -> HttpResponse:
-    """Follow a notification to its message, marking it read on the way."""
-    notification = get_object_or_404(Notification.objects.select_related("message__room"), pk=pk, user=request.user)
+    """Follow a notification to its message, or an invitation to its room, marking it read on the way."""
+    notification = get_object_or_404(Notification.objects.select_related("message__room", "room"), pk=pk,
+                                     user=request.user)  # fmt: skip
     notify.mark_read(request.user, ids=[notification.pk])
     if notification.message_id:
         return redirect(reverse("room", args=[notification.message.room.label]) + f"#message-{notification.message_id}")
+    if notification.kind == Notification.Kind.INVITE:
+        return redirect("room", label=notification.room.label)
     return redirect("notifications:list")
 
 

@@ -189,6 +189,12 @@
   }
 
   function renderPresence() {
+    // A private room's member list: only members present now are marked online.
+    for (const member of document.querySelectorAll("#members [data-member]")) {
+      const online = state.present.has(member.dataset.member);
+      member.classList.toggle("online", online);
+      member.title = online ? "online" : "not here";
+    }
     el.presence.replaceChildren(
       ...[...state.present].sort().map((handle) => {
         const li = document.createElement("li");
