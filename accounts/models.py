@@ -19,6 +19,17 @@ def validate_not_reserved(handle: str) -> None:
         raise ValidationError("That handle is reserved.", code="reserved")
 
 
+def login_throttle_key(request, credentials: dict | None = None) -> str | None:
+    """The handle a login attempt counts against (django-axes' AXES_USERNAME_CALLABLE).
+
+    Handles log in in any case, so "ANN" and "ann" must count as one account:
+    otherwise each spelling of a handle would get its own allowance of guesses.
+    """
+    data = credentials if credentials else getattr(request, "POST", {})
+    username = data.get("username") if data else None
+    return username.lower() if isinstance(username, str) else username
+
+
 class UserManager(AuthUserManager):
     def get_by_natural_key(self, username: str) -> "User":
         """The user whose handle is `username` in any case: handles are unique regardless of
