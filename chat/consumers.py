@@ -339,7 +339,8 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
         # A sync is up to SYNC_LIMIT messages of output for a few bytes in: limited like messages.
         if not self.sync_limit.allow():
             raise FrameError("rate_limited", f"More than {RATE_LIMIT_COUNT} syncs in "
-                             f"{int(RATE_LIMIT_WINDOW.total_seconds())} seconds; sync again in a moment.")  # fmt: skip
+                             f"{int(RATE_LIMIT_WINDOW.total_seconds())} seconds; sync again in a moment.",
+                             after=frame["after"])  # fmt: skip
         try:
             page, more, last_id = await database_sync_to_async(sync_for_socket)(
                 self.access_session_key(), self.room, self.user, frame["after"]

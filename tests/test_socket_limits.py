@@ -103,6 +103,7 @@ async def test_syncs_are_rate_limited_like_messages(lobby, ann_cookie):
             answers.append(frame)
     assert [f["type"] for f in answers] == ["synced"] * RATE_LIMIT_COUNT + ["error"]
     assert answers[-1]["code"] == "rate_limited" and "client_id" not in answers[-1]
+    assert answers[-1]["after"] == 0  # the browser syncs again from there
     await a.disconnect()
 
 

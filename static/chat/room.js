@@ -35,6 +35,7 @@
     4401: "You are logged out. Log in again to chat.",
     4403: "This room is private.",
     4404: "This room does not exist.",
+    4409: "Parley is open in too many tabs. Close some, then reload this one.",
   };
   const REMOVED = "You were removed from this room.";
   const BACKOFF_BASE_MS = 500;
@@ -285,6 +286,11 @@
             flushOutbox();
           }, RATE_LIMIT_RETRY_MS);
         }
+        return;
+      }
+      if (frame.code === "rate_limited" && frame.after !== undefined) {
+        // A sync refused (more than 10 in 5 s, a long catch-up): ask again shortly from what we have.
+        setTimeout(() => send({ type: "sync", after: state.lastId }), RATE_LIMIT_RETRY_MS);
         return;
       }
       if (frame.client_id) {
