@@ -59,7 +59,9 @@ def start_daphnes(target: Target, count: int, log_dir: Path) -> tuple[list[subpr
     procs, ports = [], []
     for i in range(count):
         port = free_port()
-        cmd = [PY, "-m", "daphne", "--bind", "127.0.0.1", "--port", str(port),
+        # Parley runs as shipped (the Procfile's web server); the bare baseline on plain daphne.
+        server = "project.webserver" if target.proto == "parley" else "daphne"
+        cmd = [PY, "-m", server, "--bind", "127.0.0.1", "--port", str(port),
                "--websocket-max-message-size", "65536", target.app]  # fmt: skip
         procs.append(spawn(cmd, target.env, log_dir / f"{target.name}-daphne{count}-{i}.log"))
         ports.append(port)

@@ -239,7 +239,7 @@ def main() -> None:
         try:
             ports = [free_port(), free_port()]
             for i, port in enumerate(ports):
-                proc = start(f"daphne{i}", [PY, "-m", "daphne", "--bind", "127.0.0.1", "--port", str(port),
+                proc = start(f"daphne{i}", [PY, "-m", "project.webserver", "--bind", "127.0.0.1", "--port", str(port),
                                             "--websocket-max-message-size", "65536", "project.asgi:application"])  # fmt: skip
                 wait_for_port(port, timeout=30, proc=proc)
             workers = [start(f"worker{i}", [PY, "manage.py", "runworker", "default", "compute"]) for i in range(2)]
