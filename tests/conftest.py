@@ -30,7 +30,9 @@ def _end_lingering_connections(django_db_setup, django_db_blocker):
     PostgreSQL refuses to drop a database in use.
     """
     yield
-    if connection.vendor == "postgresql":
+    # pytest-django creates the test database only when a selected test uses it
+    # (until then NAME is still the configured one, which does not exist here).
+    if connection.vendor == "postgresql" and connection.settings_dict["NAME"].startswith("test_"):
         with django_db_blocker.unblock(), connection.cursor() as cursor:
             cursor.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
