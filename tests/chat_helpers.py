@@ -31,6 +31,16 @@ def lobby(ann):
 
 
 @pytest.fixture
+def ann_cookie(ann):
+    return session_cookie(ann)
+
+
+@pytest.fixture
+def bob_cookie(bob):
+    return session_cookie(bob)
+
+
+@pytest.fixture
 async def fresh_channel_layer():
     """A new layer instance for this test's event loop, emptied.
 

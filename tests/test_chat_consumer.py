@@ -16,23 +16,13 @@ from accounts.models import User
 from chat import protocol
 from chat.consumers import ChatConsumer, post_message
 from chat.models import Membership, Message, Presence, Room
-from tests.chat_helpers import (  # noqa: F401 (fixtures: ann, bob, lobby, fresh_channel_layer)
-    ann, bob, fresh_channel_layer, join, lobby, next_of, open_socket, refused_with, send, send_raw, session_cookie,
+from tests.chat_helpers import (  # noqa: F401 (fixtures: ann, bob, their cookies, lobby, fresh_channel_layer)
+    ann, ann_cookie, bob, bob_cookie, fresh_channel_layer, join, lobby, next_of, open_socket, refused_with, send, send_raw, session_cookie,
 )
 
 __all__ = ["fresh_channel_layer"]  # a fixture, used through usefixtures
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_channel_layer")]
-
-
-@pytest.fixture
-def ann_cookie(ann):
-    return session_cookie(ann)
-
-
-@pytest.fixture
-def bob_cookie(bob):
-    return session_cookie(bob)
 
 
 def message(text="hello", client_id="c1"):

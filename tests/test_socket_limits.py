@@ -17,9 +17,11 @@ from chat import protocol
 from chat.models import RATE_LIMIT_COUNT, Message, Presence
 from chat.protocol import SYNC_MAX_BYTES
 from project.sockets import frame_schema
-from tests.chat_helpers import (  # noqa: F401 (fixtures: ann, bob, lobby, fresh_channel_layer)
+from tests.chat_helpers import (  # noqa: F401 (fixtures: ann, bob, their cookies, lobby, fresh_channel_layer)
     ann,
+    ann_cookie,
     bob,
+    bob_cookie,
     fresh_channel_layer,
     join,
     lobby,
@@ -34,16 +36,6 @@ from tests.test_e2e_chat import next_of as next_of_e2e
 __all__ = ["fresh_channel_layer"]
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_channel_layer")]
-
-
-@pytest.fixture
-def ann_cookie(ann):
-    return session_cookie(ann)
-
-
-@pytest.fixture
-def bob_cookie(bob):
-    return session_cookie(bob)
 
 
 @pytest.fixture
