@@ -239,7 +239,9 @@ def _claim_sql(vendor: str, queue_count: int, many: bool = False) -> str:
         which = f"id IN ({due})"
     return (
         f"UPDATE {table} SET status = %s, worker_id = %s, heartbeat_at = %s, last_attempted_at = %s, "
-        f"started_at = COALESCE(started_at, %s), worker_ids = {append} WHERE {which} RETURNING {columns}"
+        f"started_at = COALESCE(started_at, %s), worker_ids = {append}, "
+        # A key held only while waiting (enqueue_unique) is given up as the task starts.
+        f"unique_key = CASE WHEN unique_while_running THEN unique_key END WHERE {which} RETURNING {columns}"
     )
 
 
