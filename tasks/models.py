@@ -100,4 +100,4 @@ class PausedQueue(models.Model):
         ordering = ["queue_name"]
 
     def __str__(self) -> str:
-        return f"{self.queue_name} (paused {self.paused_at:%Y-%m-%d %H:%M})"
+        return self.queue_name
