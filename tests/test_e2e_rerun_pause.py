@@ -1,0 +1,41 @@
+"""Pause, resume and re-run end to end: a real `runworker`, the real `manage.py tasks` commands."""
+
+import time
+
+import pytest
+from django.conf import settings
+
+from tasks.models import TaskRecord
+from tests import sample_tasks
+from tests.test_e2e_tasks import finished, lines, start_workers, workers_stack  # noqa: F401 (a fixture)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def test_pause_stops_claims_within_a_poll_interval_and_rerun_runs_a_failed_task_again(workers_stack, tmp_path):
+    stack = workers_stack
+    start_workers(stack, 1, "compute", concurrency="2")
+    marks = tmp_path / "marks"
+    assert finished(sample_tasks.mark.enqueue(str(marks), "before").id, 15).status == "SUCCESSFUL"
+
+    assert "Queue compute paused." in stack.manage("tasks", "pause", "compute").stdout
+    time.sleep(settings.TASKS_POLL_INTERVAL + 0.3)  # one poll interval (and the command's exit)
+    waiting = [sample_tasks.mark.enqueue(str(marks), f"paused-{i}").id for i in range(4)]
+    flaky = sample_tasks.flaky.enqueue(str(tmp_path / "flaky"), 1)  # fails once, then succeeds
+    TaskRecord.objects.filter(pk=flaky.id).update(max_attempts=1)  # fails for good the first time
+    time.sleep(3 * settings.TASKS_POLL_INTERVAL)
+    assert set(TaskRecord.objects.filter(pk__in=[*waiting, flaky.id]).values_list("status", flat=True)) == {"READY"}
+    assert [line[0] for line in lines(marks)] == ["before"]
+    assert "paused" in stack.manage("tasks").stdout
+
+    assert "Queue compute resumed." in stack.manage("tasks", "resume", "compute").stdout
+    for task_id in waiting:
+        assert finished(task_id, 15).status == "SUCCESSFUL"
+    failed = finished(flaky.id, 15)
+    assert failed.status == "FAILED" and failed.attempts == 1
+
+    out = stack.manage("tasks", "retry", flaky.id).stdout
+    assert f"Re-queued {flaky.id}" in out
+    again = finished(flaky.id, 15)
+    assert again.status == "SUCCESSFUL" and again.return_value == 2
+    assert again.attempts == 2 and [e["exception_class_path"] for e in again.errors] == ["builtins.RuntimeError"]
