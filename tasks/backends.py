@@ -162,7 +162,7 @@ class ChannelsBackend(BaseTaskBackend):
                 holder = TaskRecord.objects.filter(pk=row[0]).first()
                 outcome = "replaced"
             else:
-                holder = TaskRecord.objects.filter(unique_key=key, status__in=UNFINISHED).first()
+                holder = TaskRecord.objects.filter(unique_key=key, status__in=UNFINISHED, cancel_requested=False).first()
                 outcome = "kept"
             if holder is not None:
                 logger.info("event=task_enqueued_unique task=%s key=%s mode=%s outcome=%s", holder.pk, key, mode, outcome)
@@ -238,7 +238,7 @@ def enqueue_unique(
 
     - mode="keep": an unfinished task with this key stays as it is and is
       returned; this call enqueues nothing. The key is held from enqueue until
-      the task finishes (SUCCESSFUL or FAILED), retries included; with
+      the task finishes (SUCCESSFUL or FAILED) or is cancelled, retries included; with
       while_running=False it is given up when the task starts, so one more may
       wait while it runs.
     - mode="replace" (a debounce): a task with this key that is still waiting
@@ -259,11 +259,12 @@ def enqueue_unique(
 def _upsert_sql(vendor: str, mode: str) -> str:
     """INSERT one row, or on a key already held: nothing (keep), or the waiting holder updated (replace).
 
-    The conflict target names the partial index's predicate, so both
-    PostgreSQL and SQLite pick tasks_unique_key.
+    The conflict target repeats the partial index's predicate, as Django
+    wrote it in the index, so both PostgreSQL and SQLite pick tasks_unique_key.
     """
     table = connection.ops.quote_name(TaskRecord._meta.db_table)
-    target = "(unique_key) WHERE status IN ('READY', 'RUNNING')"
+    (constraint,) = [c for c in TaskRecord._meta.constraints if c.name == "tasks_unique_key"]
+    target = f"(unique_key) WHERE {constraint._get_condition_sql(TaskRecord, connection.schema_editor())}"
     if mode == KEEP:
         action = "DO NOTHING"
     else:

@@ -52,7 +52,7 @@ class TaskRecord(models.Model):
     progress_at = models.DateTimeField(null=True, blank=True)
 
     # tasks.backends.enqueue_unique(): at most one unfinished task holds a key
-    # (the partial unique index below). A task enqueued with
+    # (the partial unique index below; a cancelled task holds none). A task enqueued with
     # while_running=False gives its key up when it is claimed, so a new one
     # may wait while it runs.
     unique_key = models.CharField(max_length=200, null=True, blank=True)
@@ -77,7 +77,8 @@ class TaskRecord(models.Model):
         ]
         constraints = [
             models.UniqueConstraint(
-                fields=["unique_key"], name="tasks_unique_key", condition=Q(status__in=["READY", "RUNNING"]),
+                fields=["unique_key"], name="tasks_unique_key",
+                condition=Q(status__in=["READY", "RUNNING"], cancel_requested=False),
             ),
         ]
 

@@ -8,7 +8,7 @@ from django.db import connections
 from django.tasks.exceptions import InvalidTask
 from django.utils import timezone
 
-from tasks import runner
+from tasks import progress, runner
 from tasks.backends import enqueue_unique
 from tasks.models import TaskRecord
 from tests import sample_tasks
@@ -122,3 +122,16 @@ def test_bad_keys_and_modes_are_refused(key, options, message):
     with pytest.raises(InvalidTask, match=message):
         enqueue_unique(sample_tasks.add, key, (1, 1), **options)
     assert not TaskRecord.objects.exists()
+
+
+def test_a_cancelled_task_holds_no_key():
+    waiting = enqueue_unique(sample_tasks.add, "k", (1, 1))
+    progress.cancel(waiting.id)
+    running = enqueue_unique(sample_tasks.add, "k", (2, 2), mode="replace")
+    assert running.id != waiting.id
+    runner.claim(["compute"], W1)
+    progress.cancel(running.id)  # still RUNNING until its next report, but cancelled
+    TaskRecord.objects.filter(pk=running.id).update(unique_while_running=True, unique_key="k")
+    fresh = enqueue_unique(sample_tasks.add, "k", (3, 3))
+    assert fresh.id not in (waiting.id, running.id)
+    assert TaskRecord.objects.get(pk=fresh.id).args == [3, 3]
