@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer, channel_layers, get_channel_layer
 from channels_redis.core import RedisChannelLayer
@@ -253,6 +253,15 @@ def enqueue_unique(
     if not isinstance(backend, ChannelsBackend):
         raise InvalidTask(f"enqueue_unique() needs a ChannelsBackend, not {type(backend).__name__}.")
     return backend.enqueue_unique(task, key, args, {} if kwargs is None else kwargs, mode, while_running)
+
+
+async def aenqueue_unique(
+    task: Task, key: str, args: Any = (), kwargs: Any = None, *, mode: str = KEEP, while_running: bool | None = None
+) -> TaskResult:
+    """enqueue_unique() from async code (a consumer), on the thread that holds its database connection."""
+    return await sync_to_async(enqueue_unique, thread_sensitive=True)(
+        task, key, args, kwargs, mode=mode, while_running=while_running
+    )
 
 
 @functools.lru_cache(maxsize=8)

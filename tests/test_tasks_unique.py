@@ -9,7 +9,7 @@ from django.tasks.exceptions import InvalidTask
 from django.utils import timezone
 
 from tasks import progress, runner
-from tasks.backends import enqueue_unique
+from tasks.backends import aenqueue_unique, enqueue_unique
 from tasks.models import TaskRecord
 from tests import sample_tasks
 
@@ -135,3 +135,10 @@ def test_a_cancelled_task_holds_no_key():
     fresh = enqueue_unique(sample_tasks.add, "k", (3, 3))
     assert fresh.id not in (waiting.id, running.id)
     assert TaskRecord.objects.get(pk=fresh.id).args == [3, 3]
+
+
+async def test_aenqueue_unique_from_async_code():
+    first = await aenqueue_unique(sample_tasks.add, "k", (1, 1))
+    again = await aenqueue_unique(sample_tasks.add, "k", (2, 2), mode="replace")
+    assert again.id == first.id
+    assert (await TaskRecord.objects.aget(pk=first.id)).args == [2, 2]
