@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer, channel_layers, get_channel_layer
 from channels_redis.core import RedisChannelLayer
@@ -97,23 +97,7 @@ class ChannelsBackend(BaseTaskBackend):
                 and isinstance(call[0], (list, tuple)) and isinstance(call[1], dict)
             ):  # fmt: skip
                 raise InvalidTask(f"Item {index} of enqueue_many() must be an (args, kwargs) pair: {call!r:.100}")
-            args, kwargs = self._serializable(task, *call, item)
-            records.append(
-                TaskRecord(
-                    task_path=task.module_path,
-                    backend=self.alias,
-                    queue_name=task.queue_name,
-                    priority=task.priority,
-                    args=args,
-                    kwargs=kwargs,
-                    enqueued_at=now,
-                    run_after=task.run_after,
-                    available_at=task.run_after or now,
-                    max_attempts=getattr(task, "max_attempts", 1),
-                    retry_backoff=getattr(task, "retry_backoff", 1.0),
-                    retry_backoff_max=getattr(task, "retry_backoff_max", 300.0),
-                )
-            )
+            records.append(self._record(task, *self._serializable(task, *call, item), now))
         if not records:
             return []
         insert(records)
@@ -125,6 +109,65 @@ class ChannelsBackend(BaseTaskBackend):
         # never if the transaction rolls back (the rows go with it).
         ring_on_commit(task.queue_name, self.channel_layer_alias, len(records))
         return results
+
+    def _record(self, task: Task, args: list, kwargs: dict, now: Any) -> TaskRecord:
+        return TaskRecord(
+            task_path=task.module_path,
+            backend=self.alias,
+            queue_name=task.queue_name,
+            priority=task.priority,
+            args=args,
+            kwargs=kwargs,
+            enqueued_at=now,
+            run_after=task.run_after,
+            available_at=task.run_after or now,
+            max_attempts=getattr(task, "max_attempts", 1),
+            retry_backoff=getattr(task, "retry_backoff", 1.0),
+            retry_backoff_max=getattr(task, "retry_backoff_max", 300.0),
+        )
+
+    def enqueue_unique(
+        self, task: Task, key: str, args: Any, kwargs: Any, mode: str, while_running: bool | None
+    ) -> TaskResult:
+        """See enqueue_unique(). One INSERT ... ON CONFLICT against the partial unique
+        index: the database, not a read-then-write here, decides who holds the key."""
+        self.validate_task(task)
+        if mode not in (KEEP, REPLACE):
+            raise InvalidTask(f"enqueue_unique() mode must be {KEEP!r} or {REPLACE!r}, not {mode!r}.")
+        if not isinstance(key, str) or not 0 < len(key) <= 200:
+            raise InvalidTask(f"A unique key must be a string of 1 to 200 characters, not {key!r:.100}.")
+        if mode == REPLACE and while_running:
+            raise InvalidTask("mode='replace' holds its key only while the task waits (while_running=False).")
+        if not (isinstance(args, (list, tuple)) and isinstance(kwargs, dict)):
+            raise InvalidTask("enqueue_unique() takes args as a list or tuple and kwargs as a dict.")
+        record = self._record(task, *self._serializable(task, args, kwargs, ""), timezone.now())
+        record.unique_key = key
+        record.unique_while_running = mode == KEEP and while_running is not False
+        fields = TaskRecord._meta.concrete_fields
+        params = [field.get_db_prep_save(getattr(record, field.attname), connection) for field in fields]
+        # The holder may finish between our conflict and our read of it: then the
+        # key is free and the INSERT goes in on the next round.
+        for _ in range(5):
+            with connection.cursor() as cursor:
+                cursor.execute(_upsert_sql(connection.vendor, mode), params)
+                row = cursor.fetchone()
+            if row is not None and str(row[0]) == str(record.pk):
+                result = to_task_result(record, task)
+                task_enqueued.send(type(self), task_result=result)
+                ring_on_commit(task.queue_name, self.channel_layer_alias)
+                logger.info("event=task_enqueued_unique task=%s key=%s mode=%s outcome=new", record.pk, key, mode)
+                return result
+            if row is not None:  # replaced the waiting holder's arguments and run_after
+                ring_on_commit(task.queue_name, self.channel_layer_alias)
+                holder = TaskRecord.objects.filter(pk=row[0]).first()
+                outcome = "replaced"
+            else:
+                holder = TaskRecord.objects.filter(unique_key=key, status__in=UNFINISHED, cancel_requested=False).first()
+                outcome = "kept"
+            if holder is not None:
+                logger.info("event=task_enqueued_unique task=%s key=%s mode=%s outcome=%s", holder.pk, key, mode, outcome)
+                return to_task_result(holder)
+        raise RuntimeError(f"Task key {key!r} kept changing hands; nothing enqueued.")
 
     def get_result(self, result_id: str) -> TaskResult:
         try:
@@ -182,6 +225,61 @@ def enqueue_many(task: Task, calls: Iterable[tuple[Any, Any]]) -> list[TaskResul
     if not isinstance(backend, ChannelsBackend):
         raise InvalidTask(f"enqueue_many() needs a ChannelsBackend, not {type(backend).__name__}.")
     return backend.enqueue_many(task, calls)
+
+
+KEEP, REPLACE = "keep", "replace"
+UNFINISHED = ["READY", "RUNNING"]
+
+
+def enqueue_unique(
+    task: Task, key: str, args: Any = (), kwargs: Any = None, *, mode: str = KEEP, while_running: bool | None = None
+) -> TaskResult:
+    """Enqueue `task(*args, **kwargs)` unless a task holding `key` is unfinished; the task holding it.
+
+    - mode="keep": an unfinished task with this key stays as it is and is
+      returned; this call enqueues nothing. The key is held from enqueue until
+      the task finishes (SUCCESSFUL or FAILED) or is cancelled, retries included; with
+      while_running=False it is given up when the task starts, so one more may
+      wait while it runs.
+    - mode="replace" (a debounce): a task with this key that is still waiting
+      takes this call's arguments, priority and run_after (`task.using(...)`)
+      instead of its own; the key is given up when the task starts.
+
+    A database constraint (a partial unique index) enforces it, so calls racing
+    from any number of processes leave one task. Check the returned
+    TaskResult's id to learn whether this call made a new one.
+    """
+    backend = task.get_backend()
+    if not isinstance(backend, ChannelsBackend):
+        raise InvalidTask(f"enqueue_unique() needs a ChannelsBackend, not {type(backend).__name__}.")
+    return backend.enqueue_unique(task, key, args, {} if kwargs is None else kwargs, mode, while_running)
+
+
+async def aenqueue_unique(
+    task: Task, key: str, args: Any = (), kwargs: Any = None, *, mode: str = KEEP, while_running: bool | None = None
+) -> TaskResult:
+    """enqueue_unique() from async code (a consumer), on the thread that holds its database connection."""
+    return await sync_to_async(enqueue_unique, thread_sensitive=True)(
+        task, key, args, kwargs, mode=mode, while_running=while_running
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _upsert_sql(vendor: str, mode: str) -> str:
+    """INSERT one row, or on a key already held: nothing (keep), or the waiting holder updated (replace).
+
+    The conflict target repeats the partial index's predicate, as Django
+    wrote it in the index, so both PostgreSQL and SQLite pick tasks_unique_key.
+    """
+    table = connection.ops.quote_name(TaskRecord._meta.db_table)
+    (constraint,) = [c for c in TaskRecord._meta.constraints if c.name == "tasks_unique_key"]
+    target = f"(unique_key) WHERE {constraint._get_condition_sql(TaskRecord, connection.schema_editor())}"
+    if mode == KEEP:
+        action = "DO NOTHING"
+    else:
+        sets = ", ".join(f"{column} = excluded.{column}" for column in ("args", "kwargs", "priority", "run_after", "available_at"))
+        action = f"DO UPDATE SET {sets} WHERE {table}.status = 'READY'"
+    return f"{_insert_sql(vendor, 1)} ON CONFLICT {target} {action} RETURNING id"
 
 
 def insert(records: list[TaskRecord]) -> None:

@@ -35,7 +35,7 @@ class TaskConsumer(AsyncConsumer):
 
     async def task_ready(self, message: dict) -> None:
         state = self.scope["parley.queue"]
-        reserved = state.reserve(state.free())
+        reserved = 0 if state.paused else state.reserve(state.free())  # a bell taken just before a pause
         try:
             if not reserved:
                 return

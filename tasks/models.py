@@ -51,6 +51,13 @@ class TaskRecord(models.Model):
     progress_note = models.CharField(max_length=200, blank=True, default="")
     progress_at = models.DateTimeField(null=True, blank=True)
 
+    # tasks.backends.enqueue_unique(): at most one unfinished task holds a key
+    # (the partial unique index below; a cancelled task holds none). A task enqueued with
+    # while_running=False gives its key up when it is claimed, so a new one
+    # may wait while it runs.
+    unique_key = models.CharField(max_length=200, null=True, blank=True)
+    unique_while_running = models.BooleanField(default=True)
+
     class Meta:
         verbose_name = "task result"
         ordering = ["-enqueued_at"]
@@ -68,6 +75,12 @@ class TaskRecord(models.Model):
             models.Index("heartbeat_at", name="tasks_running_idx", condition=Q(status="RUNNING")),
             models.Index("finished_at", name="tasks_finished_idx"),
         ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["unique_key"], name="tasks_unique_key",
+                condition=Q(status__in=["READY", "RUNNING"], cancel_requested=False),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.task_path} [{self.status}] {self.id}"
@@ -75,3 +88,17 @@ class TaskRecord(models.Model):
     @property
     def attempts(self) -> int:
         return len(self.worker_ids)
+
+
+class PausedQueue(models.Model):
+    """A queue whose tasks are accepted but not run: workers leave it out of their claims."""
+
+    queue_name = models.CharField(max_length=100, primary_key=True)
+    paused_at = models.DateTimeField()
+    paused_by = models.CharField(max_length=150, blank=True, default="")
+
+    class Meta:
+        ordering = ["queue_name"]
+
+    def __str__(self) -> str:
+        return self.queue_name

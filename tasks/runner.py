@@ -29,7 +29,7 @@ from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
 
 from .backends import ChannelsBackend, aring, load_task, ring, to_json, to_task_result
-from .exceptions import WORKER_LOST, HandedBack, RetryLater, TaskCancelled, WorkerLost, error_entry
+from .exceptions import CANCELLED, WORKER_LOST, HandedBack, RetryLater, TaskCancelled, WorkerLost, error_entry
 from .models import TaskRecord
 from .progress import ProgressContext, broadcast, shutting_down
 
@@ -239,7 +239,9 @@ def _claim_sql(vendor: str, queue_count: int, many: bool = False) -> str:
         which = f"id IN ({due})"
     return (
         f"UPDATE {table} SET status = %s, worker_id = %s, heartbeat_at = %s, last_attempted_at = %s, "
-        f"started_at = COALESCE(started_at, %s), worker_ids = {append} WHERE {which} RETURNING {columns}"
+        f"started_at = COALESCE(started_at, %s), worker_ids = {append}, "
+        # A key held only while waiting (enqueue_unique) is given up as the task starts.
+        f"unique_key = CASE WHEN unique_while_running THEN unique_key END WHERE {which} RETURNING {columns}"
     )
 
 
@@ -415,6 +417,8 @@ def announce(ended: Outcome, worker_id: str, held: bool) -> None:
     log_args = (record.pk, record.task_path, record.queue_name, record.attempts, worker_id)
     if ended.error is None:
         logger.info("event=task_succeeded " + log, *log_args)
+    elif isinstance(ended.error, TaskCancelled):
+        logger.info("event=task_cancelled " + log, *log_args)
     else:
         logger.info("event=task_failed " + log + " status=%s error=%r", *log_args, record.status, ended.error)
     if record.status != READY:
@@ -422,6 +426,24 @@ def announce(ended: Outcome, worker_id: str, held: bool) -> None:
     if task.takes_context:
         record.refresh_from_db()  # progress was written by the context, not on this copy
         broadcast(record)
+
+
+def log_task_finished(sender: Any, task_result: Any, **kwargs: Any) -> None:
+    """django.tasks' own line for a finished task, but a cancelled one is no error.
+
+    Replaces django.tasks.signals.log_task_finished (tasks.apps), which logs
+    every FAILED task at ERROR: a cancel is what someone asked for, and must
+    not page anyone.
+    """
+    cancelled = bool(
+        task_result.status == FAILED and task_result.errors
+        and task_result.errors[-1].exception_class_path == CANCELLED
+    )  # fmt: skip
+    logging.getLogger("django.tasks").log(
+        logging.ERROR if task_result.status == FAILED and not cancelled else logging.INFO,
+        "Task id=%s path=%s state=%s" + (" cancelled" if cancelled else ""),
+        task_result.id, task_result.task.module_path, task_result.status,
+    )  # fmt: skip
 
 
 def task_args(record: TaskRecord, task: Task, result: Any) -> list:
@@ -461,13 +483,14 @@ def drain_sync(
     and, when `claimed` is None, an async slot too: whatever comes next may be
     an async task. That async task is returned, still holding its async slot,
     for the event loop to run; otherwise None once nothing is due, the worker
-    is stopping, or the worker has no async slot free to claim with.
+    is stopping, the queue is paused, or the worker has no async slot free to
+    claim with.
     `slot.task` names the task in hand, for the worker's heartbeat.
     """
     close_old_connections()  # a broken or aged connection is dropped here, not per task
     for ran in itertools.count(1):
         if claimed is None:
-            if shutting_down.is_set():
+            if shutting_down.is_set() or slot.state.paused:
                 slot.release("async")
                 break
             claimed = claim_and_start(queue_names, worker_id, ended)
@@ -491,7 +514,7 @@ def drain_sync(
             slot.task = None
         if ran % 100 == 0:
             close_old_connections()
-        if shutting_down.is_set() or not slot.reserve("async"):
+        if shutting_down.is_set() or slot.state.paused or not slot.reserve("async"):
             break
     if ended is not None:  # the slot's last task: no next claim to record it with
         finish(ended, worker_id)

@@ -1,9 +1,10 @@
+from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
 
-from .monitor import overview
+from .monitor import overview, pause, resume
 
 
 @require_GET
@@ -11,3 +12,16 @@ from .monitor import overview
 def monitor(request: HttpRequest) -> HttpResponse:
     """Queues, running tasks and failures; the page then follows /tasks/live/."""
     return render(request, "tasks/monitor.html", {"overview": overview()})
+
+
+@require_POST
+@staff_member_required
+def pause_or_resume(request: HttpRequest, queue: str, action: str) -> HttpResponse:
+    """The Pause/Resume buttons of /tasks/ (a form with CSRF): back to the page, which says what changed."""
+    try:
+        changed = pause(queue, by=request.user.get_username()) if action == "pause" else resume(queue)
+    except ValueError as exc:
+        raise Http404(str(exc)) from exc
+    state = "paused" if action == "pause" else "resumed"
+    messages.success(request, f"Queue {queue} {state}." if changed else f"Queue {queue} was already {state}.")
+    return redirect("tasks:monitor")

@@ -22,6 +22,7 @@ from django.utils.crypto import get_random_string
 
 from . import runner
 from .backends import aring, ring, task_queues
+from .monitor import paused_queues
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +180,7 @@ class QueueState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     slots: set[Slot] = field(default_factory=set)
     claiming: bool = False  # a bell is with the consumer: take no other until it has claimed
+    paused: bool = False  # tasks.monitor.pause(): take no bell and claim nothing until resumed
     next_due: datetime | None = None  # the earliest deferred task, when the queue last ran dry
     room: asyncio.Event = field(default_factory=asyncio.Event)  # free slots, no claim under way
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # nothing running or being claimed
@@ -204,7 +206,7 @@ class QueueState:
         with self.lock:
             free = self.free_locked()
             running = any(self.busy.values())
-        room = free > 0 and not self.claiming
+        room = free > 0 and not self.claiming and not self.paused
         self.room.set() if room else self.room.clear()
         self.idle.clear() if running or self.claiming else self.idle.set()
 
@@ -246,7 +248,7 @@ class QueueState:
                     slot.task = None
                 if ended is None:  # handed back
                     return
-                if runner.shutting_down.is_set() or not slot.reserve("sync"):
+                if runner.shutting_down.is_set() or self.paused or not slot.reserve("sync"):
                     await runner.on_db_thread(runner.finish)(ended, worker_id)
                     return
                 claimed = None  # the outcome goes with the next claim, on a thread of the queue
@@ -280,6 +282,7 @@ class TaskWorker(Worker):
         self.async_slots = settings.TASKS["default"]["OPTIONS"]["ASYNC_CONCURRENCY"]
         self.poll_interval = settings.TASKS_POLL_INTERVAL
         self.states: dict[str, QueueState] = {}
+        self.paused: set[str] = set()
         self.stopping: asyncio.Event | None = None
 
     def run(self) -> None:
@@ -327,6 +330,8 @@ class TaskWorker(Worker):
             self.worker_id, self.queues, self.channels,
             ",".join(f"{queue}={count}" for queue, count in self.slots.items()), self.async_slots,
         )  # fmt: skip
+        self.paused = await database_sync_to_async(paused_queues)()  # before the first claim
+        watching = asyncio.ensure_future(self.watch_pauses())
         listeners = [
             asyncio.ensure_future(self.queue_listener(channel) if channel in self.queues else self.listener(channel))
             for channel in self.channels
@@ -343,6 +348,7 @@ class TaskWorker(Worker):
         # Let running tasks finish in every slot (or hand themselves back), beating all the while.
         await asyncio.gather(*(state.idle.wait() for state in self.states.values()))
         maintenance.cancel()
+        watching.cancel()
         for state in self.states.values():
             state.threads.shutdown()
         logger.info("event=worker_stopped worker=%s", self.worker_id)
@@ -353,7 +359,7 @@ class TaskWorker(Worker):
         loop = asyncio.get_running_loop()
         state = QueueState(
             name=channel, worker_id=self.worker_id, limits={"sync": self.slots[channel], "async": self.async_slots},
-            threads=SlotThreads(self.slots[channel], f"parley-{channel}"), loop=loop,
+            threads=SlotThreads(self.slots[channel], f"parley-{channel}"), loop=loop, paused=channel in self.paused,
         )  # fmt: skip
         state.changed()
         self.states[channel] = state
@@ -382,6 +388,22 @@ class TaskWorker(Worker):
         if state is not None:
             state.claiming = False
             state.changed()
+
+    async def watch_pauses(self) -> None:
+        """Learn which queues are paused every TASKS_POLL_INTERVAL (one small query for all
+        queues), so a paused queue's claims stop within that, with nothing added to the claim."""
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                self.paused = await database_sync_to_async(paused_queues)()
+            except Exception:
+                logger.exception("event=pause_check_failed worker=%s", self.worker_id)
+                continue
+            for name, state in self.states.items():
+                if state.paused != (name in self.paused):
+                    state.paused = name in self.paused
+                    logger.info("event=queue_%s queue=%s worker=%s", "paused" if state.paused else "resumed", name, self.worker_id)
+                    state.changed()
 
     async def maintain(self) -> None:
         """Heartbeat our tasks; rescue those of workers that stopped beating; fail late cancels."""

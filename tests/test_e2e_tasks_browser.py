@@ -44,12 +44,12 @@ def test_monitor_page_updates_live(workers_stack, browser, tmp_path):  # noqa: F
     expect(page.get_by_role("heading", name="Tasks")).to_be_visible()
     expect(page.locator("#tasks-live")).to_have_text("live")
     compute = page.locator("#tasks-queues tr").filter(has_text="compute")
-    expect(compute.locator("td")).to_have_text(["compute", "0", "0", "0"])
+    expect(compute.locator("td")).to_have_text(["compute", "0", "0", "0", "serving", "Pause"])
 
     # No worker runs here: the tasks stay where the page can see them.
     off_the_loop(lambda: sample_tasks.add.enqueue(1, 2))
     off_the_loop(lambda: sample_tasks.add.using(run_after=timezone.now() + timedelta(hours=1)).enqueue(3, 4))
-    expect(compute.locator("td")).to_have_text(["compute", "1", "1", "0"], timeout=8_000)
+    expect(compute.locator("td")).to_have_text(["compute", "1", "1", "0", "serving", "Pause"], timeout=8_000)
     expect(page.locator("#tasks-workers td")).to_have_text(["No worker is running a task."])
 
     # A worker of two slots takes the due task, then two slow ones side by side: the page shows both slots in use.
@@ -57,5 +57,5 @@ def test_monitor_page_updates_live(workers_stack, browser, tmp_path):  # noqa: F
     off_the_loop(lambda: [sample_tasks.slow_mark.enqueue(str(tmp_path / "slow"), str(key), 6.0) for key in range(2)])
     row = page.locator("#tasks-workers tr")
     expect(row.locator("td")).to_have_text([re.compile(f":{worker.pid}:"), "2", "compute=2"], timeout=8_000)
-    expect(compute.locator("td")).to_have_text(["compute", "0", "1", "2"])
+    expect(compute.locator("td")).to_have_text(["compute", "0", "1", "2", "serving", "Pause"])
     context.close()

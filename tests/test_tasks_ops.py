@@ -43,9 +43,9 @@ def test_overview_counts_queues_and_lists_running_tasks_and_failures():
     data = overview()
     queues = {q["queue"]: q for q in data["queues"]}
     assert set(queues) == {"default", "thumbnails", "notifications", "compute"}
-    assert queues["compute"] == {"queue": "compute", "ready": 2, "deferred": 1, "running": 0}
-    assert queues["default"] == {"queue": "default", "ready": 0, "deferred": 0, "running": 1}
-    assert queues["thumbnails"] == {"queue": "thumbnails", "ready": 0, "deferred": 0, "running": 0}
+    assert queues["compute"] == {"queue": "compute", "ready": 2, "deferred": 1, "running": 0, "paused": False}
+    assert queues["default"] == {"queue": "default", "ready": 0, "deferred": 0, "running": 1, "paused": False}
+    assert queues["thumbnails"] == {"queue": "thumbnails", "ready": 0, "deferred": 0, "running": 0, "paused": False}
     (running,) = data["running"]
     assert running["id"] == ids["running"] and running["worker"] == W1 and running["task"] == "tests.sample_tasks.noop"
     assert (running["done"], running["total"], running["note"]) == (3, 8, "pages")

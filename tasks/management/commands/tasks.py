@@ -1,9 +1,11 @@
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
-from tasks.monitor import overview, prune
+from tasks.monitor import failed_tasks, overview, pause, prune, rerun, resume
 
 AGE = re.compile(r"^(\d+)([smhd])$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -17,28 +19,82 @@ def parse_age(text: str) -> timedelta:
     return timedelta(**{UNITS[match[2]]: int(match[1])})
 
 
+def parse_since(text: str) -> datetime:
+    """An ISO 8601 time ('2026-12-01T08:00', local time if no offset) or an age ('2h': two hours ago)."""
+    if AGE.match(text.strip()):
+        return timezone.now() - parse_age(text)
+    try:
+        when = parse_datetime(text.strip())
+    except ValueError:
+        when = None
+    if when is None:
+        raise CommandError(f"--since takes a time like 2026-12-01T08:00 or an age like 2h; got {text!r}.")
+    return when if timezone.is_aware(when) else timezone.make_aware(when)
+
+
 class Command(BaseCommand):
     help = (
         "Show the task queues: depths, running tasks with their workers, slots in use per worker, recent failures. "
-        "`tasks prune --older-than 7d` deletes finished tasks."
+        "`tasks prune --older-than 7d` deletes finished tasks; `tasks retry` runs failed ones again; "
+        "`tasks pause <queue>` and `tasks resume <queue>` stop and restart a queue's claims."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         actions = parser.add_subparsers(dest="action", title="actions")
         pruning = actions.add_parser("prune", help="Delete SUCCESSFUL and FAILED tasks finished before a given age.")
         pruning.add_argument("--older-than", required=True, help="Age like 90s, 15m, 12h or 7d.")
+        retrying = actions.add_parser("retry", help="Run FAILED (or cancelled) tasks again, keeping their history.")
+        retrying.add_argument("ids", nargs="*", help="Task ids.")
+        retrying.add_argument("--failed", action="store_true", help="Every FAILED task (not the cancelled ones).")
+        retrying.add_argument("--cancelled", action="store_true", help="Every cancelled task.")
+        retrying.add_argument("--task", default="", help="With --failed/--cancelled: only this task (its dotted path).")
+        retrying.add_argument("--since", help="With --failed/--cancelled: only those finished since (2h, or a time).")
+        for name, text in (("pause", "Stop workers claiming from a queue (enqueues go on)."), ("resume", "Undo pause.")):
+            actions.add_parser(name, help=text).add_argument("queue", help="A task queue's name.")
 
     def handle(self, *args, **options) -> None:
         if options["action"] == "prune":
             deleted = prune(parse_age(options["older_than"]))
             self.stdout.write(f"Deleted {deleted} finished task(s) older than {options['older_than']}.")
             return
+        if options["action"] == "retry":
+            self.retry(options)
+            return
+        if options["action"] in ("pause", "resume"):
+            try:
+                changed = pause(options["queue"], by="manage.py") if options["action"] == "pause" else resume(options["queue"])
+            except ValueError as exc:
+                raise CommandError(str(exc)) from exc
+            state = "paused" if options["action"] == "pause" else "resumed"
+            self.stdout.write(f"Queue {options['queue']} {state}." if changed else f"Queue {options['queue']} was already {state}.")
+            return
         self.show(overview())
+
+    def retry(self, options: dict) -> None:
+        ids = list(options["ids"])
+        if options["failed"] or options["cancelled"]:
+            since = parse_since(options["since"]) if options["since"] else None
+            for cancelled in [flag for flag, wanted in ((False, options["failed"]), (True, options["cancelled"])) if wanted]:
+                ids += [str(pk) for pk in failed_tasks(cancelled, options["task"], since).values_list("pk", flat=True)]
+        elif options["task"] or options["since"]:
+            raise CommandError("--task and --since select among --failed or --cancelled tasks; name one of them.")
+        if not ids:
+            if not (options["failed"] or options["cancelled"]):
+                raise CommandError("Name task ids, or --failed / --cancelled (with --task and --since to narrow).")
+            self.stdout.write("No task matched.")
+            return
+        done, skipped = rerun(ids)
+        for pk in done:
+            self.stdout.write(f"Re-queued {pk}")
+        for why in skipped:
+            self.stderr.write(f"Skipped {why}")
+        self.stdout.write(f"Re-queued {len(done)} task(s), skipped {len(skipped)}.")
 
     def show(self, data: dict) -> None:
         self.stdout.write(f"Queues (at {data['at']})")
-        self.table(["queue", "ready", "deferred", "running"], [
-            [q["queue"], q["ready"], q["deferred"], q["running"]] for q in data["queues"]
+        self.table(["queue", "ready", "deferred", "running", "state"], [
+            [q["queue"], q["ready"], q["deferred"], q["running"], "paused" if q["paused"] else "serving"]
+            for q in data["queues"]
         ])  # fmt: skip
         self.stdout.write(f"\nRunning ({len(data['running'])})")
         self.table(["id", "task", "queue", "worker", "heartbeat", "attempt", "progress"], [

@@ -4,7 +4,10 @@
   "use strict";
   const status = document.getElementById("tasks-live");
   const columns = {
-    "tasks-queues": [(q) => q.queue, (q) => q.ready, (q) => q.deferred, (q) => q.running],
+    "tasks-queues": [
+      (q) => q.queue, (q) => q.ready, (q) => q.deferred, (q) => q.running, (q) => (q.paused ? "paused" : "serving"),
+      pauseButton,
+    ],
     "tasks-running": [
       (r) => r.task, (r) => r.queue, (r) => r.worker,
       (r) => (r.heartbeat_age === null ? "" : r.heartbeat_age + "s ago"), (r) => r.attempts,
@@ -20,6 +23,21 @@
     "tasks-running": "Nothing running.", "tasks-workers": "No worker is running a task.", "tasks-failures": "No failures.",
   };
 
+  // A Pause or Resume form for a queue's row: a plain POST with the page's CSRF token.
+  function pauseButton(q) {
+    const form = document.createElement("form");
+    form.method = "post";
+    form.action = "/tasks/queues/" + encodeURIComponent(q.queue) + (q.paused ? "/resume/" : "/pause/");
+    const token = form.appendChild(document.createElement("input"));
+    token.type = "hidden";
+    token.name = "csrfmiddlewaretoken";
+    token.value = document.getElementById("tasks-csrf").value;
+    const button = form.appendChild(document.createElement("button"));
+    button.type = "submit";
+    button.textContent = q.paused ? "Resume" : "Pause";
+    return form;
+  }
+
   function fill(id, rows) {
     const body = document.getElementById(id);
     const cells = columns[id];
@@ -34,7 +52,12 @@
     for (const row of rows) {
       const tr = body.appendChild(document.createElement("tr"));
       if (row.id) tr.title = row.id;
-      for (const cell of cells) tr.appendChild(document.createElement("td")).textContent = String(cell(row));
+      for (const cell of cells) {
+        const value = cell(row);
+        const td = tr.appendChild(document.createElement("td"));
+        if (value instanceof Node) td.appendChild(value);
+        else td.textContent = String(value);
+      }
     }
   }
 
