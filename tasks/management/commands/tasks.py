@@ -1,6 +1,9 @@
+import os
 import re
+import time
 from datetime import timedelta
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from tasks.monitor import overview, prune
@@ -20,20 +23,43 @@ def parse_age(text: str) -> timedelta:
 class Command(BaseCommand):
     help = (
         "Show the task queues: depths, running tasks with their workers, slots in use per worker, recent failures. "
-        "`tasks prune --older-than 7d` deletes finished tasks."
+        "`tasks prune --older-than 7d` deletes finished tasks; "
+        "`tasks alive --max-age 30` exits 1 unless a worker's heartbeat touched TASKS_ALIVE_FILE within 30 s."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         actions = parser.add_subparsers(dest="action", title="actions")
         pruning = actions.add_parser("prune", help="Delete SUCCESSFUL and FAILED tasks finished before a given age.")
         pruning.add_argument("--older-than", required=True, help="Age like 90s, 15m, 12h or 7d.")
+        alive = actions.add_parser(
+            "alive", help="Exit 0 if a worker touched TASKS_ALIVE_FILE within --max-age seconds, else 1 (liveness probe)."
+        )
+        alive.add_argument("--max-age", type=float, default=30.0, help="Seconds (default 30).")
+        alive.add_argument("--file", default="", help="The file to read; default TASKS_ALIVE_FILE.")
 
     def handle(self, *args, **options) -> None:
+        if options["action"] == "alive":
+            self.alive(options["file"] or settings.TASKS_ALIVE_FILE, options["max_age"])
+            return
         if options["action"] == "prune":
             deleted = prune(parse_age(options["older_than"]))
             self.stdout.write(f"Deleted {deleted} finished task(s) older than {options['older_than']}.")
             return
         self.show(overview())
+
+    def alive(self, path: str, max_age: float) -> None:
+        """Exit 1 (SystemExit, so the probe sees it) unless the worker's heartbeat touched `path` recently."""
+        if not path:
+            raise CommandError("No file to read: set TASKS_ALIVE_FILE (for the worker too) or pass --file.")
+        try:
+            age = time.time() - os.stat(path).st_mtime
+        except FileNotFoundError:
+            self.stderr.write(f"not alive: {path} does not exist (no heartbeat yet)")
+            raise SystemExit(1) from None
+        if age > max_age:
+            self.stderr.write(f"not alive: last heartbeat {age:.1f}s ago (over {max_age:g}s)")
+            raise SystemExit(1)
+        self.stdout.write(f"alive: last heartbeat {age:.1f}s ago")
 
     def show(self, data: dict) -> None:
         self.stdout.write(f"Queues (at {data['at']})")
