@@ -27,6 +27,10 @@ class Command(BaseCommand):
         "`tasks alive --max-age 30` exits 1 unless a worker's heartbeat touched TASKS_ALIVE_FILE within 30 s."
     )
 
+    # `tasks alive` is a liveness probe, run every few seconds: the system checks
+    # would add a third to its cost, and reading queues needs none of them.
+    requires_system_checks = []
+
     def add_arguments(self, parser: CommandParser) -> None:
         actions = parser.add_subparsers(dest="action", title="actions")
         pruning = actions.add_parser("prune", help="Delete SUCCESSFUL and FAILED tasks finished before a given age.")
