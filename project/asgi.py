@@ -2,6 +2,7 @@
 
 import gc
 import os
+from collections.abc import Callable
 
 from django.core.asgi import get_asgi_application
 
@@ -11,6 +12,8 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+from sentry_sdk.integrations.asyncio import enable_asyncio_integration  # noqa: E402
 
 from . import routing  # noqa: E402
 from .origins import OriginValidator  # noqa: E402
@@ -24,6 +27,25 @@ application = ProtocolTypeRouter(
         "channel": ChannelNameRouter(routing.channel_routes),
     }
 )
+
+
+class AsyncioErrorReporting:
+    """Switches Sentry's asyncio integration on at the first connection: it patches the
+    running loop, which daphne starts only after loading this module."""
+
+    def __init__(self, app: Callable) -> None:
+        self.app = app
+        self.enabled = False
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if not self.enabled:
+            self.enabled = True
+            enable_asyncio_integration()
+        await self.app(scope, receive, send)
+
+
+if settings.SENTRY_DSN:
+    application = AsyncioErrorReporting(application)
 
 # What is loaded by now (Django, every app, their modules: ~110,000 objects)
 # lives as long as the process. Frozen, it is left out of the collector's full

@@ -8,6 +8,7 @@ SQLite, the in-memory channel layer, and a task worker inside the dev server.
 import os
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -29,6 +30,34 @@ def env_bool(name: str, default: bool) -> bool:
 
 def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+SMTP_SCHEMES = {"smtp": (25, {}), "smtp+tls": (587, {"use_tls": True}), "smtps": (465, {"use_ssl": True})}
+
+
+def smtp_mailer(url: str, timeout: float) -> dict:
+    """A MAILERS entry for Django's SMTP backend from one URL.
+
+    `smtp://` (plain, port 25), `smtp+tls://` (STARTTLS, 587) or `smtps://`
+    (TLS from the start, 465); user and password percent-encoded. Parsed here
+    rather than with dj-email-url, which produces the EMAIL_* settings Django
+    6.1 refuses next to MAILERS, and has had no release since 2022.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in SMTP_SCHEMES or not parts.hostname:
+        raise ImproperlyConfigured(
+            f"EMAIL_URL must look like smtp://user:password@host:port (or smtp+tls://, smtps://), got scheme {parts.scheme!r}."
+        )
+    default_port, tls = SMTP_SCHEMES[parts.scheme]
+    options = {
+        "host": parts.hostname,
+        "port": parts.port or default_port,
+        "username": unquote(parts.username or ""),
+        "password": unquote(parts.password or ""),
+        "timeout": timeout,
+        **tls,
+    }
+    return {"BACKEND": "django.core.mail.backends.smtp.EmailBackend", "OPTIONS": options}
 
 
 DEBUG = env_bool("DEBUG", True)
@@ -64,6 +93,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: /healthz and /readyz answer probes before the host check, the HTTPS
+    # redirect and the login requirement (see project/health.py).
+    "project.health.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -208,6 +240,9 @@ TASKS_HEARTBEAT_INTERVAL = float(os.environ.get("TASKS_HEARTBEAT_INTERVAL", "2")
 TASKS_LEASE = float(os.environ.get("TASKS_LEASE", "10"))
 if TASKS_LEASE < 2 * TASKS_HEARTBEAT_INTERVAL:
     raise ImproperlyConfigured("TASKS_LEASE must be at least twice TASKS_HEARTBEAT_INTERVAL.")
+# Each worker touches this file on every heartbeat (empty: none); `manage.py tasks alive`
+# reads its age, for a container's liveness probe.
+TASKS_ALIVE_FILE = os.environ.get("TASKS_ALIVE_FILE", "")
 # A task whose worker died this many times (an OOM it causes, say) is FAILED, not run again.
 TASKS_MAX_WORKER_LOSSES = int(os.environ.get("TASKS_MAX_WORKER_LOSSES", "3"))
 
@@ -249,8 +284,15 @@ PARLEY_BASE_URL = os.environ.get("PARLEY_BASE_URL", "")
 # Email: any django-anymail backend, e.g. EMAIL_BACKEND=anymail.backends.postmark.EmailBackend
 # with ANYMAIL_POSTMARK_SERVER_TOKEN=...; every ANYMAIL_<NAME> variable becomes ANYMAIL["<NAME>"].
 # By default the console backend (mail printed to the terminal) when DEBUG is on, SMTP when off.
+# EMAIL_URL (smtp://user:password@host:port) configures Django's SMTP backend instead.
 _DEFAULT_EMAIL_BACKEND = "django.core.mail.backends." + ("console" if DEBUG else "smtp") + ".EmailBackend"
-MAILERS = {"default": {"BACKEND": os.environ.get("EMAIL_BACKEND", _DEFAULT_EMAIL_BACKEND)}}
+EMAIL_URL = os.environ.get("EMAIL_URL", "")
+if EMAIL_URL:
+    if os.environ.get("EMAIL_BACKEND"):
+        raise ImproperlyConfigured("Set EMAIL_URL or EMAIL_BACKEND, not both: EMAIL_URL is for SMTP.")
+    MAILERS = {"default": smtp_mailer(EMAIL_URL, float(os.environ.get("EMAIL_TIMEOUT", "10")))}
+else:
+    MAILERS = {"default": {"BACKEND": os.environ.get("EMAIL_BACKEND", _DEFAULT_EMAIL_BACKEND)}}
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Parley <parley@localhost>")
 ANYMAIL = {name.removeprefix("ANYMAIL_"): value for name, value in os.environ.items() if name.startswith("ANYMAIL_")}
 ANYMAIL.setdefault("REQUESTS_TIMEOUT", float(os.environ.get("EMAIL_TIMEOUT", "10")))
@@ -371,13 +413,23 @@ if not DEBUG:
 
 # --- Logging: one line per event, key=value, easy to grep ---------------------------
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+# LOG_FORMAT=json: one JSON object a line (python-json-logger) for log collectors that index
+# fields; the message keeps its key=value text, so a grep finds the same events either way.
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "kv")
+if LOG_FORMAT not in ("kv", "json"):
+    raise ImproperlyConfigured("LOG_FORMAT must be 'kv' or 'json'.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "kv": {"format": "ts=%(asctime)s level=%(levelname)s logger=%(name)s pid=%(process)d %(message)s"}
+        "kv": {"format": "ts=%(asctime)s level=%(levelname)s logger=%(name)s pid=%(process)d %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+            "rename_fields": {"asctime": "ts", "levelname": "level", "name": "logger", "process": "pid"},
+        },
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "kv"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "project": {"level": LOG_LEVEL},
@@ -390,3 +442,20 @@ LOGGING = {
         "django.tasks": {"level": os.environ.get("TASKS_LOG_LEVEL", "WARNING")},
     },
 }
+
+# --- Error reporting: Sentry, off unless SENTRY_DSN is set ---------------------------
+# Unhandled errors in views (Django integration) and ERROR log lines are sent;
+# the asyncio integration, which needs a running loop, is switched on by the
+# processes that run one (project.asgi, tasks.worker). No user data is sent.
+SENTRY_DSN = os.environ.get("SENTRY_DSN", "")
+if SENTRY_DSN:
+    import sentry_sdk
+    from sentry_sdk.integrations.django import DjangoIntegration
+
+    sentry_sdk.init(
+        dsn=SENTRY_DSN,
+        integrations=[DjangoIntegration()],
+        environment=os.environ.get("SENTRY_ENVIRONMENT", "development" if DEBUG else "production"),
+        traces_sample_rate=float(os.environ.get("SENTRY_TRACES_SAMPLE_RATE", "0")),
+        send_default_pii=False,
+    )

@@ -11,6 +11,7 @@ import uuid
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from channels.db import database_sync_to_async
 from channels.worker import Worker
@@ -19,6 +20,7 @@ from django.core import checks
 from django.db import connections
 from django.utils import timezone
 from django.utils.crypto import get_random_string
+from sentry_sdk.integrations.asyncio import enable_asyncio_integration
 
 from . import runner
 from .backends import aring, ring, task_queues
@@ -325,6 +327,8 @@ class TaskWorker(Worker):
 
     async def handle(self) -> None:
         self.stopping = asyncio.Event()
+        # Errors of tasks nobody awaits reach Sentry too (when SENTRY_DSN is set; a no-op otherwise).
+        enable_asyncio_integration()
         logger.info(
             "event=worker_started worker=%s queues=%s channels=%s slots=%s async_slots=%s",
             self.worker_id, self.queues, self.channels,
@@ -417,5 +421,10 @@ class TaskWorker(Worker):
                 await database_sync_to_async(runner.fail_cancelled)()
             except Exception:
                 logger.exception("event=maintenance_failed worker=%s", self.worker_id)
+            # Liveness for container probes (`manage.py tasks alive`): this loop
+            # turned. A database outage fails fast and still turns it (restarting
+            # the worker would not help); a loop or a call that hangs does not.
+            if settings.TASKS_ALIVE_FILE:
+                Path(settings.TASKS_ALIVE_FILE).touch()
             await asyncio.sleep(interval)
 

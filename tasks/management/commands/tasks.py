@@ -1,6 +1,9 @@
+import os
 import re
+import time
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -36,8 +39,13 @@ class Command(BaseCommand):
     help = (
         "Show the task queues: depths, running tasks with their workers, slots in use per worker, recent failures. "
         "`tasks prune --older-than 7d` deletes finished tasks; `tasks retry` runs failed ones again; "
-        "`tasks pause <queue>` and `tasks resume <queue>` stop and restart a queue's claims."
+        "`tasks pause <queue>` and `tasks resume <queue>` stop and restart a queue's claims; "
+        "`tasks alive --max-age 30` exits 1 unless a worker's heartbeat touched TASKS_ALIVE_FILE within 30 s."
     )
+
+    # `tasks alive` is a liveness probe, run every few seconds: the system checks
+    # would add a third to its cost, and reading queues needs none of them.
+    requires_system_checks = []
 
     def add_arguments(self, parser: CommandParser) -> None:
         actions = parser.add_subparsers(dest="action", title="actions")
@@ -51,8 +59,16 @@ class Command(BaseCommand):
         retrying.add_argument("--since", help="With --failed/--cancelled: only those finished since (2h, or a time).")
         for name, text in (("pause", "Stop workers claiming from a queue (enqueues go on)."), ("resume", "Undo pause.")):
             actions.add_parser(name, help=text).add_argument("queue", help="A task queue's name.")
+        alive = actions.add_parser(
+            "alive", help="Exit 0 if a worker touched TASKS_ALIVE_FILE within --max-age seconds, else 1 (liveness probe)."
+        )
+        alive.add_argument("--max-age", type=float, default=30.0, help="Seconds (default 30).")
+        alive.add_argument("--file", default="", help="The file to read; default TASKS_ALIVE_FILE.")
 
     def handle(self, *args, **options) -> None:
+        if options["action"] == "alive":
+            self.alive(options["file"] or settings.TASKS_ALIVE_FILE, options["max_age"])
+            return
         if options["action"] == "prune":
             deleted = prune(parse_age(options["older_than"]))
             self.stdout.write(f"Deleted {deleted} finished task(s) older than {options['older_than']}.")
@@ -89,6 +105,20 @@ class Command(BaseCommand):
         for why in skipped:
             self.stderr.write(f"Skipped {why}")
         self.stdout.write(f"Re-queued {len(done)} task(s), skipped {len(skipped)}.")
+
+    def alive(self, path: str, max_age: float) -> None:
+        """Exit 1 (SystemExit, so the probe sees it) unless the worker's heartbeat touched `path` recently."""
+        if not path:
+            raise CommandError("No file to read: set TASKS_ALIVE_FILE (for the worker too) or pass --file.")
+        try:
+            age = time.time() - os.stat(path).st_mtime
+        except FileNotFoundError:
+            self.stderr.write(f"not alive: {path} does not exist (no heartbeat yet)")
+            raise SystemExit(1) from None
+        if age > max_age:
+            self.stderr.write(f"not alive: last heartbeat {age:.1f}s ago (over {max_age:g}s)")
+            raise SystemExit(1)
+        self.stdout.write(f"alive: last heartbeat {age:.1f}s ago")
 
     def show(self, data: dict) -> None:
         self.stdout.write(f"Queues (at {data['at']})")
