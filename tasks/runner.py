@@ -11,6 +11,7 @@ The rules that make the runner lose nothing and double nothing live here:
 - every outcome is written conditionally on still holding the task.
 """
 
+import asyncio
 import functools
 import itertools
 import logging
@@ -29,7 +30,7 @@ from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
 
 from .backends import ChannelsBackend, aring, load_task, ring, to_json, to_task_result
-from .exceptions import WORKER_LOST, HandedBack, RetryLater, TaskCancelled, WorkerLost, error_entry
+from .exceptions import WORKER_LOST, HandedBack, RetryLater, TaskCancelled, TimeLimitExceeded, WorkerLost, error_entry
 from .models import TaskRecord
 from .progress import ProgressContext, broadcast, shutting_down
 
@@ -424,10 +425,28 @@ def announce(ended: Outcome, worker_id: str, held: bool) -> None:
         broadcast(record)
 
 
-def task_args(record: TaskRecord, task: Task, result: Any) -> list:
+def time_limit(task: Task) -> float | None:
+    """Seconds an attempt of `task` may run: its @task(timeout=...), else its queue's default; None: no limit.
+
+    Read from the deployed code and settings when the attempt starts, like the
+    task's code itself: a raised limit applies to tasks already waiting.
+    """
+    timeout = getattr(task, "timeout", None)
+    if timeout is None and isinstance(backend := task.get_backend(), ChannelsBackend):
+        timeout = backend.timeout_for(task.queue_name)
+    return timeout
+
+
+def deadline_of(record: TaskRecord, task: Task) -> datetime | None:
+    """When the attempt of `record` just claimed passes its time limit (None: never)."""
+    timeout = time_limit(task)
+    return None if timeout is None else record.last_attempted_at + timedelta(seconds=timeout)
+
+
+def task_args(record: TaskRecord, task: Task, result: Any, deadline: datetime | None = None) -> list:
     args = list(record.args)
     if task.takes_context:
-        args.insert(0, ProgressContext(task_result=result, max_attempts=record.max_attempts))
+        args.insert(0, ProgressContext(task_result=result, max_attempts=record.max_attempts, deadline=deadline))
     return args
 
 
@@ -435,7 +454,7 @@ def run_sync(record: TaskRecord, task: Task, result: Any, worker_id: str) -> Out
     """Run a claimed sync task in the calling thread; its outcome, still to record,
     or None if it handed itself back."""
     try:
-        value = task.func(*task_args(record, task, result), **record.kwargs)
+        value = task.func(*task_args(record, task, result, deadline_of(record, task)), **record.kwargs)
     except HandedBack:
         logger.info("event=task_handed_back task=%s path=%s worker=%s", record.pk, record.task_path, worker_id)
         for queue in hand_back(worker_id, record):
@@ -517,14 +536,37 @@ async def execute(record: TaskRecord, task: Task, result: Any, worker_id: str) -
 
 async def run_async(record: TaskRecord, task: Task, result: Any, worker_id: str) -> Outcome | None:
     """Run a claimed async task on the calling event loop; its outcome, still to
-    record, or None if it handed itself back."""
+    record, or None if it handed itself back.
+
+    At its time limit the task is cancelled (CancelledError where it awaits),
+    and the attempt fails with TimeLimitExceeded, whatever the task did with
+    the cancel: re-raised it, raised something else or swallowed it and returned.
+    """
+    deadline = deadline_of(record, task)
+    remaining = None if deadline is None else max(0.0, (deadline - timezone.now()).total_seconds())
+    limit = asyncio.timeout(remaining)
     try:
-        value = await task.func(*task_args(record, task, result), **record.kwargs)
+        async with limit:
+            value = await task.func(*task_args(record, task, result, deadline), **record.kwargs)
     except HandedBack:
         logger.info("event=task_handed_back task=%s path=%s worker=%s", record.pk, record.task_path, worker_id)
         for queue in await on_db_thread(hand_back)(worker_id, record):
             await aring(queue)
         return None
     except Exception as exc:
-        return outcome_of(record, task, None, exc)
+        return outcome_of(record, task, None, over_limit(record, task, exc) if limit.expired() else exc)
+    if limit.expired():
+        return outcome_of(record, task, None, over_limit(record, task, None))
     return outcome_of(record, task, value, None)
+
+
+def over_limit(record: TaskRecord, task: Task, cause: BaseException | None) -> TimeLimitExceeded:
+    """The error of an attempt of `record` stopped at its time limit; `cause`, what the
+    task raised as it was stopped, keeps in the stored traceback where it was."""
+    logger.warning(
+        "event=task_time_limit task=%s path=%s attempt=%d limit=%s", record.pk, record.task_path, record.attempts,
+        time_limit(task),
+    )  # fmt: skip
+    error = TimeLimitExceeded(f"time limit of {time_limit(task):g}s passed; the attempt was stopped")
+    error.__cause__ = cause
+    return error

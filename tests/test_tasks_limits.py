@@ -1,0 +1,112 @@
+"""Time limits (@task(timeout=...) and the queue default), at the level of the runner's functions.
+
+What only a real worker does (stopping a sync task that does not report) is in
+test_tasks_worker.py and test_e2e_tasks_limits.py.
+"""
+
+import math
+import time
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.tasks import task
+from django.tasks.exceptions import InvalidTask
+
+from tasks.backends import parse_timeouts
+from tasks.exceptions import TimeLimitExceeded, error_path
+from tasks.models import TaskRecord
+from tests import sample_tasks
+from tests.run_tasks import run_one
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+LIMIT = error_path(TimeLimitExceeded)
+
+
+def run_next() -> TaskRecord:
+    record = async_to_sync(run_one)(["compute"])
+    assert record is not None
+    return record
+
+
+def test_an_async_task_is_cancelled_at_its_limit_and_retried_like_any_failure(tmp_path):
+    notes = tmp_path / "notes"
+    sample_tasks.alimited.enqueue(str(notes), 30)  # limit 0.5 s, max_attempts 2
+    started = time.monotonic()
+    record = run_next()
+    assert time.monotonic() - started < 3
+    assert notes.read_text().split() == ["start", "cancelled"]
+    assert record.status == "READY" and [e["exception_class_path"] for e in record.errors] == [LIMIT]
+    # The stored traceback says where the task was when it was stopped.
+    assert "asyncio.sleep(seconds)" in record.errors[0]["traceback"]
+    assert "time limit of 0.5s passed" in record.errors[0]["traceback"]
+    record = run_next()  # the second and last attempt
+    assert record.status == "FAILED" and [e["exception_class_path"] for e in record.errors] == [LIMIT, LIMIT]
+
+
+def test_an_async_task_that_swallows_the_cancel_still_fails_at_its_limit(tmp_path):
+    notes = tmp_path / "notes"
+    sample_tasks.alimited_stubborn.enqueue(str(notes), 30)
+    record = run_next()
+    assert notes.read_text().split() == ["swallowed"]
+    assert record.status == "FAILED" and record.return_value is None
+    assert [e["exception_class_path"] for e in record.errors] == [LIMIT]
+
+
+def test_a_sync_task_that_reports_progress_is_stopped_at_its_first_report_past_the_limit(tmp_path):
+    notes = tmp_path / "notes"
+    sample_tasks.limited_steps.enqueue(str(notes), 20, 0.2)  # limit 0.5 s: reports at 0.2, 0.4, 0.6 s
+    record = run_next()
+    assert notes.read_text().splitlines() == ["step 0 attempt 1", "step 1 attempt 1", "step 2 attempt 1"]
+    assert record.progress_done == 2  # the report past the limit stored nothing
+    assert record.status == "READY" and [e["exception_class_path"] for e in record.errors] == [LIMIT]
+    record = run_next()
+    assert record.status == "FAILED" and record.attempts == 2
+    assert [e["exception_class_path"] for e in record.errors] == [LIMIT, LIMIT]
+
+
+def test_the_queue_default_limits_tasks_that_set_none_and_a_tasks_own_limit_wins(settings, tmp_path):
+    settings.TASKS = {"default": {**settings.TASKS["default"], "OPTIONS": {
+        **settings.TASKS["default"]["OPTIONS"], "TIMEOUT": "compute=0.3",
+    }}}  # fmt: skip
+    notes = tmp_path / "notes"
+    sample_tasks.aslow_mark.enqueue(str(notes), "k", 30)
+    record = run_next()
+    assert record.status == "FAILED" and [e["exception_class_path"] for e in record.errors] == [LIMIT]
+    # limited_steps' own 0.5 s, not the queue's 0.3 s: four steps of 0.1 s fit.
+    sample_tasks.limited_steps.enqueue(str(notes), 4, 0.1)
+    record = run_next()
+    assert record.status == "SUCCESSFUL" and record.return_value == 4
+
+
+def test_without_a_limit_a_task_runs_as_long_as_it_takes(tmp_path):
+    sample_tasks.counted.enqueue(str(tmp_path / "notes"), 3, 0.3)  # no limit anywhere
+    assert run_next().status == "SUCCESSFUL"
+
+
+@pytest.mark.parametrize("bad", [0, -1, math.nan, math.inf, "5", True])
+def test_a_bad_task_limit_is_refused_when_the_task_is_declared(bad):
+    with pytest.raises(InvalidTask, match="timeout must be"):
+        task(queue_name="compute", timeout=bad)(sample_tasks.noop.func)
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [("x", "SECONDS"), ("compute=", "SECONDS"), ("compute=0", "above 0"), ("compte=5", "not a task queue"),
+     ({"compute": -2}, "above 0"), ({"compute": "5"}, "above 0")],
+)  # fmt: skip
+def test_a_bad_queue_default_is_a_clear_system_check_error(settings, bad, says):
+    settings.TASKS = {"default": {**settings.TASKS["default"], "OPTIONS": {
+        **settings.TASKS["default"]["OPTIONS"], "TIMEOUT": bad,
+    }}}  # fmt: skip
+    from django.tasks import task_backends
+
+    (error,) = [e for e in task_backends["default"].check() if e.id == "tasks.E020"]
+    assert says in error.msg
+
+
+def test_queue_defaults_parse_from_the_environment_form():
+    queues = {"default", "compute"}
+    assert parse_timeouts("600", queues) == {"*": 600.0}
+    assert parse_timeouts("compute=3600, default=1.5", queues) == {"compute": 3600.0, "default": 1.5}
+    assert parse_timeouts("", queues) == {}
