@@ -16,9 +16,11 @@ import functools
 import itertools
 import logging
 import random
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from inspect import iscoroutinefunction
+from types import TracebackType
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -481,7 +483,10 @@ def drain_sync(
     an async task. That async task is returned, still holding its async slot,
     for the event loop to run; otherwise None once nothing is due, the worker
     is stopping, or the worker has no async slot free to claim with.
-    `slot.task` names the task in hand, for the worker's heartbeat.
+    `slot.begin()` names the task in hand, for the worker's heartbeat and its
+    watch over time limits; a task that `slot.end()` says was stopped at its
+    limit meanwhile returned too late: its outcome is dropped, and the thread
+    leaves the slot, which is no longer its own (see stop_overdue()).
     """
     close_old_connections()  # a broken or aged connection is dropped here, not per task
     for ran in itertools.count(1):
@@ -503,11 +508,14 @@ def drain_sync(
             slot.release("async")
         record, task, result = claimed
         claimed = None
-        slot.task = record.pk
+        slot.begin(record, task, deadline_of(record, task))
         try:
             ended = run_sync(record, task, result, worker_id)
         finally:
-            slot.task = None
+            kept = slot.end()
+        if not kept:  # stopped at its time limit (stop_overdue): the slot is no longer ours
+            logger.warning("event=task_returned_late task=%s path=%s worker=%s", record.pk, record.task_path, worker_id)
+            return None
         if ran % 100 == 0:
             close_old_connections()
         if shutting_down.is_set() or not slot.reserve("async"):
@@ -570,3 +578,51 @@ def over_limit(record: TaskRecord, task: Task, cause: BaseException | None) -> T
     error = TimeLimitExceeded(f"time limit of {time_limit(task):g}s passed; the attempt was stopped")
     error.__cause__ = cause
     return error
+
+
+def stop_overdue(slot: Any, worker_id: str) -> bool:
+    """Fail the sync task in `slot` if it passed its time limit without stopping; True if it did.
+
+    A sync task cannot be stopped from outside its thread, so the worker gives
+    up on the attempt instead: recorded as failed with TimeLimitExceeded (its
+    traceback is where the thread was), retried as max_attempts allows, its
+    lease released, and the slot taken from it (slot.abandon()), so that
+    whatever it does if it ever returns is dropped. The caller frees the slot's
+    place in its queue and gives it a new thread.
+
+    A task that reported progress during this attempt is stopped at its next
+    report (ProgressContext raises TimeLimitExceeded); it is given up on only if
+    that report has not come TASKS_LEASE seconds after the limit.
+    """
+    attempt = slot.attempt
+    if attempt is None:
+        return False
+    record, task, deadline, thread = attempt
+    now = timezone.now()
+    if now < deadline:
+        return False
+    reported = TaskRecord.objects.filter(pk=record.pk, progress_at__gte=record.last_attempted_at).exists()
+    if reported and now < deadline + timedelta(seconds=lease_seconds()):
+        return False
+    if not slot.abandon(attempt):
+        return False  # it returned meanwhile: its own outcome counts
+    error = TimeLimitExceeded(
+        f"time limit of {time_limit(task):g}s passed {(now - deadline).total_seconds():.1f}s ago with "
+        f"{'no progress report since' if reported else 'no progress reported'}; the worker gave up on the attempt"
+    ).with_traceback(stack_of(thread))
+    logger.warning(
+        "event=task_time_limit task=%s path=%s attempt=%d limit=%s worker=%s thread=%s reported=%s",
+        record.pk, record.task_path, record.attempts, time_limit(task), worker_id, thread.name, reported,
+    )  # fmt: skip
+    finish(Outcome(record, task, failure_changes(record, error), error), worker_id)
+    return True
+
+
+def stack_of(thread: Any) -> TracebackType | None:
+    """Where `thread` is now, as a traceback (outermost frame first), for a task's stored error."""
+    frame = sys._current_frames().get(thread.ident)
+    stack = None
+    while frame is not None:
+        stack = TracebackType(stack, frame, frame.f_lasti, frame.f_lineno)
+        frame = frame.f_back
+    return stack

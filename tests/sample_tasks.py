@@ -122,9 +122,9 @@ async def alimited_stubborn(path: str, seconds: float) -> str:
     return "done"
 
 
-@task(queue_name="compute", takes_context=True, timeout=0.5, max_attempts=2, retry_backoff=0.0)
+@task(queue_name="compute", takes_context=True, timeout=1.0, max_attempts=2, retry_backoff=0.0)
 def limited_steps(context, path: str, steps: int, seconds: float) -> int:
-    """Reports progress every step; its 0.5 s limit stops it at the first report past it."""
+    """Reports progress every step; its 1 s limit stops it at the first report past it."""
     for step in range(steps):
         _note(path, f"step {step} attempt {context.attempt}")
         time.sleep(seconds)
@@ -138,4 +138,15 @@ def stuck(path: str, seconds: float) -> str:
     _note(path, f"start {os.getpid()}")
     time.sleep(seconds)
     _note(path, f"end {os.getpid()}")
+    return "done"
+
+
+@task(queue_name="compute", takes_context=True, timeout=0.5)
+def reports_then_hangs(context, path: str, seconds: float) -> str:
+    """Reports once at once, then waits `seconds` (past its 0.5 s limit) before its next report."""
+    context.progress(0, 1)
+    _note(path, "reported")
+    time.sleep(seconds)
+    _note(path, "woke")
+    context.progress(1, 1)
     return "done"
