@@ -6,16 +6,20 @@ test_tasks_worker.py and test_e2e_tasks_limits.py.
 
 import asyncio
 import math
+import signal
 import time
 
 import pytest
 from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.tasks import task
 from django.tasks.exceptions import InvalidTask
 
+from tasks import runner
 from tasks.backends import parse_timeouts
 from tasks.exceptions import TimeLimitExceeded, error_path
 from tasks.models import TaskRecord
+from tasks.worker import TaskWorker
 from tests import sample_tasks
 from tests.run_tasks import run_one
 from tests.test_tasks_worker import finished, slotted  # noqa: F401 (a fixture)
@@ -178,3 +182,15 @@ async def test_a_sync_task_that_reported_progress_has_one_lease_past_its_limit_t
     assert notes.read_text().split() == ["reported"]
     assert "no progress report since" in record.errors[0]["traceback"]
     assert 1.5 <= (record.finished_at - record.last_attempted_at).total_seconds() < 2.5
+
+
+def test_a_sigterm_during_a_recycle_stops_the_worker_for_good_rather_than_forcing_an_exit():
+    worker = TaskWorker(application=None, channels=["compute"], channel_layer=get_channel_layer("tasks"))
+    worker.stopping = asyncio.Event()
+    worker.recycling = True  # what recycle_if_stuck() does, with the stopping event
+    worker.stopping.set()
+    try:
+        worker.on_signal(signal.SIGTERM)  # the first signal: not the forced exit of a second one
+    finally:
+        runner.shutting_down.clear()
+    assert not worker.recycling  # so run() returns instead of exec'ing a fresh worker
