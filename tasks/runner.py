@@ -452,11 +452,11 @@ def task_args(record: TaskRecord, task: Task, result: Any, deadline: datetime | 
     return args
 
 
-def run_sync(record: TaskRecord, task: Task, result: Any, worker_id: str) -> Outcome | None:
-    """Run a claimed sync task in the calling thread; its outcome, still to record,
-    or None if it handed itself back."""
+def run_sync(record: TaskRecord, task: Task, result: Any, worker_id: str, deadline: datetime | None) -> Outcome | None:
+    """Run a claimed sync task in the calling thread, `deadline` its deadline_of(); its
+    outcome, still to record, or None if it handed itself back."""
     try:
-        value = task.func(*task_args(record, task, result, deadline_of(record, task)), **record.kwargs)
+        value = task.func(*task_args(record, task, result, deadline), **record.kwargs)
     except HandedBack:
         logger.info("event=task_handed_back task=%s path=%s worker=%s", record.pk, record.task_path, worker_id)
         for queue in hand_back(worker_id, record):
@@ -508,9 +508,10 @@ def drain_sync(
             slot.release("async")
         record, task, result = claimed
         claimed = None
-        slot.begin(record, task, deadline_of(record, task))
+        deadline = deadline_of(record, task)
+        slot.begin(record, task, deadline)
         try:
-            ended = run_sync(record, task, result, worker_id)
+            ended = run_sync(record, task, result, worker_id, deadline)
         finally:
             kept = slot.end()
         if not kept:  # stopped at its time limit (stop_overdue): the slot is no longer ours
@@ -527,7 +528,7 @@ def drain_sync(
 
 def run_to_end(record: TaskRecord, task: Task, result: Any, worker_id: str) -> None:
     """Run a claimed sync task and record its outcome."""
-    ended = run_sync(record, task, result, worker_id)
+    ended = run_sync(record, task, result, worker_id, deadline_of(record, task))
     if ended is not None:
         finish(ended, worker_id)
 
