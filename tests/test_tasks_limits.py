@@ -8,18 +8,21 @@ import asyncio
 import math
 import signal
 import time
+from datetime import timedelta
 
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.tasks import task
 from django.tasks.exceptions import InvalidTask
+from django.utils import timezone
 
 from tasks import runner
 from tasks.backends import parse_timeouts
 from tasks.exceptions import TimeLimitExceeded, error_path
 from tasks.models import TaskRecord
-from tasks.worker import TaskWorker
+from tasks.worker import Slot, TaskWorker
 from tests import sample_tasks
 from tests.run_tasks import run_one
 from tests.test_tasks_worker import finished, slotted  # noqa: F401 (a fixture)
@@ -194,3 +197,24 @@ def test_a_sigterm_during_a_recycle_stops_the_worker_for_good_rather_than_forcin
     finally:
         runner.shutting_down.clear()
     assert not worker.recycling  # so run() returns instead of exec'ing a fresh worker
+
+
+def test_giving_up_on_a_sync_attempt_retries_it_as_any_failure_and_waits_a_lease_for_one_that_reported():
+    result = sample_tasks.limited_steps.enqueue("/nonexistent", 10, 0)  # limit 1 s, max_attempts 2
+    record = runner.claim(["compute"], "test-worker")
+    slot = Slot(state=None)  # the watch needs only the slot's note of its attempt
+    now = timezone.now()
+    # It reported progress during this attempt: it has until its limit plus TASKS_LEASE to report again.
+    TaskRecord.objects.filter(pk=record.pk).update(progress_at=now)
+    slot.begin(record, sample_tasks.limited_steps, now - timedelta(seconds=settings.TASKS_LEASE - 1))
+    assert not runner.stop_overdue(slot, "test-worker")
+    slot.end()
+    slot.begin(record, sample_tasks.limited_steps, now - timedelta(seconds=settings.TASKS_LEASE + 1))
+    assert runner.stop_overdue(slot, "test-worker")
+    assert slot.end() is False  # whatever the thread returns now is dropped
+    record.refresh_from_db()
+    assert (record.status, record.worker_id) == ("READY", "")  # its lease released, one attempt left
+    assert [e["exception_class_path"] for e in record.errors] == [LIMIT]
+    assert "no progress report since" in record.errors[0]["traceback"]
+    assert "test_giving_up_on_a_sync_attempt" in record.errors[0]["traceback"]  # the thread's stack at the time
+    assert result.id == str(record.pk)
