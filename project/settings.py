@@ -224,6 +224,9 @@ TASKS = {
             "CONCURRENCY": {"default": 4, "thumbnails": 2, "notifications": 16, "compute": 1},
             # Async tasks are coroutines on the worker's event loop: cheap, so many.
             "ASYNC_CONCURRENCY": int(os.environ.get("TASKS_ASYNC_CONCURRENCY", "64")),
+            # Time limit of each attempt of a task that sets none with @task(timeout=...):
+            # `600` (every queue) or `compute=3600,notifications=120`; empty: none. README, "Time limits".
+            "TIMEOUT": os.environ.get("TASKS_TIMEOUT", ""),
         },
     }
 }

@@ -45,12 +45,15 @@ class ParleyTask(Task):
 
     `@task(queue_name="notifications", max_attempts=5, retry_backoff=2.0)` retries a
     failing task up to 5 attempts in all, waiting about 2 s, 4 s, 8 s, ... (+-20%
-    jitter, capped at `retry_backoff_max`) between them.
+    jitter, capped at `retry_backoff_max`) between them. `timeout` is each
+    attempt's time limit in seconds (None: the queue's default, see
+    ChannelsBackend.timeout_for); README, "Time limits", says what happens past it.
     """
 
     max_attempts: int = 1
     retry_backoff: float = 1.0
     retry_backoff_max: float = 300.0
+    timeout: float | None = None
 
 
 class ChannelsBackend(BaseTaskBackend):
@@ -64,6 +67,15 @@ class ChannelsBackend(BaseTaskBackend):
         super().__init__(alias, params)
         self.channel_layer_alias = self.options.get("CHANNEL_LAYER", "default")
 
+    @functools.cached_property
+    def timeouts(self) -> dict[str, float]:
+        """OPTIONS["TIMEOUT"] as {queue or "*": seconds}; ValueError if malformed (the check says so)."""
+        return parse_timeouts(self.options.get("TIMEOUT") or {}, self.queues)
+
+    def timeout_for(self, queue_name: str) -> float | None:
+        """The time limit of a task of `queue_name` that sets none itself; None: no limit."""
+        return self.timeouts.get(queue_name, self.timeouts.get("*"))
+
     def validate_task(self, task: Task) -> None:
         super().validate_task(task)
         if isinstance(task, ParleyTask):
@@ -71,6 +83,8 @@ class ChannelsBackend(BaseTaskBackend):
                 raise InvalidTask("max_attempts must be a whole number of at least 1.")
             if task.retry_backoff < 0 or task.retry_backoff_max < 0:
                 raise InvalidTask("retry_backoff and retry_backoff_max must not be negative.")
+            if task.timeout is not None and not is_time_limit(task.timeout):
+                raise InvalidTask(f"timeout must be a finite number of seconds above 0, or None; got {task.timeout!r}.")
 
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
         return self._enqueue(task, [(args, kwargs)], many=False)[0]
@@ -194,6 +208,10 @@ class ChannelsBackend(BaseTaskBackend):
                         id="tasks.E001",
                     )
                 )
+        try:
+            self.timeouts
+        except ValueError as exc:
+            errors.append(checks.Error(f"Task time limits: {exc}", hint="See README, Time limits.", id="tasks.E020"))
         if get_channel_layer(self.channel_layer_alias) is None:
             errors.append(
                 checks.Error(
@@ -213,6 +231,34 @@ class ChannelsBackend(BaseTaskBackend):
             raise InvalidTask(
                 f"Arguments of task {task.module_path}{item} must be JSON-serializable: {exc}"
             ) from exc
+
+
+def is_time_limit(seconds: Any) -> bool:
+    """Whether `seconds` can be a time limit: a finite number above 0 (not a bool)."""
+    return isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 < seconds < float("inf")
+
+
+def parse_timeouts(value: str | dict, queues: Iterable[str]) -> dict[str, float]:
+    """`600` (every queue) or `compute=3600,notifications=120`, or such a dict, as {queue or "*": seconds}.
+
+    ValueError, saying what is wrong, for anything else, or a queue that is not one of `queues`.
+    """
+    if isinstance(value, str):
+        text, value = value, {}
+        for part in filter(None, (part.strip() for part in text.split(","))):
+            name, _, seconds = part.rpartition("=")
+            try:
+                value[name.strip() or "*"] = float(seconds)
+            except ValueError:
+                raise ValueError(f"time limits take SECONDS or queue=SECONDS,queue=SECONDS; got {text!r}") from None
+    found = {}
+    for name, seconds in value.items():
+        if name != "*" and name not in queues:
+            raise ValueError(f"a time limit names {name!r}, which is not a task queue")
+        if not is_time_limit(seconds):
+            raise ValueError(f"the time limit of {name!r} must be a finite number of seconds above 0; got {seconds!r}")
+        found[name] = float(seconds)
+    return found
 
 
 def enqueue_many(task: Task, calls: Iterable[tuple[Any, Any]]) -> list[TaskResult]:

@@ -31,6 +31,16 @@ class WorkerLost(TaskException):
     """Recorded as an attempt's error when its worker died (SIGKILL, OOM, crash)."""
 
 
+class TimeLimitExceeded(TaskException):
+    """An attempt ran past its time limit (`@task(timeout=...)`, or its queue's default).
+
+    Raised inside an async task's coroutine (as it is cancelled) and at a sync
+    task's first progress report past the limit; recorded by the worker for a
+    sync task that does not report. A failed attempt like any other: retried
+    while max_attempts allows.
+    """
+
+
 class RetryLater(Exception):
     """Raise from a task to have this attempt retried after `delay` seconds.
 

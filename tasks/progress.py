@@ -16,6 +16,7 @@ import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -28,7 +29,7 @@ from django.tasks.base import TaskContext, TaskResult, TaskResultStatus
 from django.utils import timezone
 
 from .backends import to_task_result
-from .exceptions import WORKER_LOST, HandedBack, LeaseLost, TaskCancelled, error_entry
+from .exceptions import WORKER_LOST, HandedBack, LeaseLost, TaskCancelled, TimeLimitExceeded, error_entry
 from .models import TaskRecord
 
 logger = logging.getLogger(__name__)
@@ -124,13 +125,16 @@ class ProgressContext(TaskContext):
 
     progress() stores (done, total, note) and broadcasts it on the task's group,
     at most 10 times a second (the last report, done == total, always goes out).
-    It is also where a task learns it was cancelled (TaskCancelled), that this
-    attempt lost its lease to another worker (LeaseLost), or that its worker is
-    stopping (HandedBack: it goes back to the queue).
+    It is also where a task learns it ran past its time limit (TimeLimitExceeded),
+    was cancelled (TaskCancelled), that this attempt lost its lease to another
+    worker (LeaseLost), or that its worker is stopping (HandedBack: it goes
+    back to the queue).
     """
 
     # The task's max_attempts as enqueued (the runner's retry rule counts against it).
     max_attempts: int = 1
+    # When this attempt's time limit passes (None: it has none).
+    deadline: datetime | None = None
     min_interval: float = 0.1
     _last: list[float] = field(default_factory=lambda: [0.0])
 
@@ -155,9 +159,13 @@ class ProgressContext(TaskContext):
             await abroadcast(record)
 
     def _progress_record(self, done: int, total: int | None, note: str) -> TaskRecord | None:
+        now = timezone.now()
+        # Before the hand-back: an attempt past its limit stops for good, and is
+        # never handed to another worker to run past it again.
+        if self.deadline is not None and now >= self.deadline:
+            raise TimeLimitExceeded(f"still running {(now - self.deadline).total_seconds():.1f}s past its time limit")
         if shutting_down.is_set():
             raise HandedBack()
-        now = timezone.now()
         if now.timestamp() - self._last[0] < self.min_interval and done != total:
             return None
         self._last[0] = now.timestamp()

@@ -11,13 +11,16 @@ The rules that make the runner lose nothing and double nothing live here:
 - every outcome is written conditionally on still holding the task.
 """
 
+import asyncio
 import functools
 import itertools
 import logging
 import random
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from inspect import iscoroutinefunction
+from types import TracebackType
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -29,7 +32,16 @@ from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
 
 from .backends import ChannelsBackend, aring, load_task, ring, to_json, to_task_result
-from .exceptions import CANCELLED, WORKER_LOST, HandedBack, RetryLater, TaskCancelled, WorkerLost, error_entry
+from .exceptions import (
+    CANCELLED,
+    WORKER_LOST,
+    HandedBack,
+    RetryLater,
+    TaskCancelled,
+    TimeLimitExceeded,
+    WorkerLost,
+    error_entry,
+)
 from .models import TaskRecord
 from .progress import ProgressContext, broadcast, shutting_down
 
@@ -446,18 +458,36 @@ def log_task_finished(sender: Any, task_result: Any, **kwargs: Any) -> None:
     )  # fmt: skip
 
 
-def task_args(record: TaskRecord, task: Task, result: Any) -> list:
+def time_limit(task: Task) -> float | None:
+    """Seconds an attempt of `task` may run: its @task(timeout=...), else its queue's default; None: no limit.
+
+    Read from the deployed code and settings when the attempt starts, like the
+    task's code itself: a raised limit applies to tasks already waiting.
+    """
+    timeout = getattr(task, "timeout", None)
+    if timeout is None and isinstance(backend := task.get_backend(), ChannelsBackend):
+        timeout = backend.timeout_for(task.queue_name)
+    return timeout
+
+
+def deadline_of(record: TaskRecord, task: Task) -> datetime | None:
+    """When the attempt of `record` just claimed passes its time limit (None: never)."""
+    timeout = time_limit(task)
+    return None if timeout is None else record.last_attempted_at + timedelta(seconds=timeout)
+
+
+def task_args(record: TaskRecord, task: Task, result: Any, deadline: datetime | None = None) -> list:
     args = list(record.args)
     if task.takes_context:
-        args.insert(0, ProgressContext(task_result=result, max_attempts=record.max_attempts))
+        args.insert(0, ProgressContext(task_result=result, max_attempts=record.max_attempts, deadline=deadline))
     return args
 
 
-def run_sync(record: TaskRecord, task: Task, result: Any, worker_id: str) -> Outcome | None:
-    """Run a claimed sync task in the calling thread; its outcome, still to record,
-    or None if it handed itself back."""
+def run_sync(record: TaskRecord, task: Task, result: Any, worker_id: str, deadline: datetime | None) -> Outcome | None:
+    """Run a claimed sync task in the calling thread, `deadline` its deadline_of(); its
+    outcome, still to record, or None if it handed itself back."""
     try:
-        value = task.func(*task_args(record, task, result), **record.kwargs)
+        value = task.func(*task_args(record, task, result, deadline), **record.kwargs)
     except HandedBack:
         logger.info("event=task_handed_back task=%s path=%s worker=%s", record.pk, record.task_path, worker_id)
         for queue in hand_back(worker_id, record):
@@ -485,7 +515,10 @@ def drain_sync(
     for the event loop to run; otherwise None once nothing is due, the worker
     is stopping, the queue is paused, or the worker has no async slot free to
     claim with.
-    `slot.task` names the task in hand, for the worker's heartbeat.
+    `slot.begin()` names the task in hand, for the worker's heartbeat and its
+    watch over time limits; a task that `slot.end()` says was stopped at its
+    limit meanwhile returned too late: its outcome is dropped, and the thread
+    leaves the slot, which is no longer its own (see stop_overdue()).
     """
     close_old_connections()  # a broken or aged connection is dropped here, not per task
     for ran in itertools.count(1):
@@ -507,11 +540,15 @@ def drain_sync(
             slot.release("async")
         record, task, result = claimed
         claimed = None
-        slot.task = record.pk
+        deadline = deadline_of(record, task)
+        slot.begin(record, task, deadline)
         try:
-            ended = run_sync(record, task, result, worker_id)
+            ended = run_sync(record, task, result, worker_id, deadline)
         finally:
-            slot.task = None
+            kept = slot.end()
+        if not kept:  # stopped at its time limit (stop_overdue): the slot is no longer ours
+            logger.warning("event=task_returned_late task=%s path=%s worker=%s", record.pk, record.task_path, worker_id)
+            return None
         if ran % 100 == 0:
             close_old_connections()
         if shutting_down.is_set() or slot.state.paused or not slot.reserve("async"):
@@ -523,7 +560,7 @@ def drain_sync(
 
 def run_to_end(record: TaskRecord, task: Task, result: Any, worker_id: str) -> None:
     """Run a claimed sync task and record its outcome."""
-    ended = run_sync(record, task, result, worker_id)
+    ended = run_sync(record, task, result, worker_id, deadline_of(record, task))
     if ended is not None:
         finish(ended, worker_id)
 
@@ -540,14 +577,85 @@ async def execute(record: TaskRecord, task: Task, result: Any, worker_id: str) -
 
 async def run_async(record: TaskRecord, task: Task, result: Any, worker_id: str) -> Outcome | None:
     """Run a claimed async task on the calling event loop; its outcome, still to
-    record, or None if it handed itself back."""
+    record, or None if it handed itself back.
+
+    At its time limit the task is cancelled (CancelledError where it awaits),
+    and the attempt fails with TimeLimitExceeded, whatever the task did with
+    the cancel: re-raised it, raised something else or swallowed it and returned.
+    """
+    deadline = deadline_of(record, task)
+    remaining = None if deadline is None else max(0.0, (deadline - timezone.now()).total_seconds())
+    limit = asyncio.timeout(remaining)
     try:
-        value = await task.func(*task_args(record, task, result), **record.kwargs)
+        async with limit:
+            value = await task.func(*task_args(record, task, result, deadline), **record.kwargs)
     except HandedBack:
         logger.info("event=task_handed_back task=%s path=%s worker=%s", record.pk, record.task_path, worker_id)
         for queue in await on_db_thread(hand_back)(worker_id, record):
             await aring(queue)
         return None
     except Exception as exc:
-        return outcome_of(record, task, None, exc)
+        return outcome_of(record, task, None, over_limit(record, task, exc) if limit.expired() else exc)
+    if limit.expired():
+        return outcome_of(record, task, None, over_limit(record, task, None))
     return outcome_of(record, task, value, None)
+
+
+def over_limit(record: TaskRecord, task: Task, cause: BaseException | None) -> TimeLimitExceeded:
+    """The error of an attempt of `record` stopped at its time limit; `cause`, what the
+    task raised as it was stopped, keeps in the stored traceback where it was."""
+    logger.warning(
+        "event=task_time_limit task=%s path=%s attempt=%d limit=%s", record.pk, record.task_path, record.attempts,
+        time_limit(task),
+    )  # fmt: skip
+    error = TimeLimitExceeded(f"time limit of {time_limit(task):g}s passed; the attempt was stopped")
+    error.__cause__ = cause
+    return error
+
+
+def stop_overdue(slot: Any, worker_id: str) -> bool:
+    """Fail the sync task in `slot` if it passed its time limit without stopping; True if it did.
+
+    A sync task cannot be stopped from outside its thread, so the worker gives
+    up on the attempt instead: recorded as failed with TimeLimitExceeded (its
+    traceback is where the thread was), retried as max_attempts allows, its
+    lease released, and the slot taken from it (slot.abandon()), so that
+    whatever it does if it ever returns is dropped. The caller frees the slot's
+    place in its queue and gives it a new thread.
+
+    A task that reported progress during this attempt is stopped at its next
+    report (ProgressContext raises TimeLimitExceeded); it is given up on only if
+    that report has not come TASKS_LEASE seconds after the limit.
+    """
+    attempt = slot.attempt
+    if attempt is None:
+        return False
+    record, task, deadline, thread = attempt
+    now = timezone.now()
+    if now < deadline:
+        return False
+    reported = TaskRecord.objects.filter(pk=record.pk, progress_at__gte=record.last_attempted_at).exists()
+    if reported and now < deadline + timedelta(seconds=lease_seconds()):
+        return False
+    if not slot.abandon(attempt):
+        return False  # it returned meanwhile: its own outcome counts
+    error = TimeLimitExceeded(
+        f"time limit of {time_limit(task):g}s passed {(now - deadline).total_seconds():.1f}s ago with "
+        f"{'no progress report since' if reported else 'no progress reported'}; the worker gave up on the attempt"
+    ).with_traceback(stack_of(thread))
+    logger.warning(
+        "event=task_time_limit task=%s path=%s attempt=%d limit=%s worker=%s thread=%s reported=%s",
+        record.pk, record.task_path, record.attempts, time_limit(task), worker_id, thread.name, reported,
+    )  # fmt: skip
+    finish(Outcome(record, task, failure_changes(record, error), error), worker_id)
+    return True
+
+
+def stack_of(thread: Any) -> TracebackType | None:
+    """Where `thread` is now, as a traceback (outermost frame first), for a task's stored error."""
+    frame = sys._current_frames().get(thread.ident)
+    stack = None
+    while frame is not None:
+        stack = TracebackType(stack, frame, frame.f_lasti, frame.f_lineno)
+        frame = frame.f_back
+    return stack

@@ -1,11 +1,13 @@
 """The process behind `manage.py runworker`: channels' Worker, made a safe task runner."""
 
 import asyncio
+import itertools
 import logging
 import os
 import queue
 import signal
 import socket
+import sys
 import threading
 import uuid
 from concurrent.futures import Executor, Future
@@ -18,12 +20,14 @@ from channels.worker import Worker
 from django.conf import settings
 from django.core import checks
 from django.db import connections
+from django.tasks.base import Task
 from django.utils import timezone
 from django.utils.crypto import get_random_string
 from sentry_sdk.integrations.asyncio import enable_asyncio_integration
 
 from . import runner
 from .backends import aring, ring, task_queues
+from .models import TaskRecord
 from .monitor import paused_queues
 
 logger = logging.getLogger(__name__)
@@ -84,12 +88,31 @@ class SlotThreads(Executor):
 
     def __init__(self, count: int, name: str) -> None:
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.name = name
+        self.started = itertools.count()
+        self.threads: list[threading.Thread] = []
+        # Threads stuck in a task given up on at its time limit (retire()).
+        self.retired: set[threading.Thread] = set()
+        for _ in range(count):
+            self.add_thread()
+
+    def add_thread(self) -> None:
         max_age = settings.DATABASES["default"].get("CONN_MAX_AGE", 0)
-        self.threads = [
-            threading.Thread(target=self.serve, args=(max_age,), name=f"{name}-{i}", daemon=True) for i in range(count)
-        ]
-        for thread in self.threads:
-            thread.start()
+        thread = threading.Thread(
+            target=self.serve, args=(max_age,), name=f"{self.name}-{next(self.started)}", daemon=True
+        )
+        self.threads.append(thread)
+        thread.start()
+
+    def retire(self, thread: threading.Thread) -> None:
+        """`thread` is stuck in a task given up on: a new thread takes its place; it ends if ever it returns."""
+        self.retired.add(thread)
+        self.threads.remove(thread)
+        self.add_thread()
+
+    def stuck(self) -> list[threading.Thread]:
+        """Retired threads still in their task: what only a fresh process gets rid of."""
+        return [thread for thread in list(self.retired) if thread.is_alive()]
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
         future: Future = Future()
@@ -112,6 +135,10 @@ class SlotThreads(Executor):
                     future.set_result(fn(*args, **kwargs))
                 except BaseException as exc:
                     future.set_exception(exc)
+            if threading.current_thread() in self.retired:  # back from a task given up on: replaced already
+                connections.close_all()
+                self.retired.discard(threading.current_thread())
+                return
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         for _ in self.threads:
@@ -131,6 +158,33 @@ class Slot:
         self.state = state
         self.held = {"sync": sync, "async": async_}
         self.task: uuid.UUID | None = None  # the task in hand, whose lease the heartbeat renews
+        # A sync task in hand with a time limit: (record, task, deadline, thread), for stop_overdue().
+        self.attempt: tuple | None = None
+        self.abandoned = False  # its thread was given up on at a time limit: the slot is not its own any more
+        self.lock = threading.Lock()
+        self.life: asyncio.Task | None = None  # the coroutine serving this slot (QueueState.run)
+
+    def begin(self, record: TaskRecord, task: Task, deadline: datetime | None) -> None:
+        """A sync task starts in this slot, on the calling thread."""
+        with self.lock:
+            self.task = record.pk
+            if deadline is not None:
+                self.attempt = (record, task, deadline, threading.current_thread())
+
+    def end(self) -> bool:
+        """The sync task in hand returned; False if it was given up on meanwhile (abandon())."""
+        with self.lock:
+            self.task = self.attempt = None
+            return not self.abandoned
+
+    def abandon(self, attempt: tuple) -> bool:
+        """Give up on `attempt`, the sync task in hand, if it still is; from the worker's watch."""
+        with self.lock:
+            if self.attempt is not attempt:
+                return False
+            self.abandoned = True
+            self.task = self.attempt = None  # no more heartbeats for it
+            return True
 
     def reserve(self, kind: str) -> bool:
         with self.state.lock:
@@ -222,7 +276,19 @@ class QueueState:
     def start(self, slot: Slot, claimed: tuple) -> None:
         """Run a claimed task, and whatever its slot claims after it, in the background."""
         self.slots.add(slot)
-        asyncio.ensure_future(self.run(slot, claimed))
+        slot.life = asyncio.ensure_future(self.run(slot, claimed))
+
+    def overdue(self) -> list[Slot]:
+        """Slots whose sync task has passed its time limit."""
+        now = timezone.now()
+        return [slot for slot in list(self.slots) if (attempt := slot.attempt) is not None and attempt[2] <= now]
+
+    def free_stuck(self, slot: Slot, thread: threading.Thread) -> None:
+        """After stop_overdue(): the slot's places go back to the queue (its coroutine, which
+        waits on the stuck thread, ends), and a new thread takes the stuck one's place."""
+        slot.life.cancel()
+        self.threads.retire(thread)
+        logger.warning("event=slot_thread_stuck queue=%s worker=%s thread=%s", self.name, self.worker_id, thread.name)
 
     async def run(self, slot: Slot, claimed: tuple | None) -> None:
         """A slot's life: its task, then the next it claims when that ends, and so on.
@@ -286,6 +352,10 @@ class TaskWorker(Worker):
         self.states: dict[str, QueueState] = {}
         self.paused: set[str] = set()
         self.stopping: asyncio.Event | None = None
+        # Whether this worker is the process (runworker), free to start it again
+        # afresh (recycle()), or a guest in another's (runserver's embedded worker).
+        self.owns_process = False
+        self.recycling = False
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT.
@@ -294,8 +364,23 @@ class TaskWorker(Worker):
         that reports progress hands itself back at its next report); the worker
         then exits. A second signal hands running tasks back to the queue, not
         failed, and exits at once: another worker runs them again.
+
+        A worker left with a thread stuck in a task given up on at its time
+        limit starts itself again once idle (recycle()): the same process
+        (pid), a fresh image, so process managers that stop everything when one
+        process exits (honcho, the Procfile) see nothing.
         """
+        self.owns_process = True
         asyncio.run(self.serve_until_signalled())
+        if self.recycling:
+            logger.warning("event=worker_reexec worker=%s argv=%s", self.worker_id, sys.orig_argv)
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # The kernel closes every socket and file of this image (Python opens them
+            # non-inheritable): the stuck thread's database connection goes with it,
+            # and PostgreSQL rolls back whatever transaction it had open.
+            os.execv(sys.executable, sys.orig_argv)
 
     async def serve_until_signalled(self) -> None:
         loop = asyncio.get_running_loop()
@@ -304,8 +389,9 @@ class TaskWorker(Worker):
         await self.arun()
 
     def on_signal(self, signum: int) -> None:
-        if self.stopping is not None and not self.stopping.is_set():
+        if self.stopping is not None and (not self.stopping.is_set() or self.recycling):
             logger.info("event=worker_stopping worker=%s signal=%s", self.worker_id, signum)
+            self.recycling = False  # asked to stop while recycling: stop, do not start again
             self.stopping.set()
             runner.shutting_down.set()
             return
@@ -410,15 +496,18 @@ class TaskWorker(Worker):
                     state.changed()
 
     async def maintain(self) -> None:
-        """Heartbeat our tasks; rescue those of workers that stopped beating; fail late cancels."""
+        """Heartbeat our tasks; rescue those of workers that stopped beating; fail late cancels;
+        give up on sync tasks past their time limit; recycle once idle with a thread stuck."""
         interval = runner.heartbeat_interval()
         while True:
             try:
+                await self.enforce_time_limits()
                 running = [task for state in self.states.values() for task in state.running()]
                 await database_sync_to_async(runner.heartbeat)(self.worker_id, running)
                 for queue in await database_sync_to_async(runner.reclaim_lost)():
                     await aring(queue)
                 await database_sync_to_async(runner.fail_cancelled)()
+                self.recycle_if_stuck()
             except Exception:
                 logger.exception("event=maintenance_failed worker=%s", self.worker_id)
             # Liveness for container probes (`manage.py tasks alive`): this loop
@@ -427,4 +516,27 @@ class TaskWorker(Worker):
             if settings.TASKS_ALIVE_FILE:
                 Path(settings.TASKS_ALIVE_FILE).touch()
             await asyncio.sleep(interval)
+
+    async def enforce_time_limits(self) -> None:
+        """Sync tasks past their limit: fail them, free their slots, replace their threads (runner.stop_overdue)."""
+        for state in self.states.values():
+            for slot in state.overdue():
+                attempt = slot.attempt
+                if attempt is not None and await database_sync_to_async(runner.stop_overdue)(slot, self.worker_id):
+                    state.free_stuck(slot, attempt[3])
+
+    def recycle_if_stuck(self) -> None:
+        """Once idle with a thread still stuck in a task given up on, start afresh (see run()).
+
+        Not before idle: the other slots' tasks finish undisturbed, and the stuck
+        thread costs no slot meanwhile, only its memory and database connection.
+        """
+        stuck = [thread.name for state in self.states.values() for thread in state.threads.stuck()]
+        if not stuck or not self.owns_process or self.stopping.is_set():
+            return
+        if all(state.idle.is_set() for state in self.states.values()):
+            logger.warning("event=worker_recycling worker=%s stuck_threads=%s", self.worker_id, ",".join(stuck))
+            self.recycling = True
+            self.stopping.set()
+            runner.shutting_down.set()
 

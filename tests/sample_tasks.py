@@ -97,3 +97,56 @@ def always_fails(context, path: str) -> None:
     """Notes what its context says of its attempts, then fails."""
     _note(path, f"{context.attempt} {context.failed_attempts} {context.is_last_attempt}")
     raise RuntimeError("fails on purpose")
+
+
+@task(queue_name="compute", timeout=0.5, max_attempts=2, retry_backoff=0.0)
+async def alimited(path: str, seconds: float) -> str:
+    """Waits past its 0.5 s limit; notes whether it saw the cancel."""
+    _note(path, "start")
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        _note(path, "cancelled")
+        raise
+    _note(path, "end")
+    return "done"
+
+
+@task(queue_name="compute", timeout=0.5)
+async def alimited_stubborn(path: str, seconds: float) -> str:
+    """Swallows the cancel at its limit and returns anyway."""
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        _note(path, "swallowed")
+    return "done"
+
+
+@task(queue_name="compute", takes_context=True, timeout=1.0, max_attempts=2, retry_backoff=0.0)
+def limited_steps(context, path: str, steps: int, seconds: float) -> int:
+    """Reports progress every step; its 1 s limit stops it at the first report past it."""
+    for step in range(steps):
+        _note(path, f"step {step} attempt {context.attempt}")
+        time.sleep(seconds)
+        context.progress(step + 1, steps)
+    return steps
+
+
+@task(queue_name="compute", timeout=1.0)
+def stuck(path: str, seconds: float) -> str:
+    """Sleeps past its 1 s limit without a progress report: only its worker can stop it."""
+    _note(path, f"start {os.getpid()}")
+    time.sleep(seconds)
+    _note(path, f"end {os.getpid()}")
+    return "done"
+
+
+@task(queue_name="compute", takes_context=True, timeout=0.5)
+def reports_then_hangs(context, path: str, seconds: float) -> str:
+    """Reports once at once, then waits `seconds` (past its 0.5 s limit) before its next report."""
+    context.progress(0, 1)
+    _note(path, "reported")
+    time.sleep(seconds)
+    _note(path, "woke")
+    context.progress(1, 1)
+    return "done"
