@@ -40,7 +40,7 @@ def cancelled_while_running(tmp_path) -> TaskRecord:
     result = sample_tasks.counted.enqueue(str(tmp_path / "steps"), 5, 0)
     record, task, task_result = runner.claim_and_start(["compute"], W1)
     progress.cancel(result.id)
-    ended = runner.run_sync(record, task, task_result, W1)
+    ended = runner.run_sync(record, task, task_result, W1, runner.deadline_of(record, task))
     assert isinstance(ended.error, TaskCancelled)
     runner.finish(ended, W1)
     return TaskRecord.objects.get(pk=result.id)
@@ -65,7 +65,7 @@ def test_a_cancelled_task_is_not_listed_under_failures_nor_logged_at_error(tmp_p
     caplog.clear()
     result = sample_tasks.unserializable.enqueue()
     record, task, task_result = runner.claim_and_start(["compute"], W1)
-    runner.finish(runner.run_sync(record, task, task_result, W1), W1)
+    runner.finish(runner.run_sync(record, task, task_result, W1, runner.deadline_of(record, task)), W1)
     assert [f["id"] for f in overview()["failures"]] == [result.id]
     assert [r.name for r in caplog.records if r.levelno == logging.ERROR] == ["django.tasks"]
 
