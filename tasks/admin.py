@@ -2,8 +2,8 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from . import progress
-from .models import TaskRecord
+from . import progress, schedules
+from .models import Schedule, TaskRecord
 
 
 @admin.register(TaskRecord)
@@ -45,3 +45,31 @@ class TaskRecordAdmin(admin.ModelAdmin):
             f"progress report." + (f" {skipped} had already finished." if skipped else ""),
             messages.SUCCESS,
         )
+
+
+@admin.register(Schedule)
+class ScheduleAdmin(admin.ModelAdmin):
+    """Schedules come from code; staff see where they stand and may pause and resume them."""
+
+    list_display = ["name", "spec", "paused", "next_tick", "last_tick", "last_task_id"]
+    list_filter = ["paused"]
+    search_fields = ["name"]
+    readonly_fields = ["name", "spec", "paused", "next_tick", "last_tick", "last_task_id"]
+    actions = ["pause", "resume"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # declared in code with @schedule
+
+    @admin.action(description="Pause selected schedules", permissions=["change"])
+    def pause(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
+        self.set_paused(request, queryset, True)
+
+    @admin.action(description="Resume selected schedules (from their next tick)", permissions=["change"])
+    def resume(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
+        self.set_paused(request, queryset, False)
+
+    def set_paused(self, request: HttpRequest, queryset: QuerySet[Schedule], paused: bool) -> None:
+        names = list(queryset.values_list("name", flat=True))
+        for name in names:
+            schedules.set_paused(name, paused)
+        self.message_user(request, f"{'Paused' if paused else 'Resumed'} {len(names)} schedule(s).", messages.SUCCESS)

@@ -1,5 +1,6 @@
 from django.apps import AppConfig
 from django.core import checks
+from django.utils.module_loading import autodiscover_modules
 
 
 class TasksConfig(AppConfig):
@@ -7,6 +8,11 @@ class TasksConfig(AppConfig):
     verbose_name = "Tasks"
 
     def ready(self) -> None:
+        from .schedules import check_schedules
         from .worker import check_slots
 
+        # Schedules are declared next to their tasks: import every app's tasks
+        # module, so every process (and the system check) knows them all.
+        autodiscover_modules("tasks")
         checks.register(check_slots)
+        checks.register(check_schedules)

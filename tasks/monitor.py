@@ -1,4 +1,4 @@
-"""What operators see: queue depths, running tasks, recent failures, and pruning.
+"""What operators see: queue depths, running tasks, recent failures, schedules, and pruning.
 
 One snapshot, computed here, feeds `manage.py tasks`, the /tasks/ page and its
 live socket, so all three always agree.
@@ -11,8 +11,9 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from .backends import task_queues
-from .models import TaskRecord
+from .models import ScheduleTick, TaskRecord
 from .runner import FAILED, READY, RUNNING, SUCCESSFUL
+from .schedules import listing
 
 RUNNING_SHOWN = 50
 FAILURES_SHOWN = 20
@@ -25,7 +26,8 @@ def overview(now: datetime | None = None) -> dict[str, Any]:
       retry's backoff still ahead) and running;
     - running: running tasks with their worker and how old its last heartbeat is;
     - workers: per worker holding tasks, its slots in use (its RUNNING tasks), by queue;
-    - failures: the most recent failed tasks with their last error.
+    - failures: the most recent failed tasks with their last error;
+    - schedules: every periodic schedule, its next and last tick and that tick's outcome.
     """
     now = now or timezone.now()
     depths = {name: {"queue": name, "ready": 0, "deferred": 0, "running": 0} for name in task_queues()}
@@ -85,6 +87,7 @@ def overview(now: datetime | None = None) -> dict[str, Any]:
             }
             for record in failures
         ],
+        "schedules": listing(now),
     }
 
 
@@ -102,10 +105,12 @@ def last_error(record: TaskRecord) -> str:
 
 
 def prune(older_than: timedelta, now: datetime | None = None) -> int:
-    """Delete finished (SUCCESSFUL or FAILED) tasks that finished before `older_than` ago.
+    """Delete finished (SUCCESSFUL or FAILED) tasks that finished before `older_than` ago,
+    and schedule ticks as old (a schedule's own row keeps its last tick).
 
-    READY and RUNNING tasks are never touched, however old. Returns how many went.
+    READY and RUNNING tasks are never touched, however old. Returns how many tasks went.
     """
     cutoff = (now or timezone.now()) - older_than
+    ScheduleTick.objects.filter(at__lt=cutoff).delete()
     deleted, _ = TaskRecord.objects.filter(status__in=[SUCCESSFUL, FAILED], finished_at__lt=cutoff).delete()
     return deleted

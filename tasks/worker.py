@@ -20,7 +20,7 @@ from django.db import connections
 from django.utils import timezone
 from django.utils.crypto import get_random_string
 
-from . import runner
+from . import runner, schedules
 from .backends import aring, ring, task_queues
 
 logger = logging.getLogger(__name__)
@@ -384,7 +384,8 @@ class TaskWorker(Worker):
             state.changed()
 
     async def maintain(self) -> None:
-        """Heartbeat our tasks; rescue those of workers that stopped beating; fail late cancels."""
+        """Heartbeat our tasks; rescue those of workers that stopped beating; fail late cancels;
+        enqueue the schedules' due ticks (any worker may: each tick enqueues once)."""
         interval = runner.heartbeat_interval()
         while True:
             try:
@@ -393,6 +394,7 @@ class TaskWorker(Worker):
                 for queue in await database_sync_to_async(runner.reclaim_lost)():
                     await aring(queue)
                 await database_sync_to_async(runner.fail_cancelled)()
+                await database_sync_to_async(schedules.enqueue_due)()
             except Exception:
                 logger.exception("event=maintenance_failed worker=%s", self.worker_id)
             await asyncio.sleep(interval)

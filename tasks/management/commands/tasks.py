@@ -4,6 +4,7 @@ from datetime import timedelta
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from tasks.monitor import overview, prune
+from tasks.schedules import set_paused
 
 AGE = re.compile(r"^(\d+)([smhd])$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -19,19 +20,27 @@ def parse_age(text: str) -> timedelta:
 
 class Command(BaseCommand):
     help = (
-        "Show the task queues: depths, running tasks with their workers, slots in use per worker, recent failures. "
-        "`tasks prune --older-than 7d` deletes finished tasks."
+        "Show the task queues: depths, running tasks with their workers, slots in use per worker, recent failures, "
+        "schedules. `tasks prune --older-than 7d` deletes finished tasks; `tasks schedule pause|resume NAME`."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         actions = parser.add_subparsers(dest="action", title="actions")
         pruning = actions.add_parser("prune", help="Delete SUCCESSFUL and FAILED tasks finished before a given age.")
         pruning.add_argument("--older-than", required=True, help="Age like 90s, 15m, 12h or 7d.")
+        scheduling = actions.add_parser("schedule", help="Pause or resume a periodic schedule.")
+        scheduling.add_argument("change", choices=["pause", "resume"])
+        scheduling.add_argument("name", help="The schedule's name, as `manage.py tasks` lists it.")
 
     def handle(self, *args, **options) -> None:
         if options["action"] == "prune":
             deleted = prune(parse_age(options["older_than"]))
             self.stdout.write(f"Deleted {deleted} finished task(s) older than {options['older_than']}.")
+            return
+        if options["action"] == "schedule":
+            if not set_paused(options["name"], options["change"] == "pause"):
+                raise CommandError(f"No schedule named {options['name']!r}; `manage.py tasks` lists them.")
+            self.stdout.write(f"Schedule {options['name']} {options['change']}d.")
             return
         self.show(overview())
 
@@ -55,6 +64,11 @@ class Command(BaseCommand):
         self.stdout.write(f"\nRecent failures ({len(data['failures'])})")
         self.table(["id", "task", "queue", "finished", "attempts", "error"], [
             [f["id"], f["task"], f["queue"], f["finished_at"], f["attempts"], f["error"]] for f in data["failures"]
+        ])  # fmt: skip
+        self.stdout.write(f"\nSchedules ({len(data['schedules'])})")
+        self.table(["schedule", "when", "state", "next tick", "last tick", "outcome"], [
+            [s["name"], s["when"], s["state"], s["next_tick"] or "-", s["last_tick"] or "-", s["last_outcome"] or "-"]
+            for s in data["schedules"]
         ])  # fmt: skip
 
     def table(self, header: list[str], rows: list[list]) -> None:
