@@ -5,7 +5,8 @@ The workers run tests/schedule_settings.py, which adds a schedule every second
 """
 
 import re
-from datetime import timedelta
+import signal
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection
@@ -18,19 +19,25 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 TASK = "tests.scheduled.tasks.note_run"
 
 
-def test_three_workers_racing_enqueue_each_tick_exactly_once(request, postgres_server, redis_server, tmp_path):
-    runs = tmp_path / "runs"
-    log_dir = tmp_path / "logs"
+def workers(postgres_server, redis_server, runs, log_dir) -> Stack:
+    """Processes on this test's database; each worker looks for due ticks ~3 times a second."""
     log_dir.mkdir()
-    stack = Stack(
+    return Stack(
         base_env(
             DATABASE_URL=postgres_server.url(connection.settings_dict["NAME"]), REDIS_URL=redis_server.url,
-            SCHEDULE_E2E_RUNS=str(runs),
-            # Each worker looks for due ticks ~3 times a second: all three race for every tick.
-            TASKS_HEARTBEAT_INTERVAL="0.3", TASKS_LEASE="2",
+            SCHEDULE_E2E_RUNS=str(runs), TASKS_HEARTBEAT_INTERVAL="0.3", TASKS_LEASE="2",
         ),
         log_dir,
     )  # fmt: skip
+
+
+def ticks() -> list[ScheduleTick]:
+    return list(ScheduleTick.objects.filter(schedule__name="e2e-every-second").order_by("at"))
+
+
+def test_three_workers_racing_enqueue_each_tick_exactly_once(postgres_server, redis_server, tmp_path):
+    runs, log_dir = tmp_path / "runs", tmp_path / "logs"
+    stack = workers(postgres_server, redis_server, runs, log_dir)
     try:
         for _ in range(3):
             stack.runworker("default", settings="tests.schedule_settings")
@@ -39,21 +46,48 @@ def test_three_workers_racing_enqueue_each_tick_exactly_once(request, postgres_s
     finally:
         stack.stop_all()
     try:
-        ticks = list(ScheduleTick.objects.filter(schedule__name="e2e-every-second").order_by("at"))
-        times = [tick.at for tick in ticks]
+        ticked = ticks()
+        times = [tick.at for tick in ticked]
         assert times == [times[0] + timedelta(seconds=s) for s in range(len(times))], "every tick once, none missing"
         tasks = TaskRecord.objects.filter(task_path=TASK)
-        assert tasks.count() == len(ticks)
-        assert set(tasks.values_list("pk", flat=True)) == {tick.task_id for tick in ticks}
+        assert tasks.count() == len(ticked)
+        assert set(tasks.values_list("pk", flat=True)) == {tick.task_id for tick in ticked}
         done = tasks.filter(status="SUCCESSFUL").count()
-        assert done >= len(ticks) - 3  # the last few may still have been waiting when the workers stopped
+        assert done >= len(ticked) - 3  # the last few may still have been waiting when the workers stopped
         assert len(runs.read_text().splitlines()) == done, "each enqueued task ran once"
         # The race was real: the ticks were enqueued by more than one of the workers.
         enqueuers = [
             len(re.findall(r"event=schedule_tick name=e2e-every-second", log.read_text()))
             for log in sorted(log_dir.glob("worker-*.log"))
         ]
-        assert sum(enqueuers) == len(ticks) and sum(1 for count in enqueuers if count) >= 2, enqueuers
+        assert sum(enqueuers) == len(ticked) and sum(1 for count in enqueuers if count) >= 2, enqueuers
+    except AssertionError:
+        print(stack.logs())
+        raise
+
+
+def test_a_worker_killed_while_enqueuing_a_tick_loses_it_not(postgres_server, redis_server, tmp_path):
+    runs, log_dir = tmp_path / "runs", tmp_path / "logs"
+    stack = workers(postgres_server, redis_server, runs, log_dir)
+    try:
+        stalled = stack.runworker("default", settings="tests.schedule_stall_settings")
+        log = wait_until(lambda: next(iter(log_dir.glob("worker-*.log")), None), timeout=10, message="worker log")
+        wait_until(lambda: "event=e2e_stall_enqueue" in log.read_text(), timeout=60, interval=0.1,
+                   message="the worker stalled in a tick's transaction")  # fmt: skip
+        killed_at = datetime.now(UTC)
+        stalled.send_signal(signal.SIGKILL)
+        stalled.wait(10)
+        assert ticks() == []  # it had committed nothing
+        stack.runworker("default", settings="tests.schedule_settings")
+        wait_until(lambda: len(ticks()) >= 8, timeout=60, interval=0.2, message="8 ticks")
+    finally:
+        stack.stop_all()
+    try:
+        times = [tick.at for tick in ticks()]
+        # The tick the killed worker was enqueuing (at or before the kill) is enqueued by the other, and none after it is missing.
+        assert times[0] <= killed_at
+        assert times == [times[0] + timedelta(seconds=s) for s in range(len(times))]
+        assert TaskRecord.objects.filter(task_path=TASK).count() == len(times)  # the killed worker's task row went too
     except AssertionError:
         print(stack.logs())
         raise
