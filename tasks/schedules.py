@@ -13,6 +13,7 @@ enqueue exactly once however many workers race, and lets a worker die mid-way
 without losing it (nothing committed: the next worker enqueues it).
 """
 
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -63,6 +64,10 @@ class Spec:
             found.append("@schedule must be stacked on a @task (above it)")
         if (self.cron is None) == (self.every is None):
             return [*found, "give exactly one of cron= or every="]
+        try:
+            json.dumps([self.args, self.kwargs])
+        except (TypeError, ValueError) as exc:
+            found.append(f"args and kwargs must be JSON: {exc}")
         if self.missed not in MISSED:
             found.append(f"missed must be one of {', '.join(MISSED)}; got {self.missed!r}")
         if self.every is not None:
@@ -215,7 +220,12 @@ def enqueue_due(now: datetime | None = None, limit: int = TICKS_PER_BEAT) -> int
     for row in due:
         spec = specs[row.name]
         while enqueued < limit:
-            outcome = enqueue_tick(spec, now)
+            try:
+                outcome = enqueue_tick(spec, now)
+            except Exception:
+                # One schedule's failure (its database row, its task's enqueue) must not hold up the others.
+                logger.exception("event=schedule_failed name=%s", spec.name)
+                break
             if outcome is None:
                 break
             enqueued += outcome

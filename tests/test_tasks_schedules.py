@@ -5,12 +5,14 @@ or an outage is walked through in steps, as heartbeats would see it; the tasks
 enqueued are real TaskRecords, run here as a worker runs them.
 """
 
+import threading
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.core.management.base import SystemCheckError
+from django.db import connection
 from django.utils import timezone
 
 from tasks import schedules
@@ -227,6 +229,7 @@ def test_the_overview_shows_next_and_last_tick_and_the_last_outcome(declare):
         ({"every": 60, "tz": LONDON}, "tz applies to cron schedules only"),
         ({"cron": "0 3 * * *", "every": 60}, "give exactly one of cron= or every="),
         ({"every": 60, "missed": "later"}, "missed must be one of coalesce, skip, each"),
+        ({"every": 60, "args": (object(),)}, "args and kwargs must be JSON"),
     ],
 )
 def test_a_bad_schedule_is_a_system_check_error_at_start_up(declare, options, message):
@@ -271,3 +274,39 @@ def test_the_nightly_prune_runs_from_its_schedule(settings):
     assert TaskRecord.objects.filter(pk=recent.id).exists()
     pruning = TaskRecord.objects.get(task_path="tasks.tasks.prune_finished")
     assert (pruning.status, pruning.return_value) == (SUCCESSFUL, 1)
+
+
+def test_workers_racing_in_threads_enqueue_each_tick_once(declare):
+    """Eight heartbeats at the same instant, each on its own connection: one task per tick."""
+    declare(every=60, name="minutely", missed="each")
+    t0 = at("2026-06-01T12:00:00")
+    schedules.enqueue_due(now=t0 - timedelta(seconds=30))
+    start = threading.Barrier(8)
+    enqueued: list[int] = []
+
+    def heartbeat() -> None:
+        try:
+            start.wait(timeout=10)
+            enqueued.append(schedules.enqueue_due(now=t0 + timedelta(minutes=2, seconds=1)))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=heartbeat) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(enqueued) == 8 and sum(enqueued) == 3
+    assert ticks("minutely") == [t0 + timedelta(minutes=m) for m in range(3)]
+    assert TaskRecord.objects.filter(task_path="tests.sample_tasks.noop").count() == 3
+
+
+def test_the_tasks_page_lists_the_schedules(declare, client):
+    from django.contrib.auth import get_user_model
+
+    declare(cron="30 1 * * *", tz=LONDON, name="nightly")
+    staff = get_user_model().objects.create_user("ops", password="pw-for-tests-1", is_staff=True)
+    client.force_login(staff)
+    page = client.get("/tasks/").text
+    assert 'id="tasks-schedules"' in page
+    assert "<td>nightly</td><td>cron 30 1 * * * Europe/London</td><td>active</td>" in page
