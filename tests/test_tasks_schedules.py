@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from io import StringIO
 
 import pytest
+from django.contrib.sessions.models import Session
 from django.core.management import CommandError, call_command
 from django.core.management.base import SystemCheckError
 from django.db import connection
@@ -253,27 +254,34 @@ def test_schedule_must_sit_on_a_task_and_names_must_not_collide(declare):
 
 
 def test_parleys_housekeeping_is_on_schedules_not_cron():
-    """Pruning finished tasks and sweeping expired exports are declared schedules, valid, nightly."""
-    assert schedules.registry["tasks.tasks.prune_finished"].describe() == "cron 0 3 * * * UTC"
-    assert schedules.registry["reports.tasks.sweep_expired"].describe() == "cron 30 3 * * * UTC"
+    """Pruning finished tasks, sweeping expired exports and expired sessions are declared schedules, valid, nightly."""
+    assert {name: spec.describe() for name, spec in schedules.registry.items()} == {
+        "tasks.tasks.prune_finished": "cron 0 3 * * * UTC",
+        "accounts.tasks.clear_expired_sessions": "cron 15 3 * * * UTC",
+        "reports.tasks.sweep_expired": "cron 30 3 * * * UTC",
+    }
     assert schedules.check_schedules(None) == []
 
 
-def test_the_nightly_prune_runs_from_its_schedule(settings):
+def test_the_nightly_housekeeping_runs_from_its_schedules(settings):
     settings.TASKS_KEEP_FINISHED_DAYS = 7
     old = sample_tasks.noop.enqueue()
     run_queue(["default"], limit=5)
     TaskRecord.objects.filter(pk=old.id).update(finished_at=timezone.now() - timedelta(days=8))
     recent = sample_tasks.noop.enqueue()
     run_queue(["default"], limit=5)
+    Session.objects.create(session_key="expired", session_data="", expire_date=timezone.now() - timedelta(days=1))
+    Session.objects.create(session_key="current", session_data="", expire_date=timezone.now() + timedelta(days=1))
     night = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
     schedules.enqueue_due(now=night)
-    assert schedules.enqueue_due(now=night + timedelta(hours=3, minutes=31)) == 2  # prune and the exports sweep
-    assert run_queue(["default"], limit=5) == 2
+    assert schedules.enqueue_due(now=night + timedelta(hours=3, minutes=31)) == 3
+    assert run_queue(["default"], limit=5) == 3
     assert not TaskRecord.objects.filter(pk=old.id).exists()
     assert TaskRecord.objects.filter(pk=recent.id).exists()
-    pruning = TaskRecord.objects.get(task_path="tasks.tasks.prune_finished")
-    assert (pruning.status, pruning.return_value) == (SUCCESSFUL, 1)
+    assert list(Session.objects.values_list("session_key", flat=True)) == ["current"]
+    ran = dict(TaskRecord.objects.filter(task_path__in=schedules.registry).values_list("task_path", "status"))
+    assert ran == dict.fromkeys(schedules.registry, SUCCESSFUL)
+    assert TaskRecord.objects.get(task_path="tasks.tasks.prune_finished").return_value == 1
 
 
 def test_workers_racing_in_threads_enqueue_each_tick_once(declare):
