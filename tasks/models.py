@@ -86,9 +86,12 @@ class Schedule(models.Model):
     """
 
     name = models.CharField(max_length=200, unique=True)
-    # The code's description when the row was last synced ("cron 0 3 * * * Europe/London");
-    # a change in code moves next_tick to the new timetable.
+    # The code's timetable ("cron 0 3 * * * Europe/London"); a change in code moves
+    # next_tick to the new timetable.
     spec = models.CharField(max_length=300)
+    # When the process that wrote `spec` loaded its code: a process that loaded
+    # earlier (older code, in a rolling deploy) does not write its own back over it.
+    code_loaded_at = models.DateTimeField(null=True, blank=True)
     paused = models.BooleanField(default=False)
     # The next tick not yet enqueued (or skipped); workers enqueue it once it is due.
     next_tick = models.DateTimeField(null=True, blank=True)

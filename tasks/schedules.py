@@ -129,6 +129,8 @@ class Spec:
 
 registry: dict[str, Spec] = {}
 duplicates: list[str] = []
+# When this process loaded its schedules (sync: newer code's timetables win).
+LOADED_AT = timezone.now()
 
 
 def schedule(
@@ -182,23 +184,36 @@ def runnable() -> dict[str, Spec]:
 
 
 def sync(specs: dict[str, Spec], now: datetime) -> dict[str, Schedule]:
-    """The rows of the schedules in code: new ones created (first tick after now), changed ones re-timed."""
+    """The rows of the schedules in code, as this process's code has them.
+
+    New ones are created (first tick after now). A row whose timetable differs
+    from ours is re-timed to ours (from its next tick), unless a process that
+    loaded its code after this one wrote it: during a rolling deploy the old
+    workers leave the new timetable alone, and do not tick that schedule.
+    """
     rows = {row.name: row for row in Schedule.objects.filter(name__in=specs)}
     missing = [
-        Schedule(name=name, spec=spec.describe(), next_tick=spec.first_after(now))
+        Schedule(name=name, spec=spec.describe(), next_tick=spec.first_after(now), code_loaded_at=LOADED_AT)
         for name, spec in specs.items()
         if name not in rows
     ]
     if missing:
         Schedule.objects.bulk_create(missing, ignore_conflicts=True)
         rows.update({row.name: row for row in Schedule.objects.filter(name__in=[row.name for row in missing])})
+    ours = {}
     for row in rows.values():
         spec = specs[row.name]
         if row.spec != spec.describe():
-            row.next_tick = spec.first_after(now)
-            Schedule.objects.filter(pk=row.pk, spec=row.spec).update(spec=spec.describe(), next_tick=row.next_tick)
-            logger.info("event=schedule_changed name=%s spec=%r next_tick=%s", row.name, spec.describe(), row.next_tick)
-    return rows
+            if row.code_loaded_at is not None and row.code_loaded_at > LOADED_AT:
+                continue
+            old, row.spec, row.next_tick = row.spec, spec.describe(), spec.first_after(now)
+            if not Schedule.objects.filter(pk=row.pk, spec=old).update(
+                spec=row.spec, next_tick=row.next_tick, code_loaded_at=LOADED_AT
+            ):
+                continue  # another process re-timed it meanwhile
+            logger.info("event=schedule_retimed name=%s spec=%r next_tick=%s", row.name, row.spec, row.next_tick)
+        ours[row.name] = row
+    return ours
 
 
 def enqueue_due(now: datetime | None = None, limit: int = TICKS_PER_BEAT) -> int:
@@ -241,7 +256,7 @@ def enqueue_tick(spec: Spec, now: datetime) -> int | None:
         # On PostgreSQL a worker already at it holds the row: skip it rather than wait.
         row = (
             Schedule.objects.select_for_update(skip_locked=True)
-            .filter(name=spec.name, paused=False, next_tick__lte=now)
+            .filter(name=spec.name, spec=spec.describe(), paused=False, next_tick__lte=now)
             .first()
         )
         if row is None:

@@ -114,6 +114,32 @@ def test_a_long_backlog_is_caught_up_a_bounded_number_of_ticks_per_heartbeat(dec
     assert ticks("seconds") == [t0 + timedelta(seconds=s) for s in range(51)]
 
 
+def test_a_timetable_changed_in_code_applies_from_its_next_tick(declare):
+    declare(every=60, name="minutely")
+    t0 = at("2026-06-01T12:00:00")
+    walk(t0 - timedelta(seconds=30), t0 + timedelta(seconds=1), timedelta(seconds=2))
+    declare(every=3600, name="minutely")  # the next deploy: hourly now
+    assert schedules.enqueue_due(now=t0 + timedelta(minutes=5)) == 0  # 12:01 to 12:05 were the old timetable's
+    row = Schedule.objects.get(name="minutely")
+    assert (row.spec, row.next_tick) == ("every 3600s", t0 + timedelta(hours=1))
+    assert walk(t0 + timedelta(minutes=59), t0 + timedelta(hours=1, seconds=2), timedelta(seconds=2)) == 1
+
+
+def test_during_a_rolling_deploy_older_workers_leave_a_newer_timetable_alone(declare):
+    """This process loaded its code (every 60 s) before the process that wrote the row (every 3600 s) did."""
+    declare(every=60, name="minutely")
+    t0 = at("2026-06-01T12:00:00")
+    Schedule.objects.create(name="minutely", spec="every 3600s", next_tick=t0 + timedelta(hours=1),
+                            code_loaded_at=schedules.LOADED_AT + timedelta(seconds=1))  # fmt: skip
+    assert walk(t0, t0 + timedelta(minutes=5), timedelta(seconds=10)) == 0
+    row = Schedule.objects.get(name="minutely")
+    assert (row.spec, row.next_tick) == ("every 3600s", t0 + timedelta(hours=1))
+    # A row written by a process that loaded its code before this one is this one's to re-time.
+    Schedule.objects.filter(pk=row.pk).update(code_loaded_at=schedules.LOADED_AT - timedelta(seconds=1))
+    schedules.enqueue_due(now=t0 + timedelta(minutes=5, seconds=30))
+    assert Schedule.objects.get(pk=row.pk).next_tick == t0 + timedelta(minutes=6)
+
+
 @pytest.mark.parametrize(
     ("night", "local_run"),
     [
