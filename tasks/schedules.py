@@ -28,7 +28,7 @@ from django.db import IntegrityError, transaction
 from django.tasks import Task
 from django.utils import timezone
 
-from .models import Schedule, ScheduleTick
+from .models import Schedule, ScheduleTick, TaskRecord
 
 logger = logging.getLogger(__name__)
 
@@ -311,8 +311,6 @@ def set_paused(name: str, paused: bool, now: datetime | None = None) -> bool:
 
 def listing(now: datetime | None = None) -> list[dict[str, Any]]:
     """Every schedule, in code or left in the database, with its next and last tick and that tick's outcome."""
-    from .models import TaskRecord
-
     now = now or timezone.now()
     rows = {row.name: row for row in Schedule.objects.all()}
     outcomes = dict(
