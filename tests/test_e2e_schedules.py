@@ -23,6 +23,7 @@ from tests.test_e2e_tasks_browser import off_the_loop
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 TASK = "tests.scheduled.tasks.note_run"
+COALESCED = "tests.scheduled.tasks.note_coalesced_run"
 
 
 def workers(postgres_server, redis_server, runs, log_dir) -> Stack:
@@ -37,8 +38,8 @@ def workers(postgres_server, redis_server, runs, log_dir) -> Stack:
     )  # fmt: skip
 
 
-def ticks() -> list[ScheduleTick]:
-    return list(ScheduleTick.objects.filter(schedule__name="e2e-every-second").order_by("at"))
+def ticks(name: str = "e2e-every-second") -> list[ScheduleTick]:
+    return list(ScheduleTick.objects.filter(schedule__name=name).order_by("at"))
 
 
 def test_three_workers_racing_enqueue_each_tick_exactly_once(postgres_server, redis_server, tmp_path):
@@ -94,6 +95,37 @@ def test_a_worker_killed_while_enqueuing_a_tick_loses_it_not(postgres_server, re
         assert times[0] <= killed_at
         assert times == [times[0] + timedelta(seconds=s) for s in range(len(times))]
         assert TaskRecord.objects.filter(task_path=TASK).count() == len(times)  # the killed worker's task row went too
+    except AssertionError:
+        print(stack.logs())
+        raise
+
+
+def test_ticks_missed_while_every_worker_was_down_run_once(postgres_server, redis_server, tmp_path):
+    """A schedule every 2 s (missed="coalesce"): all workers stop for over 3 ticks; the next worker runs it once."""
+    runs, log_dir = tmp_path / "runs", tmp_path / "logs"
+    stack = workers(postgres_server, redis_server, runs, log_dir)
+    try:
+        first = stack.runworker("default", settings="tests.schedule_settings")
+        wait_until(lambda: len(ticks("e2e-coalesced")) >= 2, timeout=60, interval=0.2, message="2 ticks")
+        first.terminate()
+        first.wait(20)
+        before = ticks("e2e-coalesced")
+        down_at = datetime.now(UTC)
+        wait_until(lambda: datetime.now(UTC) - before[-1].at > timedelta(seconds=8.5), timeout=15, message="outage")
+        stack.runworker("default", settings="tests.schedule_settings")
+        wait_until(lambda: len(ticks("e2e-coalesced")) > len(before), timeout=60, interval=0.1, message="a tick")
+        wait_until(lambda: TaskRecord.objects.filter(pk=ticks("e2e-coalesced")[len(before)].task_id,
+                                                     status="SUCCESSFUL").exists(),
+                   timeout=30, interval=0.1, message="it ran")  # fmt: skip
+    finally:
+        stack.stop_all()
+    try:
+        after = ticks("e2e-coalesced")[len(before)]
+        missed = round((after.at - before[-1].at).total_seconds() / 2) - 1
+        assert after.at > down_at and missed >= 3  # at least 3 ticks fell while no worker ran...
+        assert after.coalesced == missed  # ...and this one run stood for them all
+        ran = len((tmp_path / "runs.coalesced").read_text().splitlines())
+        assert ran == TaskRecord.objects.filter(task_path=COALESCED, status="SUCCESSFUL").count() >= len(before) + 1
     except AssertionError:
         print(stack.logs())
         raise

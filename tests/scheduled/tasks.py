@@ -1,4 +1,5 @@
-"""A schedule every second whose task notes each run in a file, so a test counts what really ran."""
+"""Schedules (every second, each tick; every 2 s, coalesced) whose tasks note each run in a file, so a test
+counts what really ran."""
 
 import os
 
@@ -14,5 +15,12 @@ RUNS = os.environ.get("SCHEDULE_E2E_RUNS", os.devnull)
 @task(queue_name="default")
 def note_run(path: str) -> None:
     # O_APPEND writes of one short line are atomic, even across processes.
+    with open(path, "a") as fh:
+        fh.write(f"{os.getpid()}\n")
+
+
+@schedule(every=2, name="e2e-coalesced", args=(f"{RUNS}.coalesced",))
+@task(queue_name="default")
+def note_coalesced_run(path: str) -> None:
     with open(path, "a") as fh:
         fh.write(f"{os.getpid()}\n")
