@@ -157,7 +157,7 @@ def schedule(
             task=task, cron=cron, every=timedelta(seconds=every) if isinstance(every, int) else every,
             tz=tz, missed=missed, args=tuple(args), kwargs=dict(kwargs or {}),
         )  # fmt: skip
-        if spec.name in registry and registry[spec.name].describe() != spec.describe():
+        if spec.name in registry and registry[spec.name] != spec:
             duplicates.append(spec.name)
         registry[spec.name] = spec
         return task
