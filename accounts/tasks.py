@@ -1,9 +1,13 @@
-"""The accounts app's tasks: avatar thumbnails, on the `thumbnails` queue."""
+"""The accounts app's tasks: avatar thumbnails, on the `thumbnails` queue; the nightly sessions sweep."""
 
 import logging
+from importlib import import_module
 
+from django.conf import settings
 from django.core.files.storage import default_storage
 from django.tasks import task
+
+from tasks.schedules import schedule
 
 from .avatars import broadcast_avatar, swap_in, thumbnail_name, write_exactly
 from .images import render_thumbnails
@@ -36,3 +40,10 @@ def make_thumbnails(user_id: int, original: str) -> str | None:
     logger.info("event=avatar_ready user=%s digest=%s", user_id, digest[:12])
     broadcast_avatar(user_id)
     return digest
+
+
+@schedule(cron="15 3 * * *")
+@task(queue_name="default")
+def clear_expired_sessions() -> None:
+    """Nightly: delete expired login sessions, which Django never deletes by itself (its `clearsessions`)."""
+    import_module(settings.SESSION_ENGINE).SessionStore.clear_expired()

@@ -248,6 +248,8 @@ if TASKS_LEASE < 2 * TASKS_HEARTBEAT_INTERVAL:
 TASKS_ALIVE_FILE = os.environ.get("TASKS_ALIVE_FILE", "")
 # A task whose worker died this many times (an OOM it causes, say) is FAILED, not run again.
 TASKS_MAX_WORKER_LOSSES = int(os.environ.get("TASKS_MAX_WORKER_LOSSES", "3"))
+# The nightly schedule tasks.tasks.prune_finished deletes tasks finished longer ago than this.
+TASKS_KEEP_FINISHED_DAYS = int(os.environ.get("TASKS_KEEP_FINISHED_DAYS", "7"))
 
 # --- Chat -----------------------------------------------------------------------
 # Frames over 64 KiB are refused by daphne itself (runserver reads this; the

@@ -14,7 +14,9 @@ from django.tasks import task
 
 from tasks.exceptions import HandedBack, LeaseLost, TaskCancelled
 from tasks.progress import ProgressContext
+from tasks.schedules import schedule
 
+from . import cleanup
 from .cleanup import expire
 from .export import Superseded, write_export
 from .models import Job
@@ -82,10 +84,17 @@ def compute_insights(context: ProgressContext, job_id: int) -> dict[str, Any]:
 
 @task(queue_name="default")
 def remove_expired(job_id: int) -> None:
-    """Deferred to a job's expiry when it finishes; `manage.py reports_cleanup` sweeps too."""
+    """Deferred to a job's expiry when it finishes; the nightly sweep below catches any it missed."""
     job = Job.objects.filter(pk=job_id).first()
     if job is not None:
         expire(job)
+
+
+@schedule(cron="30 3 * * *")
+@task(queue_name="default")
+def sweep_expired() -> int:
+    """Nightly: expired files whose deferred removal was lost, and parts of jobs that will never finish."""
+    return cleanup.remove_expired()
 
 
 def schedule_expiry(job: Job) -> None:

@@ -102,3 +102,47 @@ class PausedQueue(models.Model):
 
     def __str__(self) -> str:
         return self.queue_name
+
+
+class Schedule(models.Model):
+    """A periodic schedule declared in code (tasks.schedules), as the workers share it.
+
+    The code says when; this row says how far the ticks have got and whether an
+    operator paused it. A schedule removed from code keeps its row (shown as
+    removed) and is never ticked again.
+    """
+
+    name = models.CharField(max_length=200, unique=True)
+    # The code's timetable ("cron 0 3 * * * Europe/London"); a change in code moves
+    # next_tick to the new timetable.
+    spec = models.CharField(max_length=300)
+    # When the process that wrote `spec` loaded its code: a process that loaded
+    # earlier (older code, in a rolling deploy) does not write its own back over it.
+    code_loaded_at = models.DateTimeField(null=True, blank=True)
+    paused = models.BooleanField(default=False)
+    # The next tick not yet enqueued (or skipped); workers enqueue it once it is due.
+    next_tick = models.DateTimeField(null=True, blank=True)
+    last_tick = models.DateTimeField(null=True, blank=True)
+    # The task of the last tick (no foreign key: finished tasks are pruned).
+    last_task_id = models.UUIDField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.spec}{', paused' if self.paused else ''})"
+
+
+class ScheduleTick(models.Model):
+    """One enqueued tick. The unique constraint makes each tick enqueue exactly once,
+    whichever workers race for it; the row commits with its task or not at all."""
+
+    schedule = models.ForeignKey(Schedule, on_delete=models.CASCADE, related_name="ticks")
+    at = models.DateTimeField()
+    task_id = models.UUIDField()
+    # Earlier ticks this one stands for (coalesced after downtime); 0 when on time.
+    coalesced = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint("schedule", "at", name="tasks_one_task_per_tick")]
+        indexes = [models.Index("at", name="tasks_tick_at_idx")]

@@ -1,5 +1,5 @@
-"""What operators see and do: queue depths, running tasks, recent failures; pruning,
-re-running failed tasks, pausing queues.
+"""What operators see and do: queue depths, running tasks, recent failures, schedules;
+pruning, re-running failed tasks, pausing queues.
 
 One snapshot, computed here, feeds `manage.py tasks`, the /tasks/ page and its
 live socket, so all three always agree; the admin, the command and the page
@@ -18,8 +18,9 @@ from django.utils import timezone
 
 from .backends import bell_layer_alias, load_task, ring_on_commit, task_queues
 from .exceptions import WORKER_LOST
-from .models import PausedQueue, TaskRecord
+from .models import PausedQueue, ScheduleTick, TaskRecord
 from .runner import FAILED, READY, RUNNING, SUCCESSFUL
+from .schedules import listing
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ def overview(now: datetime | None = None) -> dict[str, Any]:
       retry's backoff still ahead) and running, and whether it is paused;
     - running: running tasks with their worker and how old its last heartbeat is;
     - workers: per worker holding tasks, its slots in use (its RUNNING tasks), by queue;
-    - failures: the most recent failed tasks with their last error (cancelled ones are no failures).
+    - failures: the most recent failed tasks with their last error (cancelled ones are no failures);
+    - schedules: every periodic schedule, its next and last tick and that tick's outcome.
     """
     now = now or timezone.now()
     paused = paused_queues()
@@ -96,6 +98,7 @@ def overview(now: datetime | None = None) -> dict[str, Any]:
             }
             for record in failures
         ],
+        "schedules": listing(now),
     }
 
 
@@ -113,11 +116,13 @@ def last_error(record: TaskRecord) -> str:
 
 
 def prune(older_than: timedelta, now: datetime | None = None) -> int:
-    """Delete finished (SUCCESSFUL or FAILED) tasks that finished before `older_than` ago.
+    """Delete finished (SUCCESSFUL or FAILED) tasks that finished before `older_than` ago,
+    and schedule ticks as old (a schedule's own row keeps its last tick).
 
-    READY and RUNNING tasks are never touched, however old. Returns how many went.
+    READY and RUNNING tasks are never touched, however old. Returns how many tasks went.
     """
     cutoff = (now or timezone.now()) - older_than
+    ScheduleTick.objects.filter(at__lt=cutoff).delete()
     deleted, _ = TaskRecord.objects.filter(status__in=[SUCCESSFUL, FAILED], finished_at__lt=cutoff).delete()
     return deleted
 

@@ -25,7 +25,7 @@ from django.utils import timezone
 from django.utils.crypto import get_random_string
 from sentry_sdk.integrations.asyncio import enable_asyncio_integration
 
-from . import runner
+from . import runner, schedules
 from .backends import aring, ring, task_queues
 from .models import TaskRecord
 from .monitor import paused_queues
@@ -497,7 +497,8 @@ class TaskWorker(Worker):
 
     async def maintain(self) -> None:
         """Heartbeat our tasks; rescue those of workers that stopped beating; fail late cancels;
-        give up on sync tasks past their time limit; recycle once idle with a thread stuck."""
+        give up on sync tasks past their time limit; recycle once idle with a thread stuck;
+        enqueue the schedules' due ticks (any worker may: each tick enqueues once)."""
         interval = runner.heartbeat_interval()
         while True:
             try:
@@ -507,6 +508,7 @@ class TaskWorker(Worker):
                 for queue in await database_sync_to_async(runner.reclaim_lost)():
                     await aring(queue)
                 await database_sync_to_async(runner.fail_cancelled)()
+                await database_sync_to_async(schedules.enqueue_due)()
                 self.recycle_if_stuck()
             except Exception:
                 logger.exception("event=maintenance_failed worker=%s", self.worker_id)

@@ -9,6 +9,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from tasks.monitor import failed_tasks, overview, pause, prune, rerun, resume
+from tasks.schedules import set_paused
 
 AGE = re.compile(r"^(\d+)([smhd])$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -37,9 +38,10 @@ def parse_since(text: str) -> datetime:
 
 class Command(BaseCommand):
     help = (
-        "Show the task queues: depths, running tasks with their workers, slots in use per worker, recent failures. "
-        "`tasks prune --older-than 7d` deletes finished tasks; `tasks retry` runs failed ones again; "
+        "Show the task queues: depths, running tasks with their workers, slots in use per worker, recent failures, "
+        "schedules. `tasks prune --older-than 7d` deletes finished tasks; `tasks retry` runs failed ones again; "
         "`tasks pause <queue>` and `tasks resume <queue>` stop and restart a queue's claims; "
+        "`tasks schedule pause|resume NAME` does the same for a periodic schedule; "
         "`tasks alive --max-age 30` exits 1 unless a worker's heartbeat touched TASKS_ALIVE_FILE within 30 s."
     )
 
@@ -64,6 +66,9 @@ class Command(BaseCommand):
         )
         alive.add_argument("--max-age", type=float, default=30.0, help="Seconds (default 30).")
         alive.add_argument("--file", default="", help="The file to read; default TASKS_ALIVE_FILE.")
+        scheduling = actions.add_parser("schedule", help="Pause or resume a periodic schedule.")
+        scheduling.add_argument("change", choices=["pause", "resume"])
+        scheduling.add_argument("name", help="The schedule's name, as `manage.py tasks` lists it.")
 
     def handle(self, *args, **options) -> None:
         if options["action"] == "alive":
@@ -83,6 +88,11 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from exc
             state = "paused" if options["action"] == "pause" else "resumed"
             self.stdout.write(f"Queue {options['queue']} {state}." if changed else f"Queue {options['queue']} was already {state}.")
+            return
+        if options["action"] == "schedule":
+            if not set_paused(options["name"], options["change"] == "pause"):
+                raise CommandError(f"No schedule named {options['name']!r}; `manage.py tasks` lists them.")
+            self.stdout.write(f"Schedule {options['name']} {options['change']}d.")
             return
         self.show(overview())
 
@@ -141,6 +151,11 @@ class Command(BaseCommand):
         self.stdout.write(f"\nRecent failures ({len(data['failures'])})")
         self.table(["id", "task", "queue", "finished", "attempts", "error"], [
             [f["id"], f["task"], f["queue"], f["finished_at"], f["attempts"], f["error"]] for f in data["failures"]
+        ])  # fmt: skip
+        self.stdout.write(f"\nSchedules ({len(data['schedules'])})")
+        self.table(["schedule", "when", "state", "next tick", "last tick", "outcome"], [
+            [s["name"], s["when"], s["state"], s["next_tick"] or "-", s["last_tick"] or "-", s["last_outcome"] or "-"]
+            for s in data["schedules"]
         ])  # fmt: skip
 
     def table(self, header: list[str], rows: list[list]) -> None:

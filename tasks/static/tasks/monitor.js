@@ -18,9 +18,14 @@
       (w) => Object.entries(w.queues).map(([queue, count]) => queue + "=" + count).join(", "),
     ],
     "tasks-failures": [(f) => f.task, (f) => f.queue, (f) => f.finished_at, (f) => f.attempts, (f) => f.error],
+    "tasks-schedules": [
+      (s) => s.name, (s) => s.when, (s) => s.state, (s) => s.next_tick || "", (s) => s.last_tick || "",
+      (s) => s.last_outcome || "",
+    ],
   };
   const empty = {
     "tasks-running": "Nothing running.", "tasks-workers": "No worker is running a task.", "tasks-failures": "No failures.",
+    "tasks-schedules": "No schedules.",
   };
 
   // A Pause or Resume form for a queue's row: a plain POST with the page's CSRF token.
@@ -74,6 +79,7 @@
       fill("tasks-running", frame.overview.running);
       fill("tasks-workers", frame.overview.workers);
       fill("tasks-failures", frame.overview.failures);
+      fill("tasks-schedules", frame.overview.schedules);
     };
     socket.onclose = (event) => {
       // Refused, or access ended (README.md, Close codes): retrying cannot help.
