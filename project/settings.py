@@ -211,6 +211,15 @@ if TASKS_LEASE < 2 * TASKS_HEARTBEAT_INTERVAL:
 # A task whose worker died this many times (an OOM it causes, say) is FAILED, not run again.
 TASKS_MAX_WORKER_LOSSES = int(os.environ.get("TASKS_MAX_WORKER_LOSSES", "3"))
 
+# --- Metrics (Prometheus) ------------------------------------------------------------
+# Scrapers send this as a bearer token. Unset, nothing is counted and /metrics is a 404:
+# the counters cost the hot paths nothing when nobody reads them.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+# runworker serves its own metrics on this port (each process counts its own), bound to
+# METRICS_ADDR; unset, it serves none (`runworker --metrics-port` overrides it).
+METRICS_PORT = int(os.environ.get("METRICS_PORT", "0"))
+METRICS_ADDR = os.environ.get("METRICS_ADDR", "127.0.0.1")
+
 # --- Chat -----------------------------------------------------------------------
 # Frames over 64 KiB are refused by daphne itself (runserver reads this; the
 # Procfile passes the same value to daphne on the command line).
