@@ -1,10 +1,12 @@
 """Email and SMS deliveries' Prometheus metrics, counted by the worker process that makes them.
 
-Nothing is counted while METRICS_TOKEN is unset: nobody could read it.
+Nothing is counted while METRICS_TOKEN is unset (tasks.metrics.enabled): nobody could read it.
 """
 
 from django.conf import settings
 from prometheus_client import Counter
+
+from tasks.metrics import enabled
 
 DELIVERIES = Counter(
     "parley_notification_deliveries",
@@ -30,10 +32,10 @@ def provider(channel: str) -> str:
 
 
 def delivery_final(channel: str, status: str) -> None:
-    if settings.METRICS_TOKEN:
+    if enabled():
         DELIVERIES.labels(channel, provider(channel), status).inc()
 
 
 def delivery_retry(channel: str) -> None:
-    if settings.METRICS_TOKEN:
+    if enabled():
         RETRIES.labels(channel, provider(channel)).inc()

@@ -402,7 +402,7 @@ def start(record: TaskRecord, worker_id: str) -> tuple[TaskRecord, Task | None, 
         return record, None, None
     result = to_task_result(record, task)
     task_started.send(sender=ChannelsBackend, task_result=result)
-    metrics.started(record.queue_name, record.available_at)
+    metrics.started(record.queue_name, record.available_at, record.last_attempted_at)  # the claim's time
     return record, task, result
 
 
