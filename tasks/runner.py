@@ -326,7 +326,7 @@ def reclaim_lost() -> list[str]:
     """
     now = timezone.now()
     queues = set()
-    workers = set()
+    workers, taken = set(), []  # counted once the transaction commits
     with transaction.atomic():
         stale = TaskRecord.objects.select_for_update(skip_locked=True).filter(
             status=RUNNING, heartbeat_at__lt=now - timedelta(seconds=lease_seconds())
@@ -348,7 +348,9 @@ def reclaim_lost() -> list[str]:
                 record.available_at = now
                 queues.add(record.queue_name)
             record.save(update_fields=["errors", "worker_id", "heartbeat_at", "status", "finished_at", "available_at"])
-            metrics.reclaimed(record.queue_name, "failed" if record.status == FAILED else "requeued")
+            taken.append((record.queue_name, "failed" if record.status == FAILED else "requeued"))
+    for queue, outcome in taken:
+        metrics.reclaimed(queue, outcome)
     metrics.workers_lost(len(workers))
     return sorted(queues)
 
