@@ -7,10 +7,12 @@ before and after what they do.
 
 import asyncio
 import itertools
+import re
 import sys
 import urllib.error
 import urllib.request
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -232,3 +234,14 @@ def test_a_worker_serves_its_own_metrics_to_token_bearers_only(stack, tmp_path):
     assert value(samples, "parley_tasks_started_total", queue="compute") == 1
     assert value(samples, "parley_task_slots", queue="compute", kind="sync") >= 1
     assert not any(name == "parley_task_queue_depth" for name, _ in samples)  # no database reads in a worker
+
+
+def test_the_sample_dashboard_queries_only_metrics_parley_serves():
+    import chat.metrics  # noqa: F401 (registers its metrics)
+    import notifications.metrics  # noqa: F401
+    from tasks.metrics import QueueDepths
+
+    served = {family.name for family in REGISTRY.collect()} | {family.name for family in QueueDepths().describe()}
+    dashboard = (Path(__file__).resolve().parent.parent / "docs" / "grafana-parley.json").read_text()
+    queried = {re.sub(r"_(total|bucket)$", "", name) for name in re.findall(r"parley_\w+", dashboard)}
+    assert queried and queried <= served, queried - served
