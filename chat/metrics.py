@@ -1,11 +1,11 @@
 """The room socket's Prometheus metrics, counted by each daphne for itself (see project.metrics).
 
-Nothing is counted while METRICS_TOKEN is unset (tasks.metrics.enabled): nobody could read it.
+Nothing is counted while METRICS_TOKEN is unset (project.metrics.enabled): nobody could read it.
 """
 
 from prometheus_client import Counter, Gauge
 
-from tasks.metrics import enabled
+from project.metrics import enabled
 
 SOCKETS_OPEN = Gauge("parley_chat_sockets_open", "Room sockets in a room now (accepted and entered), in this process.")
 MESSAGES_STORED = Counter("parley_chat_messages_stored", "Messages stored (a client's retry of a stored one is not).")

@@ -1,12 +1,12 @@
 """Email and SMS deliveries' Prometheus metrics, counted by the worker process that makes them.
 
-Nothing is counted while METRICS_TOKEN is unset (tasks.metrics.enabled): nobody could read it.
+Nothing is counted while METRICS_TOKEN is unset (project.metrics.enabled): nobody could read it.
 """
 
 from django.conf import settings
 from prometheus_client import Counter
 
-from tasks.metrics import enabled
+from project.metrics import enabled
 
 DELIVERIES = Counter(
     "parley_notification_deliveries",

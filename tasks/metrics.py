@@ -8,12 +8,10 @@ and sums over processes. Queue depths are not counted at all: the web
 endpoint reads them from the database when scraped (QueueDepths), so they are
 right however many processes enqueue and run tasks.
 
-Nothing is counted while METRICS_TOKEN is unset: nobody could read it. Apps that
-count their own figures (chat.metrics, notifications.metrics) ask enabled() too.
+Nothing is counted while METRICS_TOKEN is unset (project.metrics.enabled): nobody could read it.
 """
 
 import functools
-import hmac
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -22,13 +20,13 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from django.conf import settings
-from django.core.signals import setting_changed
 from django.db.models import Count, Min, Q
 from django.utils import timezone
 from prometheus_client import REGISTRY, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from project.metrics import authorized, enabled
 
 logger = logging.getLogger(__name__)
 
@@ -65,29 +63,6 @@ _started = functools.cache(STARTED.labels)
 _finished = functools.cache(FINISHED.labels)
 _run_seconds = functools.cache(RUN_SECONDS.labels)
 _wait_seconds = functools.cache(WAIT_SECONDS.labels)
-
-
-# Read once: a Django setting costs ~1 µs a read, several times per task and per delivery.
-_enabled = bool(settings.METRICS_TOKEN)
-
-
-def enabled() -> bool:
-    return _enabled
-
-
-@functools.partial(setting_changed.connect, weak=False)
-def _token_changed(*, setting: str, value: Any, **kwargs: Any) -> None:
-    """Settings changed at run time (override_settings) turn counting on or off, as Django's own caches follow them."""
-    global _enabled
-    if setting == "METRICS_TOKEN":
-        _enabled = bool(value)
-
-
-def authorized(header: str) -> bool:
-    """Whether an Authorization header carries METRICS_TOKEN (never, while it is unset)."""
-    token = settings.METRICS_TOKEN
-    scheme, _, given = header.partition(" ")
-    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 def enqueued(queue: str, count: int) -> None:
