@@ -219,6 +219,9 @@ METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 # METRICS_ADDR; unset, it serves none (`runworker --metrics-port` overrides it).
 METRICS_PORT = int(os.environ.get("METRICS_PORT", "0"))
 METRICS_ADDR = os.environ.get("METRICS_ADDR", "127.0.0.1")
+# Prometheus scrapes each daphne's own port over the private network, not through the
+# TLS proxy: /metrics is not redirected to https (the bearer token guards it).
+SECURE_REDIRECT_EXEMPT = [r"^metrics$"]
 
 # --- Chat -----------------------------------------------------------------------
 # Frames over 64 KiB are refused by daphne itself (runserver reads this; the

@@ -81,6 +81,13 @@ def test_metrics_need_the_bearer_token(settings):
     assert value(samples, "parley_task_queue_depth", queue="compute", state="ready") == 0
 
 
+def test_metrics_are_not_redirected_to_https(metrics_on, settings):
+    """Prometheus scrapes a daphne's own port, behind no TLS proxy; pages still go to https."""
+    settings.SECURE_SSL_REDIRECT = True
+    assert Client().get("/login/").status_code == 301
+    scrape()
+
+
 def test_task_counters_histograms_and_depths_move_after_real_tasks(metrics_on, tmp_path):
     before = scrape()
     sample_tasks.add.enqueue(2, 40)
