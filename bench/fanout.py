@@ -9,12 +9,15 @@ bench/load/loadgen.py processes and are spread round-robin over the daphnes.
     .venv/bin/python bench/fanout.py              # full run (~12 min)
     .venv/bin/python bench/fanout.py --smoke      # ~30 s
     .venv/bin/python bench/fanout.py --profile    # py-spy on a loaded daphne, both targets
+    .venv/bin/python bench/fanout.py --metrics both --daphnes 1 --layers ''   # Parley, metrics off and on
 
 Prints a table per scenario, then one JSON line: parley_p50_ms, parley_p99_ms,
 baseline_p50_ms, baseline_p99_ms (100 clients x 20 msg/s on one daphne),
 parley_knee_deliveries_per_s, baseline_knee_deliveries_per_s (largest
 deliveries/s with p99 < 100 ms and nothing lost, stepping the rate by 10 msg/s
-until two steps in a row fail, 100 clients).
+until two steps in a row fail, 100 clients). `--metrics on` runs Parley's daphnes with
+Prometheus metrics counted (METRICS_TOKEN set); `--metrics both` measures each Parley
+variant twice, off and on (targets named `...-metrics`; JSON keys parley_metrics_*).
 """
 
 import json
@@ -43,6 +46,7 @@ PUBSUB = "channels_redis.pubsub.RedisPubSubChannelLayer"
 CORE = "channels_redis.core.RedisChannelLayer"
 # Parley's variants, by environment: as shipped (the pub/sub layer), and on channels-redis' core layer.
 PARLEY_ENV = {"pubsub": {}, "core": {"CHANNEL_LAYER": "core"}}
+METRICS_ENV = {"off": {"METRICS_TOKEN": ""}, "on": {"METRICS_TOKEN": "bench-metrics-token"}}
 
 
 class Target:
@@ -294,6 +298,8 @@ def main() -> None:
     parser.add_argument("--layers", default="core,pubsub", help="channel layers of the baseline: core, pubsub")
     parser.add_argument("--parley-layers", default="pubsub,core",
                         help="Parley variants: pubsub (as shipped), core (CHANNEL_LAYER=core)")
+    parser.add_argument("--metrics", choices=("off", "on", "both"), default="off",
+                        help="Parley's daphnes with Prometheus metrics counted: off, on, or both (two targets each)")
     parser.add_argument("--profile", action="store_true", help="only profile one loaded daphne per target")
     parser.add_argument("--profile-rate", type=float, default=60.0)
     args = parser.parse_args()
@@ -316,9 +322,10 @@ def main() -> None:
                    {**bare_env, "BARE_CHANNEL_LAYER": PUBSUB if layer == "pubsub" else CORE})
             for layer in layers
         ] + [
-            Target(f"parley-{variant}", "parley", "project.asgi:application",
-                   {**parley_env, **PARLEY_ENV[variant]})
+            Target(f"parley-{variant}" + ("-metrics" if metrics == "on" else ""), "parley", "project.asgi:application",
+                   {**parley_env, **PARLEY_ENV[variant], **METRICS_ENV[metrics]})
             for variant in parley_layers
+            for metrics in (("off", "on") if args.metrics == "both" else (args.metrics,))
         ]  # fmt: skip
         if args.profile:
             profile(targets, sessions, args.profile_rate, 10.0, log_dir)
@@ -380,8 +387,8 @@ def main() -> None:
     (log_dir / "results.json").write_text(json.dumps(results, default=str, indent=1))
     first = daphne_counts[0]
 
-    def figure(prefix: str, key: str) -> float | None:
-        name = next((t.name for t in targets if t.name.startswith(prefix)), None)
+    def figure(prefix: str, key: str, metrics: bool = False) -> float | None:
+        name = next((t.name for t in targets if t.name.startswith(prefix) and t.name.endswith("-metrics") == metrics), None)
         if name is None:
             return None
         value = knee(name, first) if key == "knee" else pick(name, first, *small)[key]
@@ -394,6 +401,11 @@ def main() -> None:
         "baseline_p99_ms": figure("baseline", "p99_ms"),
         "parley_knee_deliveries_per_s": figure("parley", "knee"),
         "baseline_knee_deliveries_per_s": figure("baseline", "knee"),
+        "parley_metrics_p50_ms": figure("parley", "p50_ms", metrics=True),
+        "parley_metrics_p99_ms": figure("parley", "p99_ms", metrics=True),
+        "parley_metrics_knee_deliveries_per_s": figure("parley", "knee", metrics=True),
+        "parley_cpu_us_per_delivery": figure("parley", "cpu_us_per_delivery"),
+        "parley_metrics_cpu_us_per_delivery": figure("parley", "cpu_us_per_delivery", metrics=True),
     })  # fmt: skip
 
 

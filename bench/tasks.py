@@ -37,6 +37,9 @@ its own settings; peers run from .venv-bench (bench/requirements.txt). With
 `--rounds R` the systems take turns R times and the table shows medians: the
 machine is shared, and turns spread the noise over all of them. `--systems
 parley` measures Parley alone (peers are skipped anyway when .venv-bench is absent).
+`--metrics on` runs Parley's processes with Prometheus metrics counted (METRICS_TOKEN
+set), `--metrics both` measures Parley twice a round, metrics off and on, in turns
+whose order flips every round (the row "Parley, metrics on"; JSON keys parley_metrics_*).
 """
 
 import sys
@@ -72,7 +75,7 @@ from bench.common import (  # noqa: E402
 )
 
 SYSTEMS = ("parley", "celery", "dtdb")
-LABELS = {"parley": "Parley", "celery": "Celery", "dtdb": "django-tasks-db"}
+LABELS = {"parley": "Parley", "parley_metrics": "Parley, metrics on", "celery": "Celery", "dtdb": "django-tasks-db"}
 WORKERS = 2
 IO_SLEEP = 0.05  # seconds each I/O-bound task waits
 
@@ -83,10 +86,12 @@ IO_SLEEP = 0.05  # seconds each I/O-bound task waits
 class Parley:
     """Parley's backend through django.tasks; real `manage.py runworker` processes."""
 
-    def __init__(self, redis_url: str, database_url: str, log_dir: Path) -> None:
+    def __init__(self, redis_url: str, database_url: str, log_dir: Path, metrics: bool = False) -> None:
         os.environ.update(
             DJANGO_SETTINGS_MODULE="project.settings", DATABASE_URL=database_url, REDIS_URL=redis_url,
             LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"), DEBUG="0", SECRET_KEY="bench-only",
+            # Counted in the enqueuing process and the workers alike (nothing scrapes them here).
+            METRICS_TOKEN="bench-metrics-token" if metrics else "",
         )  # fmt: skip
         import django
 
@@ -322,10 +327,11 @@ def measure(system: Any, drain: int, latency: int, rate: float, io: int, concurr
 # --- The run: servers, turns, table ------------------------------------------------
 
 
-def run_child(python: Path, system: str, redis: Any, database_url: str, args: Any, log_dir: Path) -> dict[str, Any]:
-    """Measure one system in its own process; its output goes to the log folder."""
+def run_child(python: Path, name: str, redis: Any, database_url: str, args: Any, log_dir: Path) -> dict[str, Any]:
+    """Measure one system (parley_metrics: Parley with metrics on) in its own process; its output goes to the log folder."""
+    system = "parley" if name == "parley_metrics" else name
     cmd = [
-        str(python), str(ROOT / "bench" / "tasks.py"), "--system", system,
+        str(python), str(ROOT / "bench" / "tasks.py"), "--system", system, "--metrics", "on" if name == "parley_metrics" else "off",
         "--redis-url", redis.url, "--database-url", database_url, "--log-dir", str(log_dir),
         "--drain", str(args.drain), "--latency", str(args.latency), "--rate", str(args.rate),
         "--io", str(args.io), "--concurrency", str(args.concurrency),
@@ -335,7 +341,7 @@ def run_child(python: Path, system: str, redis: Any, database_url: str, args: An
     # Django up by itself whenever DJANGO_SETTINGS_MODULE is in its environment).
     env = {k: v for k, v in os.environ.items() if k not in {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL"}}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    (log_dir / f"{system}-child.log").write_text(proc.stdout + proc.stderr)
+    (log_dir / f"{name}-child.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode:
         raise RuntimeError(f"measuring {system} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     return last_json_line(proc.stdout)
@@ -343,15 +349,21 @@ def run_child(python: Path, system: str, redis: Any, database_url: str, args: An
 
 def main_run(args: Any) -> None:
     peers_python = bench_python()
-    pythons: dict[str, Path | None] = {"parley": Path(sys.executable), "celery": peers_python, "dtdb": peers_python}
+    pythons: dict[str, Path | None] = {"parley": Path(sys.executable), "parley_metrics": Path(sys.executable),
+                                       "celery": peers_python, "dtdb": peers_python}  # fmt: skip
     chosen = set(args.systems.split(","))
+    if "parley" in chosen and args.metrics == "both":
+        chosen.add("parley_metrics")
+    names = [name for name in LABELS if name in chosen]
+    if args.metrics == "on":  # measured as parley_metrics only
+        names = [("parley_metrics" if name == "parley" else name) for name in names]
     log_dir = OUT_DIR / f"tasks-{time.strftime('%Y%m%d-%H%M%S')}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in SYSTEMS}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in LABELS}
     with servers(durable=True) as (redis, postgres):
         for turn in range(args.rounds):
-            for name in SYSTEMS:
-                if pythons[name] is None or name not in chosen:
+            for name in names if turn % 2 == 0 else names[::-1]:
+                if pythons[name] is None:
                     continue
                 database_url = postgres.create_database(f"{name}_{turn}")
                 runs[name].append(run_child(pythons[name], name, redis, database_url, args, log_dir))
@@ -362,9 +374,7 @@ def main_run(args: Any) -> None:
         return median(values) if values else None
 
     rows = []
-    for name in SYSTEMS:
-        if name not in chosen:
-            continue
+    for name in names:
         if not runs[name]:
             rows.append([LABELS[name], None, None, None, None, None, "skipped: no .venv-bench (`make bench` builds it)"])
             continue
@@ -377,8 +387,9 @@ def main_run(args: Any) -> None:
         rows,
     )
     io_rows = []
-    for name, kind in (("parley", "sync"), ("parley", "async"), ("celery", "sync")):
-        if name in chosen and runs[name]:
+    for name, kind in (("parley", "sync"), ("parley", "async"), ("parley_metrics", "sync"),
+                       ("parley_metrics", "async"), ("celery", "sync")):  # fmt: skip
+        if name in names and runs[name]:
             slots = runs[name][0]["io_slots"]
             io_rows.append([f"{LABELS[name]} {kind}", figure(name, f"io_{kind}_per_s"), figure(name, "io_rss_mb"), slots])
     if io_rows:
@@ -390,6 +401,12 @@ def main_run(args: Any) -> None:
     parley_drain, celery_drain = figure("parley", "drain_per_s"), figure("celery", "drain_per_s")
     ratios = [p["drain_per_s"] / c["drain_per_s"] for p, c in zip(runs["parley"], runs["celery"])]
     print(f"\nParley/Celery drain ratio per round: {', '.join(f'{r:.2f}' for r in ratios) or '-'}; logs in {log_dir}")
+    metrics_ratios = [on["drain_per_s"] / off["drain_per_s"] for on, off in zip(runs["parley_metrics"], runs["parley"])]
+    metrics_cpu = [on["worker_cpu_ms_per_task"] / off["worker_cpu_ms_per_task"]
+                   for on, off in zip(runs["parley_metrics"], runs["parley"])]  # fmt: skip
+    if metrics_ratios:
+        print(f"Parley metrics on/off per round: drain {', '.join(f'{r:.3f}' for r in metrics_ratios)}; "
+              f"worker CPU per task {', '.join(f'{r:.3f}' for r in metrics_cpu)}")  # fmt: skip
     emit({
         "parley_drain_per_s": parley_drain,
         "celery_drain_per_s": celery_drain,
@@ -413,6 +430,12 @@ def main_run(args: Any) -> None:
         "parley_rss_mb": figure("parley", "io_rss_mb"),
         "celery_rss_mb": figure("celery", "io_rss_mb"),
         "parley_slots": runs["parley"][0]["io_slots"] if runs["parley"] else None,
+        "parley_metrics_drain_per_s": figure("parley_metrics", "drain_per_s"),
+        "parley_metrics_p50_ms": figure("parley_metrics", "p50_ms"),
+        "parley_metrics_p99_ms": figure("parley_metrics", "p99_ms"),
+        "parley_metrics_worker_cpu_ms_per_task": figure("parley_metrics", "worker_cpu_ms_per_task"),
+        "metrics_drain_ratio": median(metrics_ratios) if metrics_ratios else None,
+        "metrics_cpu_ratio": median(metrics_cpu) if metrics_cpu else None,
         "smoke": args.smoke,
     })  # fmt: skip
 
@@ -426,6 +449,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="Celery's threads and Parley's slots per process")
     parser.add_argument("--rounds", type=int, help="turns each system takes; the table shows medians (default 3)")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="which to measure, e.g. parley,celery")
+    parser.add_argument("--metrics", choices=("off", "on", "both"), default="off",
+                        help="Parley with Prometheus metrics counted: off, on, or both (measured in turns)")
     # A child process measuring one system (run_child):
     parser.add_argument("--system", choices=SYSTEMS, help="measure this system only (internal)")
     parser.add_argument("--redis-url")
@@ -437,7 +462,8 @@ def main() -> None:
     args.io = args.io or (20 if args.smoke else 2000)
     args.rounds = args.rounds or (1 if args.smoke else 3)
     if args.system:
-        system = SYSTEM_CLASSES[args.system](args.redis_url, args.database_url, args.log_dir)
+        options = {"metrics": args.metrics == "on"} if args.system == "parley" else {}
+        system = SYSTEM_CLASSES[args.system](args.redis_url, args.database_url, args.log_dir, **options)
         emit(measure(system, args.drain, args.latency, args.rate, args.io, args.concurrency))
     else:
         main_run(args)

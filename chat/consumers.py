@@ -16,7 +16,7 @@ from django.db.models import Q
 from project.access import CLOSE_ACCESS_ENDED, CLOSE_SESSION_ENDED, AccessEnded, AccessGuard, require_session
 from project.sockets import FrameError, RateLimit, server_error
 
-from . import presence, protocol
+from . import metrics, presence, protocol
 from .models import RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW, Message, RateLimited, Room, RoomHidden
 from .protocol import SYNC_LIMIT, SYNC_MAX_BYTES, encode, message_frame, parse_frame
 
@@ -160,6 +160,7 @@ async def missed_after(room: Room, after: int) -> list[dict[str, Any]]:
     key = (room.pk, after)
     read = _reads_after.get(key)
     if read is None:
+        metrics.catchup_read("broadcast")
         read = asyncio.ensure_future(read_missed(room, after))
         _reads_after[key] = read
         read.add_done_callback(lambda _: _reads_after.pop(key, None))
@@ -197,6 +198,7 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
     heartbeat_task: asyncio.Task | None = None
     closing = False
     left = False
+    counted = False  # in the open-sockets gauge
     last_id = 0
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
@@ -262,6 +264,8 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
             await self.channel_layer.group_discard(room.group_name, self.channel_name)
             await self.close(code=CLOSE_TOO_MANY_SOCKETS)
             return
+        self.counted = True
+        metrics.socket_entered()
         await self.send_frame({"type": "presence", "handles": handles})
         if first:
             await self.broadcast({"type": "join", "handle": self.user.username})
@@ -277,6 +281,8 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
             await self.unguard_access()
             return
         self.left = True
+        if self.counted:
+            metrics.socket_left()
         # Database calls run one at a time on one thread, in order: once this is
         # set no heartbeat can queue a join behind the leave below.
         self.closing = True
@@ -325,7 +331,9 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
         except AccessEnded as ended:
             await self.refuse_ended(ended, client_id=client_id)
             return
-        if event["previous"] is None:
+        if event["previous"] is not None:
+            metrics.message_stored()
+        else:
             # A retry: its sender gets the original back whatever this socket was
             # sent before, as an answer to the resend.
             await self.send(text_data=event["text"])
@@ -393,6 +401,7 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
             await self.channel_layer.group_send(self.room.group_name, event)
         except Exception as exc:
             logger.warning("event=broadcast_failed room=%s type=%s error=%r", self.room.label, event["type"], exc)
+            metrics.layer_error("group_send")
             return False
         return True
 
@@ -400,6 +409,7 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
         if event.get("skip_user") is not None and event["skip_user"] == self.user.pk:
             return
         await self.send(text_data=event["text"])
+        metrics.delivered("frame")
 
     async def chat_message(self, event: dict[str, Any]) -> None:
         """A message broadcast (see post_message): send it unless sent, after any it comes without."""
@@ -411,6 +421,7 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
             return
         self.last_id = event["id"]
         await self.send(text_data=event["text"])
+        metrics.delivered("message")
 
     async def catch_up(self) -> None:
         """Send the messages after last_id from the database (one sync page; the next broadcast or beat goes on)."""
@@ -430,6 +441,7 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
                 missed += 1
                 await self.send_frame(message)
         if missed:
+            metrics.caught_up(missed)
             logger.info("event=ws_caught_up room=%s channel=%s missed=%d last_id=%s",
                         self.room.label, self.channel_name, missed, self.last_id)  # fmt: skip
 
@@ -444,6 +456,8 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
             delay = presence.heartbeat_interval() * random.uniform(0.9, 1.0)
             try:
                 refreshed, left, missed = await database_sync_to_async(beat)(self.room, self.channel_name, self.last_id)
+                if missed and missed[-1]["id"] > self.last_id:
+                    metrics.catchup_read("heartbeat")
                 await self.send_missed(missed)
                 if not refreshed and not self.closing:
                     # This process stalled past the TTL and was swept: come back.

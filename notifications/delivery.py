@@ -23,7 +23,7 @@ from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
 
-from . import content, providers, tokens
+from . import content, metrics, providers, tokens
 from .models import Delivery
 from .providers import PermanentFailure, TransientFailure
 
@@ -95,8 +95,10 @@ def finish(delivery: Delivery, status: str, *, error: str = "", code: str = "", 
     if delivery.kind == Delivery.Kind.CONFIRM:
         # A code or confirmation link is a secret: kept only while it may need resending or looking up.
         changes.update(body=CONFIRM_REDACTED, html="")
-    Delivery.objects.filter(pk=delivery.pk).exclude(status__in=Delivery.FINAL).update(**changes)
+    recorded = Delivery.objects.filter(pk=delivery.pk).exclude(status__in=Delivery.FINAL).update(**changes)
     delivery.refresh_from_db()
+    if recorded:
+        metrics.delivery_final(delivery.channel, delivery.status)
     logger.info("event=delivery_%s delivery=%s channel=%s kind=%s user=%s provider_id=%s error=%r",
                 delivery.status, delivery.pk, delivery.channel, delivery.kind, delivery.user_id,
                 delivery.provider_id, delivery.error)  # fmt: skip
@@ -197,6 +199,7 @@ def record_transient(delivery: Delivery, exc: TransientFailure, last_attempt: bo
         else:
             finish(delivery, Status.FAILED, error=f"gave up after {delivery.attempts} attempts: {exc}")
         return
+    metrics.delivery_retry(delivery.channel)
     # A provider that answered with an error did not take the message; one
     # that never answered may have: keep in_flight_since for the next attempt.
     changes = {"error": str(exc)[:1000]}

@@ -251,6 +251,18 @@ TASKS_MAX_WORKER_LOSSES = int(os.environ.get("TASKS_MAX_WORKER_LOSSES", "3"))
 # The nightly schedule tasks.tasks.prune_finished deletes tasks finished longer ago than this.
 TASKS_KEEP_FINISHED_DAYS = int(os.environ.get("TASKS_KEEP_FINISHED_DAYS", "7"))
 
+# --- Metrics (Prometheus) ------------------------------------------------------------
+# Scrapers send this as a bearer token. Unset, nothing is counted and /metrics is a 404:
+# the counters cost the hot paths nothing when nobody reads them.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+# runworker serves its own metrics on this port (each process counts its own), bound to
+# METRICS_ADDR; unset, it serves none (`runworker --metrics-port` overrides it).
+METRICS_PORT = int(os.environ.get("METRICS_PORT", "0"))
+METRICS_ADDR = os.environ.get("METRICS_ADDR", "127.0.0.1")
+# Prometheus scrapes each daphne's own port over the private network, not through the
+# TLS proxy: /metrics is not redirected to https (the bearer token guards it).
+SECURE_REDIRECT_EXEMPT = [r"^metrics$"]
+
 # --- Chat -----------------------------------------------------------------------
 # Frames over 64 KiB are refused by daphne itself (runserver reads this; the
 # Procfile passes the same value to daphne on the command line).

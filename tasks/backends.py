@@ -31,6 +31,7 @@ from django.utils import timezone
 from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
 
+from . import metrics
 from .models import TaskRecord
 
 logger = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ class ChannelsBackend(BaseTaskBackend):
         if not records:
             return []
         insert(records)
+        metrics.enqueued(task.queue_name, len(records))
         results = [to_task_result(record, task) for record in records]
         # Announced before the bell, so task_enqueued comes before task_started.
         for result in results:
@@ -525,6 +527,7 @@ async def _send_bell(layer, queue_name: str, count: int = 1) -> None:
         logger.debug("event=bell_dropped queue=%s reason=channel_full", queue_name)
     except Exception as exc:  # Redis down, say: the task is safe in the database.
         logger.warning("event=bell_failed queue=%s error=%r", queue_name, exc)
+        metrics.bell_failed(queue_name)
 
 
 # Bells rung from sync code and not sent yet, and whether the bell loop is sending them:

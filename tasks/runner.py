@@ -17,6 +17,7 @@ import itertools
 import logging
 import random
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from inspect import iscoroutinefunction
@@ -31,6 +32,7 @@ from django.tasks.exceptions import InvalidTask
 from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
 
+from . import metrics
 from .backends import ChannelsBackend, aring, load_task, ring, to_json, to_task_result
 from .exceptions import (
     CANCELLED,
@@ -202,6 +204,7 @@ def _release_statement(record: TaskRecord, worker_id: str, changes: dict[str, An
 def _note_release(record: TaskRecord, worker_id: str, changes: dict[str, Any], held: int) -> bool:
     if not held:
         logger.warning("event=lease_lost task=%s worker=%s", record.pk, worker_id)
+        metrics.finished(record.queue_name, "lease_lost")
         return False
     for name, value in {**changes, "worker_id": "", "heartbeat_at": None}.items():
         setattr(record, name, value)
@@ -337,6 +340,7 @@ def reclaim_lost() -> list[str]:
     """
     now = timezone.now()
     queues = set()
+    workers, taken = set(), []  # counted once the transaction commits
     with transaction.atomic():
         stale = TaskRecord.objects.select_for_update(skip_locked=True).filter(
             status=RUNNING, heartbeat_at__lt=now - timedelta(seconds=lease_seconds())
@@ -346,6 +350,7 @@ def reclaim_lost() -> list[str]:
             errors = [*record.errors, {"exception_class_path": WORKER_LOST, "traceback": str(lost)}]
             losses = sum(1 for e in errors if e["exception_class_path"] == WORKER_LOST)
             logger.warning("event=task_reclaimed task=%s worker=%s losses=%d", record.pk, record.worker_id, losses)
+            workers.add(record.worker_id)
             record.errors = errors
             record.worker_id = ""
             record.heartbeat_at = None
@@ -357,6 +362,10 @@ def reclaim_lost() -> list[str]:
                 record.available_at = now
                 queues.add(record.queue_name)
             record.save(update_fields=["errors", "worker_id", "heartbeat_at", "status", "finished_at", "available_at"])
+            taken.append((record.queue_name, "failed" if record.status == FAILED else "requeued"))
+    for queue, outcome in taken:
+        metrics.reclaimed(queue, outcome)
+    metrics.workers_lost(len(workers))
     return sorted(queues)
 
 
@@ -404,10 +413,12 @@ def start(record: TaskRecord, worker_id: str) -> tuple[TaskRecord, Task | None, 
             task = task.using(priority=record.priority, queue_name=record.queue_name, run_after=record.run_after)
     except (ImportError, InvalidTask) as exc:  # deployed code no longer has it, or no longer allows it
         logger.error("event=task_import_failed task=%s path=%s worker=%s error=%s", record.pk, record.task_path, worker_id, exc)
-        record_failure(record, worker_id, exc)
+        if record_failure(record, worker_id, exc):
+            metrics.finished(record.queue_name, "retry" if record.status == READY else "failed")
         return record, None, None
     result = to_task_result(record, task)
     task_started.send(sender=ChannelsBackend, task_result=result)
+    metrics.started(record.queue_name, record.available_at, record.last_attempted_at)  # the claim's time
     return record, task, result
 
 
@@ -429,10 +440,13 @@ def announce(ended: Outcome, worker_id: str, held: bool) -> None:
     log_args = (record.pk, record.task_path, record.queue_name, record.attempts, worker_id)
     if ended.error is None:
         logger.info("event=task_succeeded " + log, *log_args)
+        metrics.finished(record.queue_name, "succeeded")
     elif isinstance(ended.error, TaskCancelled):
         logger.info("event=task_cancelled " + log, *log_args)
+        metrics.finished(record.queue_name, "cancelled")
     else:
         logger.info("event=task_failed " + log + " status=%s error=%r", *log_args, record.status, ended.error)
+        metrics.finished(record.queue_name, "retry" if record.status == READY else "failed")
     if record.status != READY:
         task_finished.send(sender=ChannelsBackend, task_result=to_task_result(record, task))
     if task.takes_context:
@@ -486,6 +500,7 @@ def task_args(record: TaskRecord, task: Task, result: Any, deadline: datetime | 
 def run_sync(record: TaskRecord, task: Task, result: Any, worker_id: str, deadline: datetime | None) -> Outcome | None:
     """Run a claimed sync task in the calling thread, `deadline` its deadline_of(); its
     outcome, still to record, or None if it handed itself back."""
+    began = time.perf_counter()
     try:
         value = task.func(*task_args(record, task, result, deadline), **record.kwargs)
     except HandedBack:
@@ -494,7 +509,9 @@ def run_sync(record: TaskRecord, task: Task, result: Any, worker_id: str, deadli
             ring(queue)
         return None
     except Exception as exc:
+        metrics.ran(record.queue_name, time.perf_counter() - began)
         return outcome_of(record, task, None, exc)
+    metrics.ran(record.queue_name, time.perf_counter() - began)
     return outcome_of(record, task, value, None)
 
 
@@ -586,6 +603,7 @@ async def run_async(record: TaskRecord, task: Task, result: Any, worker_id: str)
     deadline = deadline_of(record, task)
     remaining = None if deadline is None else max(0.0, (deadline - timezone.now()).total_seconds())
     limit = asyncio.timeout(remaining)
+    began = time.perf_counter()
     try:
         async with limit:
             value = await task.func(*task_args(record, task, result, deadline), **record.kwargs)
@@ -595,7 +613,9 @@ async def run_async(record: TaskRecord, task: Task, result: Any, worker_id: str)
             await aring(queue)
         return None
     except Exception as exc:
+        metrics.ran(record.queue_name, time.perf_counter() - began)
         return outcome_of(record, task, None, over_limit(record, task, exc) if limit.expired() else exc)
+    metrics.ran(record.queue_name, time.perf_counter() - began)
     if limit.expired():
         return outcome_of(record, task, None, over_limit(record, task, None))
     return outcome_of(record, task, value, None)

@@ -25,7 +25,7 @@ from django.utils import timezone
 from django.utils.crypto import get_random_string
 from sentry_sdk.integrations.asyncio import enable_asyncio_integration
 
-from . import runner, schedules
+from . import metrics, runner, schedules
 from .backends import aring, ring, task_queues
 from .models import TaskRecord
 from .monitor import paused_queues
@@ -342,8 +342,13 @@ class TaskWorker(Worker):
     Channels that are not task queues are served exactly as channels does.
     """
 
-    def __init__(self, application, channels, channel_layer, max_applications=1000, concurrency: str = "") -> None:
+    def __init__(
+        self, application, channels, channel_layer, max_applications=1000, concurrency: str = "",
+        metrics_port: int | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(application, channels, channel_layer, max_applications)
+        # Where this process serves its own metrics (runworker --metrics-port, else METRICS_PORT; 0: nowhere).
+        self.metrics_port = settings.METRICS_PORT if metrics_port is None else metrics_port
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{get_random_string(6)}"
         self.queues = [channel for channel in channels if channel in task_queues()]
         self.slots = slots_per_queue(self.queues, concurrency)
@@ -422,6 +427,8 @@ class TaskWorker(Worker):
         )  # fmt: skip
         self.paused = await database_sync_to_async(paused_queues)()  # before the first claim
         watching = asyncio.ensure_future(self.watch_pauses())
+        metrics.SLOTS.sources.append(self.slot_usage)
+        server = metrics.serve(self.metrics_port, settings.METRICS_ADDR) if self.metrics_port else None
         listeners = [
             asyncio.ensure_future(self.queue_listener(channel) if channel in self.queues else self.listener(channel))
             for channel in self.channels
@@ -441,7 +448,18 @@ class TaskWorker(Worker):
         watching.cancel()
         for state in self.states.values():
             state.threads.shutdown()
+        metrics.SLOTS.sources.remove(self.slot_usage)
+        if server is not None:
+            server.shutdown()
         logger.info("event=worker_stopped worker=%s", self.worker_id)
+
+    def slot_usage(self) -> list[tuple[str, dict[str, int], dict[str, int]]]:
+        """(queue, slots busy by kind, slots by kind) of each served queue, for the metrics scrape."""
+        usage = []
+        for state in list(self.states.values()):
+            with state.lock:
+                usage.append((state.name, dict(state.busy), dict(state.limits)))
+        return usage
 
     async def queue_listener(self, channel: str) -> None:
         """Take the queue's bells while it has free slots and no claim under way; with

@@ -31,6 +31,7 @@ class Command(DaphneRunserverCommand):
             application=get_default_application(),
             channels=sorted(task_queues()),
             channel_layer=get_channel_layer(bell_layer_alias()),
+            metrics_port=0,  # it shares the server's process, so the server's /metrics has its figures
         )
         logger.info("event=embedded_worker worker=%s queues=%s", worker.worker_id, worker.queues)
         self.stdout.write(f"Task worker running in this process for queues: {', '.join(worker.queues)}\n")

@@ -27,6 +27,11 @@ class Command(ChannelsRunworkerCommand):
             help="Slots (tasks run at once) per queue: N for every queue, or queue=N,queue=N. "
             "Overrides TASKS_CONCURRENCY and the settings.",
         )
+        parser.add_argument(
+            "--metrics-port", type=int, default=None,
+            help="Serve this process's Prometheus metrics on this port (on METRICS_ADDR; 0: none). "
+            "Overrides METRICS_PORT.",
+        )  # fmt: skip
 
     def handle(self, *args, **options) -> None:
         if options["concurrency"]:
@@ -34,5 +39,7 @@ class Command(ChannelsRunworkerCommand):
                 slots_per_queue(list(task_queues()), options["concurrency"])
             except ValueError as exc:
                 raise CommandError(f"--concurrency: {exc}") from None
-        self.worker_class = functools.partial(TaskWorker, concurrency=options["concurrency"])
+        self.worker_class = functools.partial(
+            TaskWorker, concurrency=options["concurrency"], metrics_port=options["metrics_port"]
+        )
         super().handle(*args, **options)
