@@ -27,7 +27,7 @@ from chat.consumers import post_message
 from chat.models import Room
 from notifications.delivery import finish
 from notifications.models import Delivery
-from tasks import runner
+from tasks import progress, runner
 from tasks.models import TaskRecord
 from tests import sample_tasks
 from tests.chat_helpers import ann, fresh_channel_layer, join, lobby, session_cookie  # noqa: F401 (fixtures)
@@ -86,6 +86,21 @@ def test_metrics_are_not_redirected_to_https(metrics_on, settings):
     settings.SECURE_SSL_REDIRECT = True
     assert Client().get("/login/").status_code == 301
     scrape()
+
+
+def test_a_cancelled_task_is_counted_as_cancelled_not_failed(metrics_on, tmp_path):
+    before = scrape()
+    result = sample_tasks.counted.enqueue(str(tmp_path / "steps"), 5, 0)
+    record, task, task_result = runner.claim_and_start(["compute"], "metrics-host:1:cccccc")
+    progress.cancel(result.id)
+    runner.finish(runner.run_sync(record, task, task_result, "metrics-host:1:cccccc", runner.deadline_of(record, task)),
+                  "metrics-host:1:cccccc")  # fmt: skip
+    after = scrape()
+    for outcome, count in (("cancelled", 1), ("failed", 0)):
+        moved = value(after, "parley_tasks_finished_total", queue="compute", outcome=outcome) - value(
+            before, "parley_tasks_finished_total", queue="compute", outcome=outcome
+        )
+        assert moved == count, outcome
 
 
 def test_task_counters_histograms_and_depths_move_after_real_tasks(metrics_on, tmp_path):
