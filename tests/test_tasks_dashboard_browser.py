@@ -2,7 +2,7 @@
 charts of a known run, running tasks with their age, failures with a working Re-run button, local times."""
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -85,6 +85,9 @@ def test_dashboard_on_a_phone_in_the_viewers_time_zone(workers_stack, browser): 
     expect(running.locator("td").nth(3)).to_have_text(re.compile(r"^1[2-9]\ds$"))
     failure = page.locator(f"#tasks-failures tr[title='{state['failed']}']")
     expect(failure.locator("time")).to_have_text(en_us(state["finished_at"]))
+    ticks = page.locator("#tasks-schedules tr").filter(has_text="tasks.tasks.aggregate_minutes").locator("time")
+    state["next_tick"] = ticks.first.get_attribute("datetime")
+    expect(ticks.first).to_have_text(en_us(datetime.fromisoformat(state["next_tick"])))
     failure.get_by_role("button", name="Re-run").click()
     expect(page.locator(".flash")).to_contain_text(f"Task {state['failed']} is queued to run again.")
     expect(page.locator(f"#tasks-failures tr[title='{state['failed']}']")).to_have_count(0)

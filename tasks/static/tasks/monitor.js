@@ -41,7 +41,7 @@
       (f) => f.task, (f) => f.queue, (f) => timeCell(f.finished_at), (f) => f.attempts, (f) => f.error, rerunButton,
     ],
     "tasks-schedules": [
-      (s) => s.name, (s) => s.when, (s) => s.state, (s) => s.next_tick || "", (s) => s.last_tick || "",
+      (s) => s.name, (s) => s.when, (s) => s.state, (s) => timeCell(s.next_tick), (s) => timeCell(s.last_tick),
       (s) => s.last_outcome || "",
     ],
   };
