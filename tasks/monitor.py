@@ -276,12 +276,10 @@ def aggregate_minutes(now: datetime | None = None) -> int:
             wait_p50=_percentile(wait, 0.5), wait_p95=_percentile(wait, 0.95),
         ))  # fmt: skip
     with transaction.atomic():
-        stale = QueueMinute.objects.filter(minute__gte=start, minute__lt=end)
-        for queue, minute in samples:
-            stale = stale.exclude(queue_name=queue, minute=minute)
-        stale.delete()
+        # Rows another worker inserts meanwhile survive this delete and meet the upsert: same values.
+        QueueMinute.objects.filter(minute__gte=start, minute__lt=end).delete()
         QueueMinute.objects.bulk_create(
-            rows, update_conflicts=True, unique_fields=["queue_name", "minute"],
+            rows, batch_size=500, update_conflicts=True, unique_fields=["queue_name", "minute"],
             update_fields=["succeeded", "failed", "run_p50", "run_p95", "wait_p50", "wait_p95"],
         )  # fmt: skip
     logger.info("event=tasks_minutes_aggregated since=%s rows=%d", start.isoformat(), len(rows))
