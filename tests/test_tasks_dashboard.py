@@ -1,11 +1,14 @@
 """The /tasks/ dashboard: per-minute aggregates, the charts' numbers for a known run, re-run, and staff access."""
 
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
@@ -109,6 +112,31 @@ def test_aggregating_again_or_later_counts_nothing_twice_and_a_rerun_task_leaves
     aggregate_minutes(now + timedelta(minutes=1))
     later = list(QueueMinute.objects.values_list("queue_name", "minute", "succeeded", "failed"))
     assert later == sorted([*rows, ("compute", now.replace(second=0, microsecond=0), 1, 0)], key=lambda r: (r[1], r[0]))
+
+
+def test_two_workers_aggregating_at_once_count_each_task_once():
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite has one writer at a time: nothing runs at once")
+    now = timezone.now()
+    known_run(now)
+    barrier = threading.Barrier(2)
+
+    def aggregate() -> int:
+        try:
+            barrier.wait(timeout=10)
+            return aggregate_minutes(now)
+        finally:
+            connection.close()
+
+    for round_ in range(8):  # a race: several rounds, from no rows (both insert) and from rows (both replace)
+        with ThreadPoolExecutor(2) as pool:
+            for done in [pool.submit(aggregate) for _ in range(2)]:
+                done.result(timeout=30)  # (how many rows each wrote depends on which saw the other's)
+        assert sorted(QueueMinute.objects.values_list("queue_name", "succeeded", "failed")) == [
+            ("compute", 3, 1), ("default", 2, 0),
+        ]
+        if round_ % 2 == 0:
+            QueueMinute.objects.all().delete()
 
 
 def test_a_settled_minute_is_recomputed_whole_when_a_task_leaves_it():
