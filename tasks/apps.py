@@ -1,5 +1,6 @@
 from django.apps import AppConfig
 from django.core import checks
+from django.db.models.signals import post_migrate
 from django.utils.module_loading import autodiscover_modules
 
 
@@ -10,6 +11,7 @@ class TasksConfig(AppConfig):
     def ready(self) -> None:
         from django.tasks.signals import log_task_finished, task_finished
 
+        from .monitor import create_operators_group
         from .runner import log_task_finished as log_unless_cancelled
         from .schedules import check_schedules
         from .worker import check_slots
@@ -21,3 +23,5 @@ class TasksConfig(AppConfig):
         task_finished.disconnect(log_task_finished)
         task_finished.connect(log_unless_cancelled)
         checks.register(check_schedules)
+        # After every migrate (and flush), once this app's permissions exist.
+        post_migrate.connect(create_operators_group, sender=self)

@@ -146,3 +146,33 @@ class ScheduleTick(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint("schedule", "at", name="tasks_one_task_per_tick")]
         indexes = [models.Index("at", name="tasks_tick_at_idx")]
+
+
+class QueueMinute(models.Model):
+    """What one queue finished in one closed minute: the /tasks/ dashboard's charts.
+
+    Written by the `tasks.tasks.aggregate_minutes` schedule, never on the runner's
+    path, and kept in the database so the charts' history survives restarts.
+    Each row is recomputed whole from the task rows (an upsert, not an
+    increment), so a repeated tick or two workers cannot count a task twice.
+    """
+
+    queue_name = models.CharField(max_length=100)
+    minute = models.DateTimeField()
+    succeeded = models.PositiveIntegerField(default=0)
+    # Cancelled tasks end FAILED too, but are no failures: counted in neither.
+    failed = models.PositiveIntegerField(default=0)
+    # Seconds, nearest-rank percentiles: run time (the last attempt's start to its
+    # end) and wait (when the task was due, run_after or enqueue, to its first start).
+    run_p50 = models.FloatField(default=0)
+    run_p95 = models.FloatField(default=0)
+    wait_p50 = models.FloatField(default=0)
+    wait_p95 = models.FloatField(default=0)
+
+    class Meta:
+        ordering = ["minute", "queue_name"]
+        constraints = [models.UniqueConstraint("queue_name", "minute", name="tasks_one_row_per_queue_minute")]
+        indexes = [models.Index("minute", name="tasks_queue_minute_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.queue_name} {self.minute:%Y-%m-%d %H:%M}: {self.succeeded} ok, {self.failed} failed"

@@ -7,10 +7,14 @@ act through the same functions.
 """
 
 import logging
+import math
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.apps import AppConfig
+from django.contrib.auth.management import create_permissions
+from django.contrib.auth.models import Group, Permission
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Q, QuerySet
@@ -18,7 +22,7 @@ from django.utils import timezone
 
 from .backends import bell_layer_alias, load_task, ring_on_commit, task_queues
 from .exceptions import WORKER_LOST
-from .models import PausedQueue, ScheduleTick, TaskRecord
+from .models import PausedQueue, QueueMinute, ScheduleTick, TaskRecord
 from .runner import FAILED, READY, RUNNING, SUCCESSFUL
 from .schedules import listing
 
@@ -26,6 +30,16 @@ logger = logging.getLogger(__name__)
 
 RUNNING_SHOWN = 50
 FAILURES_SHOWN = 20
+CHART_HOURS = 24
+CHART_BUCKET_MINUTES = 30
+# Minutes before the current one that every aggregation recomputes: a task's row
+# commits a moment after its finished_at, so a minute is only settled a little later.
+SETTLE_MINUTES = 2
+OPERATORS_GROUP = "Task operators"
+# View and change: task results and schedules in the admin, with cancel, re-run, pause and resume.
+# (A pause is added and deleted, never changed.)
+OPERATOR_PERMISSIONS = ["view_taskrecord", "change_taskrecord", "view_schedule", "change_schedule",
+                        "view_pausedqueue", "add_pausedqueue", "delete_pausedqueue"]  # fmt: skip
 
 
 def overview(now: datetime | None = None) -> dict[str, Any]:
@@ -79,6 +93,8 @@ def overview(now: datetime | None = None) -> dict[str, Any]:
                 "queue": record.queue_name,
                 "worker": record.worker_id,
                 "attempts": record.attempts,
+                "started_at": record.started_at.isoformat() if record.started_at else None,
+                "age": round((now - record.started_at).total_seconds()) if record.started_at else None,
                 "heartbeat_age": round((now - record.heartbeat_at).total_seconds(), 1) if record.heartbeat_at else None,
                 "done": record.progress_done,
                 "total": record.progress_total,
@@ -115,14 +131,25 @@ def last_error(record: TaskRecord) -> str:
     return f"{error['exception_class_path']}: {message}"[:300]
 
 
+def create_operators_group(app_config: AppConfig, using: str = "default", **kwargs: Any) -> None:
+    """The "Task operators" group, for staff who are not superusers: put them in it (admin, Users) and
+    they see task results and schedules in the admin and act on them. Run on post_migrate, which
+    may reach it before django.contrib.auth's own receiver has created this app's permissions."""
+    create_permissions(app_config, verbosity=0, using=using)
+    group, _ = Group.objects.using(using).get_or_create(name=OPERATORS_GROUP)
+    permissions = Permission.objects.using(using).filter(content_type__app_label="tasks", codename__in=OPERATOR_PERMISSIONS)
+    group.permissions.add(*permissions)
+
+
 def prune(older_than: timedelta, now: datetime | None = None) -> int:
     """Delete finished (SUCCESSFUL or FAILED) tasks that finished before `older_than` ago,
-    and schedule ticks as old (a schedule's own row keeps its last tick).
+    and schedule ticks and dashboard minutes as old (a schedule's own row keeps its last tick).
 
     READY and RUNNING tasks are never touched, however old. Returns how many tasks went.
     """
     cutoff = (now or timezone.now()) - older_than
     ScheduleTick.objects.filter(at__lt=cutoff).delete()
+    QueueMinute.objects.filter(minute__lt=cutoff).delete()
     deleted, _ = TaskRecord.objects.filter(status__in=[SUCCESSFUL, FAILED], finished_at__lt=cutoff).delete()
     return deleted
 
@@ -207,3 +234,103 @@ def resume(queue_name: str) -> bool:
     if deleted:
         logger.info("event=queue_resumed queue=%s", queue_name)
     return bool(deleted)
+
+
+def _percentile(values: list[float], share: float) -> float:
+    """Nearest-rank percentile of sorted `values` (0 for none): a value that really occurred."""
+    return values[max(math.ceil(share * len(values)) - 1, 0)] if values else 0.0
+
+
+def aggregate_minutes(now: datetime | None = None) -> int:
+    """Recompute the dashboard's rows (tasks.QueueMinute) for the closed minutes not yet settled.
+
+    From the last minute that has a row (or CHART_HOURS ago) up to the current
+    minute, excluded, and at least SETTLE_MINUTES back: each (queue, minute) is
+    computed whole and upserted, and a minute left with no task loses its row,
+    so running twice, or on two workers at once, gives the same rows. Returns
+    how many rows were written.
+    """
+    now = now or timezone.now()
+    end = now.replace(second=0, microsecond=0)
+    floor = end - timedelta(hours=CHART_HOURS)
+    latest = QueueMinute.objects.filter(minute__gte=floor).order_by("-minute").values_list("minute", flat=True).first()
+    start = min(end - timedelta(minutes=SETTLE_MINUTES), max(latest or floor, floor))
+    samples: dict[tuple[str, datetime], dict[str, Any]] = {}
+    finished = TaskRecord.objects.filter(
+        status__in=[SUCCESSFUL, FAILED], cancel_requested=False, finished_at__gte=start, finished_at__lt=end
+    ).values_list("queue_name", "status", "enqueued_at", "run_after", "started_at", "last_attempted_at", "finished_at")
+    for queue, status, enqueued_at, run_after, started_at, attempted_at, finished_at in finished.iterator(2000):
+        minute = finished_at.replace(second=0, microsecond=0)
+        sample = samples.setdefault((queue, minute), {"succeeded": 0, "failed": 0, "run": [], "wait": []})
+        sample["succeeded" if status == SUCCESSFUL else "failed"] += 1
+        if attempted_at is not None:  # a task failed before it ever started has no run time
+            sample["run"].append((finished_at - attempted_at).total_seconds())
+        if started_at is not None:
+            sample["wait"].append(max((started_at - (run_after or enqueued_at)).total_seconds(), 0.0))
+    rows = []
+    for (queue, minute), sample in samples.items():
+        run, wait = sorted(sample["run"]), sorted(sample["wait"])
+        rows.append(QueueMinute(
+            queue_name=queue, minute=minute, succeeded=sample["succeeded"], failed=sample["failed"],
+            run_p50=_percentile(run, 0.5), run_p95=_percentile(run, 0.95),
+            wait_p50=_percentile(wait, 0.5), wait_p95=_percentile(wait, 0.95),
+        ))  # fmt: skip
+    with transaction.atomic():
+        # Rows another worker inserts meanwhile survive this delete and meet the upsert: same values.
+        QueueMinute.objects.filter(minute__gte=start, minute__lt=end).delete()
+        QueueMinute.objects.bulk_create(
+            rows, batch_size=500, update_conflicts=True, unique_fields=["queue_name", "minute"],
+            update_fields=["succeeded", "failed", "run_p50", "run_p95", "wait_p50", "wait_p95"],
+        )  # fmt: skip
+    logger.info("event=tasks_minutes_aggregated since=%s rows=%d", start.isoformat(), len(rows))
+    return len(rows)
+
+
+def charts(now: datetime | None = None) -> list[dict[str, Any]]:
+    """Per queue, the last CHART_HOURS in buckets of CHART_BUCKET_MINUTES, oldest first.
+
+    Each bucket: its start, tasks that succeeded and failed in it, and the worst
+    minute's p95 run time and wait (seconds) - the slow minutes are what an
+    operator looks for. Queues with no task in the period have no chart.
+    """
+    now = now or timezone.now()
+    step = timedelta(minutes=CHART_BUCKET_MINUTES)
+    epoch = datetime(2000, 1, 1, tzinfo=now.tzinfo)
+    end = epoch + ((now - epoch) // step + 1) * step  # the end of the bucket holding now
+    count = CHART_HOURS * 60 // CHART_BUCKET_MINUTES
+    start = end - count * step
+    found: dict[str, list[dict[str, Any]]] = {}
+    for row in QueueMinute.objects.filter(minute__gte=start, minute__lt=end):
+        buckets = found.get(row.queue_name)
+        if buckets is None:
+            buckets = found[row.queue_name] = [
+                {"start": start + index * step, "succeeded": 0, "failed": 0, "run_p95": 0.0, "wait_p95": 0.0}
+                for index in range(count)
+            ]
+        bucket = buckets[(row.minute - start) // step]
+        bucket["succeeded"] += row.succeeded
+        bucket["failed"] += row.failed
+        bucket["run_p95"] = max(bucket["run_p95"], row.run_p95)
+        bucket["wait_p95"] = max(bucket["wait_p95"], row.wait_p95)
+    return [{"queue": queue, "buckets": found[queue], **_chart_shapes(found[queue])} for queue in sorted(found)]
+
+
+def _chart_shapes(buckets: list[dict[str, Any]]) -> dict[str, Any]:
+    """SVG geometry in a 0-480 x 0-100 box per chart: bars for tasks, a polyline for latency."""
+    width = 480 / len(buckets)
+    most = max(b["succeeded"] + b["failed"] for b in buckets) or 1
+    slowest = max(max(b["run_p95"], b["wait_p95"]) for b in buckets) or 1.0
+    bars = []
+    for index, b in enumerate(buckets):
+        ok_height = 100 * b["succeeded"] / most
+        failed_height = 100 * b["failed"] / most
+        bars.append({
+            **b, "x": round(index * width, 2), "width": round(width * 0.8, 2),
+            "ok_y": round(100 - ok_height, 2), "ok_height": round(ok_height, 2),
+            "failed_y": round(100 - ok_height - failed_height, 2), "failed_height": round(failed_height, 2),
+        })  # fmt: skip
+
+    def line(key: str) -> str:
+        return " ".join(f"{round((i + 0.4) * width, 2)},{round(100 - 100 * b[key] / slowest, 2)}" for i, b in enumerate(buckets))
+
+    return {"bars": bars, "most": most, "slowest": round(slowest, 3), "run_line": line("run_p95"), "wait_line": line("wait_p95")}

@@ -6,6 +6,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.tasks import task
 
+from . import monitor
 from .monitor import prune
 from .schedules import schedule
 
@@ -19,3 +20,10 @@ def prune_finished() -> int:
     deleted = prune(timedelta(days=settings.TASKS_KEEP_FINISHED_DAYS))
     logger.info("event=tasks_pruned deleted=%s", deleted)
     return deleted
+
+
+@schedule(every=60)
+@task(queue_name="default")
+def aggregate_minutes() -> int:
+    """Fill the /tasks/ dashboard's per-minute rows from the tasks finished in closed minutes."""
+    return monitor.aggregate_minutes()

@@ -285,6 +285,7 @@ def test_parleys_housekeeping_is_on_schedules_not_cron():
         "tasks.tasks.prune_finished": "cron 0 3 * * * UTC",
         "accounts.tasks.clear_expired_sessions": "cron 15 3 * * * UTC",
         "reports.tasks.sweep_expired": "cron 30 3 * * * UTC",
+        "tasks.tasks.aggregate_minutes": "every 60s",
     }
     assert schedules.check_schedules(None) == []
 
@@ -300,8 +301,9 @@ def test_the_nightly_housekeeping_runs_from_its_schedules(settings):
     Session.objects.create(session_key="current", session_data="", expire_date=timezone.now() + timedelta(days=1))
     night = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
     schedules.enqueue_due(now=night)
-    assert schedules.enqueue_due(now=night + timedelta(hours=3, minutes=31)) == 3
-    assert run_queue(["default"], limit=5) == 3
+    # The three nightly ones, and the dashboard's every-minute aggregation.
+    assert schedules.enqueue_due(now=night + timedelta(hours=3, minutes=31)) == 4
+    assert run_queue(["default"], limit=5) == 4
     assert not TaskRecord.objects.filter(pk=old.id).exists()
     assert TaskRecord.objects.filter(pk=recent.id).exists()
     assert list(Session.objects.values_list("session_key", flat=True)) == ["current"]

@@ -1,15 +1,35 @@
 // Follows /tasks/live/: the server sends the whole overview every few seconds,
 // and the tables are rebuilt from it. Text only (textContent): nothing is parsed as HTML.
+// Every <time datetime> is shown in the viewer's own time zone.
 (function () {
   "use strict";
   const status = document.getElementById("tasks-live");
+  const format = new Intl.DateTimeFormat(undefined, { dateStyle: "short", timeStyle: "medium" });
+
+  function localize(element) {
+    const when = new Date(element.getAttribute("datetime"));
+    if (!Number.isNaN(when.getTime())) element.textContent = format.format(when);
+  }
+
+  // A <time> for an ISO timestamp ("" for none), already in the viewer's zone.
+  function timeCell(iso) {
+    if (!iso) return "";
+    const element = document.createElement("time");
+    element.setAttribute("datetime", iso);
+    element.textContent = iso;
+    localize(element);
+    return element;
+  }
+
+  document.querySelectorAll("time[datetime]").forEach(localize);
   const columns = {
     "tasks-queues": [
       (q) => q.queue, (q) => q.ready, (q) => q.deferred, (q) => q.running, (q) => (q.paused ? "paused" : "serving"),
       pauseButton,
     ],
     "tasks-running": [
-      (r) => r.task, (r) => r.queue, (r) => r.worker,
+      (r) => r.task, (r) => r.queue, (r) => timeCell(r.started_at), (r) => (r.age === null ? "" : r.age + "s"),
+      (r) => r.worker,
       (r) => (r.heartbeat_age === null ? "" : r.heartbeat_age + "s ago"), (r) => r.attempts,
       (r) => (r.done === null ? "" : r.done + "/" + (r.total === null ? "?" : r.total) + " " + r.note),
     ],
@@ -17,9 +37,11 @@
       (w) => w.worker, (w) => w.in_use,
       (w) => Object.entries(w.queues).map(([queue, count]) => queue + "=" + count).join(", "),
     ],
-    "tasks-failures": [(f) => f.task, (f) => f.queue, (f) => f.finished_at, (f) => f.attempts, (f) => f.error],
+    "tasks-failures": [
+      (f) => f.task, (f) => f.queue, (f) => timeCell(f.finished_at), (f) => f.attempts, (f) => f.error, rerunButton,
+    ],
     "tasks-schedules": [
-      (s) => s.name, (s) => s.when, (s) => s.state, (s) => s.next_tick || "", (s) => s.last_tick || "",
+      (s) => s.name, (s) => s.when, (s) => s.state, (s) => timeCell(s.next_tick), (s) => timeCell(s.last_tick),
       (s) => s.last_outcome || "",
     ],
   };
@@ -28,19 +50,28 @@
     "tasks-schedules": "No schedules.",
   };
 
-  // A Pause or Resume form for a queue's row: a plain POST with the page's CSRF token.
-  function pauseButton(q) {
+  // A one-button form: a plain POST with the page's CSRF token.
+  function postButton(action, label) {
     const form = document.createElement("form");
     form.method = "post";
-    form.action = "/tasks/queues/" + encodeURIComponent(q.queue) + (q.paused ? "/resume/" : "/pause/");
+    form.action = action;
     const token = form.appendChild(document.createElement("input"));
     token.type = "hidden";
     token.name = "csrfmiddlewaretoken";
     token.value = document.getElementById("tasks-csrf").value;
     const button = form.appendChild(document.createElement("button"));
     button.type = "submit";
-    button.textContent = q.paused ? "Resume" : "Pause";
+    button.textContent = label;
     return form;
+  }
+
+  function pauseButton(q) {
+    const action = "/tasks/queues/" + encodeURIComponent(q.queue) + (q.paused ? "/resume/" : "/pause/");
+    return postButton(action, q.paused ? "Resume" : "Pause");
+  }
+
+  function rerunButton(f) {
+    return postButton("/tasks/failures/" + encodeURIComponent(f.id) + "/rerun/", "Re-run");
   }
 
   function fill(id, rows) {
@@ -74,7 +105,9 @@
     socket.onmessage = (event) => {
       const frame = JSON.parse(event.data);
       if (frame.type !== "overview") return;
-      document.getElementById("tasks-at").textContent = frame.overview.at;
+      const at = document.getElementById("tasks-at");
+      at.setAttribute("datetime", frame.overview.at);
+      localize(at);
       fill("tasks-queues", frame.overview.queues);
       fill("tasks-running", frame.overview.running);
       fill("tasks-workers", frame.overview.workers);
