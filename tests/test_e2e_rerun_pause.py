@@ -1,31 +1,17 @@
 """Pause, resume and re-run end to end: a real `runworker`, the real `manage.py tasks` commands."""
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.db import connection
 from playwright.sync_api import expect
 
 from tasks.models import PausedQueue, TaskRecord
 from tests import sample_tasks
 from tests.test_browser_chat import browser  # noqa: F401 (fixture)
 from tests.test_e2e_tasks import finished, lines, start_workers, workers_stack  # noqa: F401 (fixture)
+from tests.test_e2e_tasks_browser import off_the_loop, tasks_page
 
-
-def off_the_loop(work):
-    """`work()`'s value, from another thread: Playwright's sync API runs an event loop in this one."""
-
-    def run():
-        try:
-            return work()
-        finally:
-            connection.close()
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(run).result()
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -60,16 +46,7 @@ def test_pause_stops_claims_within_a_poll_interval_and_rerun_runs_a_failed_task_
 
 
 def test_the_monitor_pages_pause_and_resume_buttons_work_after_live_updates(workers_stack, browser):  # noqa: F811
-    off_the_loop(lambda: get_user_model().objects.create_user("ops", password="a long passphrase 42", is_staff=True))
-    _, port = workers_stack.daphne()
-    context = browser.new_context(base_url=f"http://127.0.0.1:{port}")
-    context.set_default_timeout(10_000)
-    page = context.new_page()
-    page.goto("/login/?next=/tasks/")
-    page.fill("#id_username", "ops")
-    page.fill("#id_password", "a long passphrase 42")
-    page.click("button[type=submit]")
-    expect(page.locator("#tasks-live")).to_have_text("live")
+    page = tasks_page(workers_stack, browser)
     compute = page.locator("#tasks-queues tr").filter(has_text="compute")
     off_the_loop(lambda: sample_tasks.add.enqueue(1, 2))
     # The row is now the live script's (rebuilt from a frame), button and CSRF token included.
@@ -84,4 +61,4 @@ def test_the_monitor_pages_pause_and_resume_buttons_work_after_live_updates(work
     expect(page.locator("body")).to_contain_text("Queue compute resumed.")
     expect(compute.locator("td")).to_have_text(["compute", "2", "0", "0", "serving", "Pause"])
     assert off_the_loop(lambda: PausedQueue.objects.exists()) is False
-    context.close()
+    page.context.close()

@@ -9,7 +9,6 @@ import signal
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.db import connection
 from playwright.sync_api import expect
 
@@ -18,7 +17,7 @@ from tasks.models import ScheduleTick, TaskRecord
 from tests.processes import Stack, base_env, wait_until
 from tests.test_browser_chat import browser  # noqa: F401 (fixture)
 from tests.test_e2e_tasks import workers_stack  # noqa: F401 (fixture)
-from tests.test_e2e_tasks_browser import off_the_loop
+from tests.test_e2e_tasks_browser import off_the_loop, tasks_page
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -133,16 +132,7 @@ def test_ticks_missed_while_every_worker_was_down_run_once(postgres_server, redi
 
 def test_the_tasks_page_follows_schedules_live(workers_stack, browser):  # noqa: F811
     """Real Chromium on real daphne: the Schedules table of /tasks/ follows a pause and a resume without reloads."""
-    off_the_loop(lambda: get_user_model().objects.create_user("ops", password="a long passphrase 42", is_staff=True))
-    _, port = workers_stack.daphne()
-    context = browser.new_context(base_url=f"http://127.0.0.1:{port}")
-    context.set_default_timeout(10_000)
-    page = context.new_page()
-    page.goto("/login/?next=/tasks/")
-    page.fill("#id_username", "ops")
-    page.fill("#id_password", "a long passphrase 42")
-    page.click("button[type=submit]")
-    expect(page.locator("#tasks-live")).to_have_text("live")
+    page = tasks_page(workers_stack, browser)
     prune = page.locator("#tasks-schedules tr").filter(has_text="tasks.tasks.prune_finished")
     expect(prune.locator("td").nth(1)).to_have_text("cron 0 3 * * * UTC")
     expect(prune.locator("td").nth(2)).to_have_text("active")
@@ -152,4 +142,4 @@ def test_the_tasks_page_follows_schedules_live(workers_stack, browser):  # noqa:
     expect(prune.locator("td").nth(3)).to_have_text("")
     off_the_loop(lambda: schedules.set_paused("tasks.tasks.prune_finished", False))
     expect(prune.locator("td").nth(2)).to_have_text("active", timeout=8_000)
-    context.close()
+    page.context.close()

@@ -18,31 +18,42 @@ from tests.test_e2e_tasks import start_workers, workers_stack  # noqa: F401 (fix
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-def off_the_loop(work) -> None:
-    """Playwright's sync API runs an event loop in this thread, so the ORM works from another."""
+def off_the_loop(work):
+    """`work()`'s value, from another thread: Playwright's sync API runs an event loop in this one."""
 
-    def run() -> None:
+    def run():
         try:
-            work()
+            return work()
         finally:
             connection.close()
 
     with ThreadPoolExecutor(1) as pool:
-        pool.submit(run).result()
+        return pool.submit(run).result()
 
 
-def test_monitor_page_updates_live(workers_stack, browser, tmp_path):  # noqa: F811
-    off_the_loop(lambda: get_user_model().objects.create_user("ops", password="a long passphrase 42", is_staff=True))
-    _, port = workers_stack.daphne()
-    context = browser.new_context(base_url=f"http://127.0.0.1:{port}")
+def tasks_page(stack, browser, **context_options):
+    """A page logged in as staff user "ops" (made here, unless it exists) on /tasks/ of the stack's daphne, once live."""
+
+    def ops():
+        if not get_user_model().objects.filter(username="ops").exists():
+            get_user_model().objects.create_user("ops", password="a long passphrase 42", is_staff=True)
+
+    off_the_loop(ops)
+    _, port = stack.daphne()
+    context = browser.new_context(base_url=f"http://127.0.0.1:{port}", **context_options)
     context.set_default_timeout(10_000)
     page = context.new_page()
     page.goto("/login/?next=/tasks/")
     page.fill("#id_username", "ops")
     page.fill("#id_password", "a long passphrase 42")
     page.click("button[type=submit]")
-    expect(page.get_by_role("heading", name="Tasks")).to_be_visible()
     expect(page.locator("#tasks-live")).to_have_text("live")
+    return page
+
+
+def test_monitor_page_updates_live(workers_stack, browser, tmp_path):  # noqa: F811
+    page = tasks_page(workers_stack, browser)
+    expect(page.get_by_role("heading", name="Tasks")).to_be_visible()
     compute = page.locator("#tasks-queues tr").filter(has_text="compute")
     expect(compute.locator("td")).to_have_text(["compute", "0", "0", "0", "serving", "Pause"])
 
@@ -58,4 +69,4 @@ def test_monitor_page_updates_live(workers_stack, browser, tmp_path):  # noqa: F
     row = page.locator("#tasks-workers tr")
     expect(row.locator("td")).to_have_text([re.compile(f":{worker.pid}:"), "2", "compute=2"], timeout=8_000)
     expect(compute.locator("td")).to_have_text(["compute", "0", "1", "2", "serving", "Pause"])
-    context.close()
+    page.context.close()

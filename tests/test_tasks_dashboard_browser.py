@@ -17,7 +17,7 @@ from tasks.monitor import CHART_BUCKET_MINUTES, aggregate_minutes
 from tests import sample_tasks
 from tests.test_browser_chat import browser  # noqa: F401 (fixture)
 from tests.test_e2e_tasks import workers_stack  # noqa: F401 (fixture)
-from tests.test_e2e_tasks_browser import off_the_loop
+from tests.test_e2e_tasks_browser import off_the_loop, tasks_page
 from tests.test_tasks_dashboard import W1, fail_one, known_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -51,18 +51,8 @@ def test_dashboard_on_a_phone_in_the_viewers_time_zone(workers_stack, browser): 
         user.groups.add(Group.objects.get(name="Task operators"))
 
     off_the_loop(arrange)
-    _, port = workers_stack.daphne()
-    context = browser.new_context(
-        base_url=f"http://127.0.0.1:{port}", viewport={"width": 390, "height": 844}, timezone_id=ZONE, locale="en-US",
-    )  # fmt: skip
-    context.set_default_timeout(10_000)
-    page = context.new_page()
-    page.goto("/login/?next=/tasks/")
-    page.fill("#id_username", "ops")
-    page.fill("#id_password", "a long passphrase 42")
-    page.click("button[type=submit]")
+    page = tasks_page(workers_stack, browser, viewport={"width": 390, "height": 844}, timezone_id=ZONE, locale="en-US")
     expect(page.get_by_role("heading", name="Tasks")).to_be_visible()
-    expect(page.locator("#tasks-live")).to_have_text("live")
     expect(page.locator("header a[href='/tasks/']")).to_have_text("Tasks")
 
     # The charts: one per queue that finished tasks, with the known run's numbers.
@@ -93,4 +83,4 @@ def test_dashboard_on_a_phone_in_the_viewers_time_zone(workers_stack, browser): 
     expect(page.locator(f"#tasks-failures tr[title='{state['failed']}']")).to_have_count(0)
     off_the_loop(lambda: state.update(status=TaskRecord.objects.get(pk=state["failed"]).status))
     assert state["status"] == "READY"
-    context.close()
+    page.context.close()
