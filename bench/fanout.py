@@ -10,6 +10,7 @@ bench/load/loadgen.py processes and are spread round-robin over the daphnes.
     .venv/bin/python bench/fanout.py --smoke      # ~30 s
     .venv/bin/python bench/fanout.py --profile    # py-spy on a loaded daphne, both targets
     .venv/bin/python bench/fanout.py --metrics both --daphnes 1 --layers ''   # Parley, metrics off and on
+    .venv/bin/python bench/fanout.py --metrics both --daphnes 1 --layers '' --parley-layers pubsub --rounds 3 --no-knee
 
 Prints a table per scenario, then one JSON line: parley_p50_ms, parley_p99_ms,
 baseline_p50_ms, baseline_p99_ms (100 clients x 20 msg/s on one daphne),
@@ -18,8 +19,13 @@ deliveries/s with p99 < 100 ms and nothing lost, stepping the rate by 10 msg/s
 until two steps in a row fail, 100 clients). `--metrics on` runs Parley's daphnes with
 Prometheus metrics counted (METRICS_TOKEN set); `--metrics both` measures each Parley
 variant twice, off and on (targets named `...-metrics`; JSON keys parley_metrics_*).
+`--rounds R` has the targets take R turns, in an order that flips every round, and
+reports medians over the rounds (the knee: the median of each round's); the machine is
+shared, and turns spread its noise over every target. `--no-knee` measures the two
+fixed steps only (the knee's JSON keys are then null): what `--metrics both` needs.
 """
 
+import functools
 import json
 import math
 import os
@@ -35,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil  # noqa: E402
 
-from bench.common import OUT_DIR, ROOT, arg_parser, emit, percentile, print_table, servers, spawn, stop  # noqa: E402
+from bench.common import OUT_DIR, ROOT, arg_parser, emit, median, percentile, print_table, servers, spawn, stop  # noqa: E402
 from tests.servers import free_port, wait_for_port  # noqa: E402
 
 PY = sys.executable
@@ -300,6 +306,9 @@ def main() -> None:
                         help="Parley variants: pubsub (as shipped), core (CHANNEL_LAYER=core)")
     parser.add_argument("--metrics", choices=("off", "on", "both"), default="off",
                         help="Parley's daphnes with Prometheus metrics counted: off, on, or both (two targets each)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="turns each target takes, in an order flipping every round; figures are medians")
+    parser.add_argument("--no-knee", action="store_true", help="the fixed steps only, no knee search")
     parser.add_argument("--profile", action="store_true", help="only profile one loaded daphne per target")
     parser.add_argument("--profile-rate", type=float, default=60.0)
     args = parser.parse_args()
@@ -308,6 +317,8 @@ def main() -> None:
     daphne_counts = [1] if smoke else [int(x) for x in args.daphnes.split(",")]
     small, big = ((20, 5.0), (40, 10.0)) if smoke else ((100, 20.0), (200, 50.0))
     knee_rates = [10.0, 20.0] if smoke else [20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 100.0, 120.0, 150.0]
+    if args.no_knee:
+        knee_rates = []
     warmup, duration, drain = (0.5, 1.5, 2.0) if smoke else (2.0, 5.0, 3.0)
     layers = ["core"] if smoke else [x for x in args.layers.split(",") if x]
     parley_layers = ["pubsub"] if smoke else [x for x in args.parley_layers.split(",") if x]
@@ -333,57 +344,75 @@ def main() -> None:
 
         results: list[dict] = []
         step_id = 0
-        for daphnes in daphne_counts:
-            for target in targets:
-                # The fixed point, then the knee, on the same 100 connected clients.
-                session = Session(target, small[0], daphnes, args.loadgens, sessions, log_dir)
-                try:
-                    step_id += 1
-                    fixed = session.step(step_id, small[1], warmup, duration, drain)
-                    fixed["scenario"] = "fixed"
-                    results.append(fixed)
-                    failures = 0  # in a row: one stall of a shared machine must not end the search
-                    for rate in knee_rates:
+        for turn in range(args.rounds):
+            for daphnes in daphne_counts:
+                for target in targets if turn % 2 == 0 else targets[::-1]:
+                    # The fixed point, then the knee, on the same 100 connected clients.
+                    session = Session(target, small[0], daphnes, args.loadgens, sessions, log_dir)
+                    try:
                         step_id += 1
-                        r = session.step(step_id, rate, warmup, duration, drain)
-                        r["scenario"] = "knee"
+                        fixed = session.step(step_id, small[1], warmup, duration, drain)
+                        fixed.update(scenario="fixed", round=turn)
+                        results.append(fixed)
+                        failures = 0  # in a row: one stall of a shared machine must not end the search
+                        for rate in knee_rates:
+                            step_id += 1
+                            r = session.step(step_id, rate, warmup, duration, drain)
+                            r.update(scenario="knee", round=turn)
+                            results.append(r)
+                            failures = 0 if passes(r) else failures + 1
+                            if failures == 2:
+                                break
+                    finally:
+                        session.close()
+                    session = Session(target, big[0], daphnes, args.loadgens, sessions, log_dir)
+                    try:
+                        step_id += 1
+                        # Saturated runs build a backlog: give it time to arrive rather than call it lost.
+                        r = session.step(step_id, big[1], warmup, duration, drain * 3)
+                        r.update(scenario="fixed", round=turn)
                         results.append(r)
-                        failures = 0 if passes(r) else failures + 1
-                        if failures == 2:
-                            break
-                finally:
-                    session.close()
-                session = Session(target, big[0], daphnes, args.loadgens, sessions, log_dir)
-                try:
-                    step_id += 1
-                    # Saturated runs build a backlog: give it time to arrive rather than call it lost.
-                    r = session.step(step_id, big[1], warmup, duration, drain * 3)
-                    r["scenario"] = "fixed"
-                    results.append(r)
-                finally:
-                    session.close()
-            print_table(f"{daphnes} daphne process(es)", HEADERS, [row(r) for r in results if r["daphnes"] == daphnes])
+                    finally:
+                        session.close()
+                print_table(f"{daphnes} daphne process(es)" + (f", round {turn + 1}" if args.rounds > 1 else ""),
+                            HEADERS, [row(r) for r in results if r["daphnes"] == daphnes and r["round"] == turn])  # fmt: skip
 
-    def pick(name: str, daphnes: int, clients: int, rate: float) -> dict:
-        return next(r for r in results if r["target"] == name and r["daphnes"] == daphnes
-                    and r["clients"] == clients and r["rate"] == rate and r["scenario"] == "fixed")  # fmt: skip
+    def fixed(name: str, daphnes: int, clients: int, rate: float, key: str) -> list[float]:
+        """A fixed step's figure, one per round."""
+        return [r[key] for r in results if r["target"] == name and r["daphnes"] == daphnes
+                and r["clients"] == clients and r["rate"] == rate and r["scenario"] == "fixed"]  # fmt: skip
 
-    def knee(name: str, daphnes: int) -> float:
-        ok = [r["deliveries_per_s"] for r in results if r["target"] == name and r["daphnes"] == daphnes and passes(r)]
-        return max(ok, default=0.0)
+    def pick(name: str, daphnes: int, clients: int, rate: float, key: str) -> float:
+        return median(fixed(name, daphnes, clients, rate, key))
+
+    def knee(name: str, daphnes: int) -> float | None:
+        if args.no_knee:
+            return None
+        return median([
+            max((r["deliveries_per_s"] for r in results
+                 if r["target"] == name and r["daphnes"] == daphnes and r["round"] == turn and passes(r)), default=0.0)
+            for turn in range(args.rounds)
+        ])  # fmt: skip
 
     summary = []
     for daphnes in daphne_counts:
         for target in targets:
-            a, b = pick(target.name, daphnes, *small), pick(target.name, daphnes, *big)
-            summary.append([target.name, daphnes, a["p50_ms"], a["p99_ms"], b["p50_ms"], b["p99_ms"],
-                            b["deliveries_per_s"], knee(target.name, daphnes)])  # fmt: skip
+            a, b = functools.partial(pick, target.name, daphnes, *small), functools.partial(pick, target.name, daphnes, *big)
+            summary.append([target.name, daphnes, a("p50_ms"), a("p99_ms"), a("cpu_us_per_delivery"), b("p50_ms"),
+                            b("p99_ms"), b("deliveries_per_s"), b("cpu_us_per_delivery"), knee(target.name, daphnes)])  # fmt: skip
     print_table(
         f"Summary ({small[0]} x {small[1]:g} msg/s, {big[0]} x {big[1]:g} msg/s, knee = most deliveries/s with "
-        f"p99 < {KNEE_P99_MS:g} ms)",
-        ["target", "daphnes", "p50 small", "p99 small", "p50 big", "p99 big", "deliv/s big", "knee deliv/s"],
+        f"p99 < {KNEE_P99_MS:g} ms)" + (f", medians of {args.rounds} rounds" if args.rounds > 1 else ""),
+        ["target", "daphnes", "p50 small", "p99 small", "cpu us/deliv small", "p50 big", "p99 big", "deliv/s big",
+         "cpu us/deliv big", "knee deliv/s"],
         summary,
-    )
+    )  # fmt: skip
+    for variant in parley_layers:
+        off = fixed(f"parley-{variant}", daphne_counts[0], *small, "cpu_us_per_delivery")
+        on = fixed(f"parley-{variant}-metrics", daphne_counts[0], *small, "cpu_us_per_delivery")
+        if off and on:
+            print(f"parley-{variant} metrics on/off daphne CPU per delivery, per round: "
+                  + ", ".join(f"{a / b:.3f}" for a, b in zip(on, off)))  # fmt: skip
     (log_dir / "results.json").write_text(json.dumps(results, default=str, indent=1))
     first = daphne_counts[0]
 
@@ -391,8 +420,8 @@ def main() -> None:
         name = next((t.name for t in targets if t.name.startswith(prefix) and t.name.endswith("-metrics") == metrics), None)
         if name is None:
             return None
-        value = knee(name, first) if key == "knee" else pick(name, first, *small)[key]
-        return None if math.isinf(value) else round(value, 1)
+        value = knee(name, first) if key == "knee" else pick(name, first, *small, key)
+        return None if value is None or math.isinf(value) else round(value, 1)
 
     emit({
         "parley_p50_ms": figure("parley", "p50_ms"),
