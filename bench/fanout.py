@@ -10,7 +10,7 @@ bench/load/loadgen.py processes and are spread round-robin over the daphnes.
     .venv/bin/python bench/fanout.py --smoke      # ~30 s
     .venv/bin/python bench/fanout.py --profile    # py-spy on a loaded daphne, both targets
     .venv/bin/python bench/fanout.py --metrics both --daphnes 1 --layers ''   # Parley, metrics off and on
-    .venv/bin/python bench/fanout.py --metrics both --daphnes 1 --layers '' --parley-layers pubsub --rounds 3 --no-knee
+    .venv/bin/python bench/fanout.py --metrics both --daphnes 1 --layers '' --parley-layers pubsub --rounds 3 --small-only
 
 Prints a table per scenario, then one JSON line: parley_p50_ms, parley_p99_ms,
 baseline_p50_ms, baseline_p99_ms (100 clients x 20 msg/s on one daphne),
@@ -21,8 +21,9 @@ Prometheus metrics counted (METRICS_TOKEN set); `--metrics both` measures each P
 variant twice, off and on (targets named `...-metrics`; JSON keys parley_metrics_*).
 `--rounds R` has the targets take R turns, in an order that flips every round, and
 reports medians over the rounds (the knee: the median of each round's); the machine is
-shared, and turns spread its noise over every target. `--no-knee` measures the two
-fixed steps only (the knee's JSON keys are then null): what `--metrics both` needs.
+shared, and turns spread its noise over every target. `--small-only` measures the
+100-client fixed step only, the one the JSON reports (the knee's keys are then null):
+enough for `--metrics both`, and it spares a loaded machine the 200 connections.
 """
 
 import functools
@@ -308,7 +309,8 @@ def main() -> None:
                         help="Parley's daphnes with Prometheus metrics counted: off, on, or both (two targets each)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="turns each target takes, in an order flipping every round; figures are medians")
-    parser.add_argument("--no-knee", action="store_true", help="the fixed steps only, no knee search")
+    parser.add_argument("--small-only", action="store_true",
+                        help="the 100-client fixed step only: no knee search, no 200-client step")
     parser.add_argument("--profile", action="store_true", help="only profile one loaded daphne per target")
     parser.add_argument("--profile-rate", type=float, default=60.0)
     args = parser.parse_args()
@@ -317,7 +319,7 @@ def main() -> None:
     daphne_counts = [1] if smoke else [int(x) for x in args.daphnes.split(",")]
     small, big = ((20, 5.0), (40, 10.0)) if smoke else ((100, 20.0), (200, 50.0))
     knee_rates = [10.0, 20.0] if smoke else [20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 100.0, 120.0, 150.0]
-    if args.no_knee:
+    if args.small_only:
         knee_rates = []
     warmup, duration, drain = (0.5, 1.5, 2.0) if smoke else (2.0, 5.0, 3.0)
     layers = ["core"] if smoke else [x for x in args.layers.split(",") if x]
@@ -365,6 +367,8 @@ def main() -> None:
                                 break
                     finally:
                         session.close()
+                    if args.small_only:
+                        continue
                     session = Session(target, big[0], daphnes, args.loadgens, sessions, log_dir)
                     try:
                         step_id += 1
@@ -382,11 +386,12 @@ def main() -> None:
         return [r[key] for r in results if r["target"] == name and r["daphnes"] == daphnes
                 and r["clients"] == clients and r["rate"] == rate and r["scenario"] == "fixed"]  # fmt: skip
 
-    def pick(name: str, daphnes: int, clients: int, rate: float, key: str) -> float:
-        return median(fixed(name, daphnes, clients, rate, key))
+    def pick(name: str, daphnes: int, clients: int, rate: float, key: str) -> float | None:
+        values = fixed(name, daphnes, clients, rate, key)
+        return median(values) if values else None
 
     def knee(name: str, daphnes: int) -> float | None:
-        if args.no_knee:
+        if args.small_only:
             return None
         return median([
             max((r["deliveries_per_s"] for r in results
