@@ -172,8 +172,11 @@ def leave(request: HttpRequest, label: str) -> HttpResponse:
 @require_POST
 def read(request: HttpRequest, label: str) -> HttpResponse:
     """"Mark as read": the read position moves to the room's newest message (pages do it live over a socket)."""
+    from notifications import notify  # notifications imports chat: imported when used
+
     room = visible_room_or_404(label, request.user)
-    sidebar.mark_read(room, request.user)
+    if sidebar.mark_read(room, request.user) == 0:
+        notify.mark_read(request.user, room=room)  # all read: its mentions too
     return redirect("room", label=room.label)
 
 

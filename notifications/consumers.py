@@ -126,7 +126,8 @@ class NotificationConsumer(AccessGuard, AsyncWebsocketConsumer):
                 room = Room.objects.find(frame["room"], self.user)
             except Room.DoesNotExist:
                 return
-            sidebar.mark_read(room, self.user, frame.get("id"))
+            if sidebar.mark_read(room, self.user, frame.get("id")) == 0:
+                notify.mark_read(self.user, room=room)  # all read: its mentions too
             return
         room = None
         if "room" in frame:

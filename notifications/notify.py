@@ -194,6 +194,8 @@ def mark_read(user, ids: list[int] | None = None, room: Room | None = None) -> i
     changed = unread.update(read_at=timezone.now())
     if changed:
         transaction.on_commit(lambda: push_unread(user.pk))
+        if room is not None:
+            transaction.on_commit(lambda: push_room_mention(user.pk, room))
     return changed
 
 
