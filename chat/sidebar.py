@@ -82,7 +82,9 @@ def rooms_for(user) -> Sidebar:
     )
     room_ids = [m.room_id for m in memberships]
     mentions = dict(
-        Notification.objects.filter(user=user, read_at__isnull=True, kind=Notification.Kind.MENTION, room_id__in=room_ids)
+        Notification.objects.filter(
+            user=user, read_at__isnull=True, kind=Notification.Kind.MENTION, room_id__in=room_ids
+        )
         .values_list("room_id")
         .annotate(n=Count("id"))
     )

@@ -139,8 +139,9 @@ def opening_messages(room: Room, last_read_id: int | None) -> tuple[list[dict], 
     if last_read_id is not None:
         first_unread = messages_.filter(id__gt=last_read_id).order_by("id").values_list("id", flat=True).first()
     recent = list(messages_.order_by("-id")[: INITIAL_MESSAGES + 1])
-    if first_unread is None or not recent[:INITIAL_MESSAGES] or first_unread >= recent[: INITIAL_MESSAGES][-1].pk:
-        return [message_frame(m) for m in reversed(recent[:INITIAL_MESSAGES])], len(recent) > INITIAL_MESSAGES, first_unread
+    newest = recent[:INITIAL_MESSAGES]
+    if first_unread is None or first_unread >= newest[-1].pk:
+        return [message_frame(m) for m in reversed(newest)], len(recent) > INITIAL_MESSAGES, first_unread
     before = list(messages_.filter(id__lt=first_unread).order_by("-id")[: UNREAD_CONTEXT + 1])
     after = list(messages_.filter(id__gte=first_unread).order_by("id")[: INITIAL_MESSAGES - UNREAD_CONTEXT])
     shown = [*reversed(before[:UNREAD_CONTEXT]), *after]
@@ -171,7 +172,7 @@ def leave(request: HttpRequest, label: str) -> HttpResponse:
 
 @require_POST
 def read(request: HttpRequest, label: str) -> HttpResponse:
-    """"Mark as read": the read position moves to the room's newest message (pages do it live over a socket)."""
+    """The "Mark as read" button: the read position moves to the room's newest message (pages do it live over a socket)."""
     from notifications import notify  # notifications imports chat: imported when used
 
     room = visible_room_or_404(label, request.user)
