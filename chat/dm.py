@@ -42,7 +42,13 @@ def start(user, other) -> tuple[Room, bool]:
         return room, False
     try:
         with transaction.atomic():
-            get_user_model().objects.lock(user.pk)
+            # Both users' rows, in id order: the memberships below take a share lock on each
+            # (their foreign keys), so locking only the starter's deadlocked two starts from both ends.
+            for pk in sorted({user.pk, other.pk}):
+                get_user_model().objects.lock(pk)
+            room = Room.objects.filter(dm_key=key).first()
+            if room is not None:  # started while we waited for the locks
+                return room, False
             since = timezone.now() - timedelta(seconds=settings.CHAT_ROOM_CREATE_WINDOW)
             if Room.objects.filter(created_by=user, created_at__gt=since).count() >= settings.CHAT_ROOM_CREATE_LIMIT:
                 raise TooManyRooms
