@@ -177,7 +177,9 @@ def push_unread(user_id: int) -> None:
 
 
 def push_room_mention(user_id: int, room: Room) -> None:
-    """Tell the user's sidebars how many unread mentions `room` holds for them now."""
+    """Tell the user's sidebars how many unread mentions `room` holds for them now (if it is in them)."""
+    if not Membership.objects.filter(user_id=user_id, room=room).exists():
+        return
     count = Notification.objects.filter(
         user_id=user_id, room=room, kind=Notification.Kind.MENTION, read_at__isnull=True
     ).count()
