@@ -203,7 +203,7 @@ def test_the_sidebar_shows_on_the_room_page_with_mentions_and_dms(lobby, ann, bo
     assert "Bob B." in ann_page and "@bob" in ann_page
 
 
-def test_read_frames_are_checked(lobby, bob):
+def test_read_frames_are_checked():
     from notifications.consumers import VALIDATORS
     from project.sockets import FrameError, parse
 
