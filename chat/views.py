@@ -183,8 +183,9 @@ def read(request: HttpRequest, label: str) -> HttpResponse:
 
 @require_POST
 def start_dm(request: HttpRequest) -> HttpResponse:
-    """`POST /chat/dm/` with a handle: the direct message with that person, started if need be."""
-    form = InviteForm(request.POST)
+    """`POST /chat/dm/` with `to`, a handle: the direct message with that person, started if need be."""
+    # Checked as an invitation's handle is; named `to` so no page has two `handle` fields.
+    form = InviteForm({"handle": request.POST.get("to", "")})
     if not form.is_valid():
         messages.error(request, " ".join(form.errors["handle"]))
         return redirect(request.POST.get("next") if url_has_allowed_host_and_scheme(

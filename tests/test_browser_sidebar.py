@@ -119,7 +119,7 @@ def test_a_direct_message_from_the_sidebar_on_a_phone(stack, browser):  # noqa: 
     expect(phone.locator("#sidebar")).not_to_be_in_viewport()  # a drawer, closed
     phone.click("#sidebar-toggle")
     expect(phone.locator("#sidebar")).to_be_in_viewport()
-    phone.fill("#sidebar .dm-start input[name=handle]", "@carol")
+    phone.fill("#sidebar .dm-start input[name=to]", "@carol")
     phone.click("#sidebar .dm-start button")
     expect(phone.locator("h1.dm-title")).to_contain_text("@carol")
     expect(phone.locator("#status")).to_have_attribute("data-state", "connected")

@@ -68,14 +68,14 @@ def test_one_conversation_per_pair_under_20_concurrent_starts(ann, bob):
 
 
 def test_started_from_a_handle_and_found_again_from_either_end(ann, bob):
-    response = logged_in(ann).post("/chat/dm/", {"handle": "@Bob"})
+    response = logged_in(ann).post("/chat/dm/", {"to": "@Bob"})
     room = Room.objects.get(dm_key__isnull=False)
     assert response.status_code == 302 and response["Location"] == f"/{room.label}/"
-    assert logged_in(bob).post("/chat/dm/", {"handle": "ann"})["Location"] == f"/{room.label}/"
+    assert logged_in(bob).post("/chat/dm/", {"to": "ann"})["Location"] == f"/{room.label}/"
     assert [(e.dm_handle, e.label) for e in sidebar.rooms_for(bob).dms] == [("ann", room.label)]
     assert sidebar.rooms_for(bob).rooms == []
     # An unknown handle is a message, not a room.
-    response = logged_in(ann).post("/chat/dm/", {"handle": "nobody", "next": "/"}, follow=True)
+    response = logged_in(ann).post("/chat/dm/", {"to": "nobody", "next": "/"}, follow=True)
     assert b"No user with the handle" in response.content and Room.objects.count() == 1
     assert response.redirect_chain == [("/", 302)]
 
@@ -131,10 +131,10 @@ def test_too_many_new_conversations_are_refused(settings, ann):
     settings.CHAT_ROOM_CREATE_LIMIT = 2
     others = [User.objects.create_user(f"u{n}") for n in range(3)]
     client = logged_in(ann)
-    assert [client.post("/chat/dm/", {"handle": u.username}).status_code for u in others] == [302, 302, 429]
+    assert [client.post("/chat/dm/", {"to": u.username}).status_code for u in others] == [302, 302, 429]
     assert Room.objects.filter(dm_key__isnull=False).count() == 2
     # An existing one still opens.
-    assert client.post("/chat/dm/", {"handle": others[0].username}).status_code == 302
+    assert client.post("/chat/dm/", {"to": others[0].username}).status_code == 302
 
 
 def test_ones_own_notes(ann):

@@ -194,7 +194,7 @@ def test_the_sidebar_shows_on_the_room_page_with_mentions_and_dms(lobby, ann, bo
     Notification.objects.create(user=bob, room=lobby, message=message)
     bob.display_name = "Bob B."
     bob.save()
-    logged_in(ann).post("/chat/dm/", {"handle": "@bob"})
+    logged_in(ann).post("/chat/dm/", {"to": "@bob"})
     page = logged_in(bob).get("/lobby/").content.decode()
     lobby_item = page[page.index('data-room="lobby"') :].split("</li>")[0]
     assert "data-room-mentions" in lobby_item and "data-room-mentions title=\"mentions you\" hidden" not in lobby_item
