@@ -219,3 +219,17 @@ def test_display_names_ride_along_in_message_frames(lobby, ann, bob):
     lobby.post(User.objects.get(pk=bob.pk), "hello", "b-hello")
     data = logged_in(ann).get("/lobby/messages").json()["messages"]
     assert [(m["handle"], m.get("name")) for m in data] == [("ann", None), ("bob", "Robert")]
+
+
+@pytest.mark.usefixtures("fresh_channel_layer")
+async def test_display_names_ride_along_in_presence_and_joins(lobby, ann, bob):
+    bob.display_name = "Robert"
+    await database_sync_to_async(bob.save)()
+    ann_socket, first = await join("lobby", await database_sync_to_async(session_cookie)(ann))
+    assert first == {"type": "presence", "handles": ["ann"]}  # nobody here has a display name
+    bob_socket, first = await join("lobby", await database_sync_to_async(session_cookie)(bob))
+    assert first == {"type": "presence", "handles": ["ann", "bob"], "names": {"bob": "Robert"}}
+    assert await next_of(ann_socket, "join") == {"type": "join", "handle": "ann"}  # her own arrival
+    assert await next_of(ann_socket, "join") == {"type": "join", "handle": "bob", "name": "Robert"}
+    await bob_socket.disconnect()
+    await ann_socket.disconnect()
