@@ -86,10 +86,16 @@
   window.addEventListener("focus", soon);
   new MutationObserver(soon).observe(list, { childList: true });
 
-  // Another tab or device read further: nothing before that is news here.
+  // Another tab or device read further: nothing before that is news here. The user's rooms
+  // changed: they may have joined this one (by posting in it), so reading is tracked from now on
+  // (the server ignores reads of a room not joined).
   document.addEventListener("parley:frame", (event) => {
     const frame = event.detail;
     if (frame.type === "room_read" && frame.room === config.label) sent = Math.max(sent, frame.last_read_id);
+    if (frame.type === "sidebar_changed" && config.last_read_id === null) {
+      config.last_read_id = 0;
+      soon();
+    }
   });
 
   // After room.js's first render (its DOMContentLoaded listener was added first).
