@@ -266,9 +266,9 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
             return
         self.counted = True
         metrics.socket_entered()
-        await self.send_frame({"type": "presence", "handles": handles})
+        await self.send_frame({"type": "presence", "handles": handles, **await self.names_frame_part()})
         if first:
-            await self.broadcast({"type": "join", "handle": self.user.username})
+            await self.broadcast({"type": "join", "handle": self.user.username, **self.own_name()})
         self.heartbeat_task = asyncio.create_task(self.heartbeat())
         logger.info("event=ws_connect room=%s user=%s channel=%s", room.label, self.user.pk, self.channel_name)
 
@@ -373,6 +373,14 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
             return  # relayed moments ago: drop quietly, it is only a hint
         _typing_relayed[key] = now
         await self.broadcast({"type": "typing", "handle": self.user.username}, skip_user=self.user.pk)
+
+    async def names_frame_part(self) -> dict[str, Any]:
+        """{"names": {handle: display name}} for the present users who have one; {} when none has."""
+        names = await database_sync_to_async(presence.display_names)(self.room)
+        return {"names": names} if names else {}
+
+    def own_name(self) -> dict[str, str]:
+        return {"name": self.user.display_name} if self.user.display_name else {}
 
     def may_stay(self, user: "User") -> bool:
         return can_still_view(self.room, user)

@@ -58,7 +58,8 @@ class RoomQuerySet(models.QuerySet):
         posted = Exists(Message.objects.filter(room=OuterRef("pk")))
         member = Exists(Membership.objects.filter(room=OuterRef("pk"), user=user))
         public = Q(is_private=False) & (posted | Q(created_by=user))
-        return self.filter(public | member).order_by("-last_activity_at", "-pk")
+        # Direct messages are the sidebar's, under the other person's name, not a directory's.
+        return self.filter(public | member, dm_key__isnull=True).order_by("-last_activity_at", "-pk")
 
     def create_by(self, user: "User", label: str, is_private: bool = False) -> "Room":
         """A new room `user` made, unless they made CHAT_ROOM_CREATE_LIMIT within the window.
@@ -103,6 +104,9 @@ class Room(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     # Bumped by every message; also serialises a room's inserts (see Room.post).
     last_activity_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # Set on a direct message only: "<lower user id>:<higher user id>", unique, so one
+    # conversation per pair however many start it at once (chat.dm).
+    dm_key = models.CharField(max_length=41, null=True, blank=True, unique=True)
 
     objects = RoomQuerySet.as_manager()
 
@@ -184,7 +188,10 @@ class RoomHidden(Room.DoesNotExist):
 
 
 class Membership(models.Model):
-    """Who may see a private room. Public rooms need no membership."""
+    """Who may see a private room, and whose sidebar lists a room (chat.sidebar).
+
+    Public rooms need no membership to be seen: one is made by posting or Join.
+    """
 
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="memberships")
     user = models.ForeignKey(
@@ -194,6 +201,8 @@ class Membership(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # The newest message the user has seen here (chat.sidebar): unread is what comes after it.
+    last_read_id = models.PositiveBigIntegerField(default=0)
 
     class Meta:
         constraints = [models.UniqueConstraint("room", "user", name="chat_membership_unique")]

@@ -48,6 +48,12 @@ def handles(room: Room) -> list[str]:
     return sorted(set(_fresh(room).values_list("user__username", flat=True)))
 
 
+def display_names(room: Room) -> dict[str, str]:
+    """Handle -> display name of the users present in `room` who have set one (shown next to the handle)."""
+    rows = _fresh(room).exclude(user__display_name="").values_list("user__username", "user__display_name")
+    return dict(rows)
+
+
 class TooManySockets(Exception):
     """The user already has CHAT_MAX_SOCKETS_PER_USER sockets open."""
 

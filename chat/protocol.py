@@ -106,8 +106,11 @@ def format_ts(message: Message) -> str:
 
 
 def message_frame(message: Message) -> dict[str, Any]:
-    """The outbound form of a message: WebSocket frames, history JSON and the room page."""
-    return {
+    """The outbound form of a message: WebSocket frames, history JSON and the room page.
+
+    `name`, the author's display name, only when they have set one.
+    """
+    frame = {
         "type": "message",
         "id": message.pk,
         "room": message.room.label,
@@ -116,6 +119,9 @@ def message_frame(message: Message) -> dict[str, Any]:
         "ts": format_ts(message),
         "client_id": message.client_id,
     }
+    if message.user.display_name:
+        frame["name"] = message.user.display_name
+    return frame
 
 
 def encode(frame: dict[str, Any]) -> str:

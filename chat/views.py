@@ -8,8 +8,10 @@ from django.core.paginator import Paginator
 from django.db import IntegrityError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from . import dm, sidebar
 from .forms import InviteForm, NewRoomForm
 from .models import Room, TooManyRooms, is_valid_label
 from .protocol import HISTORY_LIMIT, message_frame
@@ -17,6 +19,8 @@ from .protocol import HISTORY_LIMIT, message_frame
 logger = logging.getLogger(__name__)
 
 INITIAL_MESSAGES = 50
+# Messages shown above the first unread when a room opens there (opening_messages).
+UNREAD_CONTEXT = 10
 ROOMS_PER_PAGE = 50
 # Short labels tried before a long one: 30 x 30 x 100 of them, so they run out.
 SHORT_LABEL_TRIES = 3
@@ -85,6 +89,8 @@ def room(request: HttpRequest, label: str) -> HttpResponse:
     if not is_valid_label(label):
         raise Http404("Room labels are lower-case letters, digits, '-' or '_', at most 50 characters.")
     room = Room.objects.filter(label=label).first()
+    if room is None and label.startswith(dm.DM_PREFIX):
+        raise Http404("No such room.")  # direct messages are started from a handle (start_dm), never by address
     if room is None:
         try:
             room = Room.objects.create_by(request.user, label)
@@ -95,9 +101,8 @@ def room(request: HttpRequest, label: str) -> HttpResponse:
             room = Room.objects.get(label=label)
     if not room.can_view(request.user):
         raise Http404("No such room.")
-    recent = list(room.messages.select_related("user", "room").order_by("-id")[: INITIAL_MESSAGES + 1])
-    has_more = len(recent) > INITIAL_MESSAGES
-    initial = [message_frame(m) for m in reversed(recent[:INITIAL_MESSAGES])]
+    member = sidebar.membership(room, request.user)
+    initial, has_more, first_unread = opening_messages(room, member.last_read_id if member else None)
     context = {
         "room": room,
         "chat_config": {
@@ -107,19 +112,103 @@ def room(request: HttpRequest, label: str) -> HttpResponse:
             "history_url": f"/{room.label}/messages",
             "messages": initial,
             "has_more": has_more,
+            # The read position (None: not joined, nothing tracked) and the message the page opens at.
+            "last_read_id": member.last_read_id if member else None,
+            "first_unread_id": first_unread,
+            "unread_cap": sidebar.UNREAD_CAP,
         },
-        "can_invite": room.is_private and room.created_by_id == request.user.pk,
+        "sidebar": sidebar.rooms_for(request.user),
+        "joined": member is not None,
+        "dm_with": dm.other_member(room, request.user) if room.dm_key else None,
+        "can_invite": room.is_private and not room.dm_key and room.created_by_id == request.user.pk,
         "members": room.memberships.select_related("user").order_by("user__username") if room.is_private else (),
         "invite_form": InviteForm(),
     }
     return render(request, "chat/room.html", context)
 
 
+def opening_messages(room: Room, last_read_id: int | None) -> tuple[list[dict], bool, int | None]:
+    """What a room page shows first: (message frames, older ones?, id of the first unread or None).
+
+    The newest INITIAL_MESSAGES, unless the first unread is older than those:
+    then it with UNREAD_CONTEXT messages before it, and what follows it; the
+    page's socket syncs the rest (everything after the last one shown).
+    """
+    messages_ = room.messages.select_related("user", "room")
+    first_unread = None
+    if last_read_id is not None:
+        first_unread = messages_.filter(id__gt=last_read_id).order_by("id").values_list("id", flat=True).first()
+    recent = list(messages_.order_by("-id")[: INITIAL_MESSAGES + 1])
+    newest = recent[:INITIAL_MESSAGES]
+    if first_unread is None or first_unread >= newest[-1].pk:
+        return [message_frame(m) for m in reversed(newest)], len(recent) > INITIAL_MESSAGES, first_unread
+    before = list(messages_.filter(id__lt=first_unread).order_by("-id")[: UNREAD_CONTEXT + 1])
+    after = list(messages_.filter(id__gte=first_unread).order_by("id")[: INITIAL_MESSAGES - UNREAD_CONTEXT])
+    shown = [*reversed(before[:UNREAD_CONTEXT]), *after]
+    return [message_frame(m) for m in shown], len(before) > UNREAD_CONTEXT, first_unread
+
+
+@require_POST
+def join(request: HttpRequest, label: str) -> HttpResponse:
+    """Join a public room: it goes into the sidebar (a private room's members have joined already)."""
+    room = visible_room_or_404(label, request.user)
+    if not room.is_private:
+        sidebar.join(room, request.user)
+    return redirect("room", label=room.label)
+
+
+@require_POST
+def leave(request: HttpRequest, label: str) -> HttpResponse:
+    """Leave a room, public or private (then it is gone until someone invites again); not a direct message."""
+    room = visible_room_or_404(label, request.user)
+    if room.dm_key:
+        return HttpResponse("A direct message cannot be left.", status=400)
+    sidebar.leave(room, request.user)
+    if room.is_private:
+        messages.info(request, f"You left #{room.label}.")
+        return redirect("home")
+    return redirect("room", label=room.label)
+
+
+@require_POST
+def read(request: HttpRequest, label: str) -> HttpResponse:
+    """The "Mark as read" button: the read position moves to the room's newest message (pages do it live over a socket)."""
+    from notifications import notify  # notifications imports chat: imported when used
+
+    room = visible_room_or_404(label, request.user)
+    if sidebar.mark_read(room, request.user) == 0:
+        notify.mark_read(request.user, room=room)  # all read: its mentions too
+    return redirect("room", label=room.label)
+
+
+@require_POST
+def start_dm(request: HttpRequest) -> HttpResponse:
+    """`POST /chat/dm/` with `to`, a handle: the direct message with that person, started if need be."""
+    # Checked as an invitation's handle is; named `to` so no page has two `handle` fields.
+    form = InviteForm({"handle": request.POST.get("to", "")})
+    if not form.is_valid():
+        messages.error(request, " ".join(form.errors["handle"]))
+        return redirect(request.POST.get("next") if url_has_allowed_host_and_scheme(
+            request.POST.get("next"), allowed_hosts={request.get_host()}) else "home")  # fmt: skip
+    try:
+        room, _ = dm.start(request.user, form.cleaned_data["handle"])
+    except TooManyRooms:
+        return too_many_rooms(request)
+    return redirect("room", label=room.label)
+
+
+@require_GET
+def sidebar_fragment(request: HttpRequest) -> HttpResponse:
+    """`GET /chat/sidebar/?active=<label>`: the sidebar's list, re-read by pages when the user's rooms change."""
+    context = {"sidebar": sidebar.rooms_for(request.user), "active": request.GET.get("active", "")[:50]}
+    return render(request, "chat/_sidebar_lists.html", context)
+
+
 @require_POST
 def invite(request: HttpRequest, label: str) -> HttpResponse:
     """The creator of a private room adds a member by handle."""
     room = visible_room_or_404(label, request.user)
-    if not room.is_private or room.created_by_id != request.user.pk:
+    if not room.is_private or room.dm_key or room.created_by_id != request.user.pk:
         return HttpResponse("Only the creator of a private room can invite.", status=403)
     form = InviteForm(request.POST)
     if form.is_valid():

@@ -47,27 +47,32 @@ def shortest_fit(*candidates: str) -> str:
     return next((c for c in candidates if len(c) <= SMS_MAX), candidates[-1])
 
 
+def where(room) -> str:
+    """How a message's place reads in a sentence: "#general", or "a direct message" (whose label means nothing)."""
+    return "a direct message" if room.dm_key else f"#{room.label}"
+
+
 def mention_sms(room, notifications: Sequence[Notification]) -> str:
     """One mention quotes the message; several are counted. One segment, link included."""
     if len(notifications) > 1:
         link = room_link(room)
-        return shortest_fit(f"Parley: {len(notifications)} new mentions in #{room.label} {link}",
+        return shortest_fit(f"Parley: {len(notifications)} new mentions in {where(room)} {link}",
                             f"Parley: {len(notifications)} new mentions {link}")  # fmt: skip
     message = notifications[0].message
     link = message_link(message)
     author = message.user.username
-    head = f"Parley: @{author} in #{room.label}: "
+    head = f"Parley: @{author} in {where(room)}: "
     room_for_quote = SMS_MAX - len(head) - len(link) - 3  # two quotes and a space
     quote = excerpt(message.text, room_for_quote, ellipsis="...")
     if room_for_quote >= 10 and set(quote) <= GSM7:
         return f'{head}"{quote}" {link}'
-    return shortest_fit(f"Parley: @{author} mentioned you in #{room.label} {link}", f"Parley: @{author} {link}")
+    return shortest_fit(f"Parley: @{author} mentioned you in {where(room)} {link}", f"Parley: @{author} {link}")
 
 
 def mention_subject(room, notifications: Sequence[Notification]) -> str:
     if len(notifications) > 1:
-        return f"{len(notifications)} new mentions in #{room.label}"
-    return f"@{notifications[0].message.user.username} mentioned you in #{room.label}"
+        return f"{len(notifications)} new mentions in {where(room)}"
+    return f"@{notifications[0].message.user.username} mentioned you in {where(room)}"
 
 
 def render_email(template: str, context: dict) -> tuple[str, str]:

@@ -14,6 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from chat.models import Membership, Message, Presence, Room
+from chat.sidebar import push_to_user
 
 from . import content, tokens
 from .delivery import address, unsubscribe_link, usable_channel
@@ -47,12 +48,16 @@ def known_handles(handles: list[str]) -> set[str]:
 
 
 def mentioned_users(message: Message) -> list:
-    """Users `message` notifies: named or @here, never its author, only those who can see the room."""
+    """Users `message` notifies: named or @here (in a direct message, the other person), never its
+    author, only those who can see the room."""
     handles, here = parse_mentions(message.text)
     User = get_user_model()
     users = {u.pk: u for u in User.objects.annotate(handle_ci=Lower("username")).filter(handle_ci__in=handles)}
     if here:
         users.update({u.pk: u for u in User.objects.filter(pk__in=present_user_ids(message.room))})
+    if message.room.dm_key:
+        # Every message of a direct message is meant for the other person: a mention of them.
+        users.update({u.pk: u for u in User.objects.filter(memberships__room=message.room)})
     users.pop(message.user_id, None)
     return [user for user in users.values() if user.is_active and message.room.can_view(user)]
 
@@ -79,6 +84,7 @@ def notify_mentions(message_id: int) -> int:
                 gather(notification)
         for user_id in created:
             transaction.on_commit(lambda user_id=user_id: push_unread(user_id))
+            transaction.on_commit(lambda user_id=user_id: push_room_mention(user_id, room))
     logger.info("event=mentions message=%s room=%s notified=%d", message.pk, room.pk, len(created))
     return len(created)
 
@@ -170,6 +176,16 @@ def push_unread(user_id: int) -> None:
         logger.warning("event=unread_push_failed user=%s error=%r", user_id, exc)
 
 
+def push_room_mention(user_id: int, room: Room) -> None:
+    """Tell the user's sidebars how many unread mentions `room` holds for them now (if it is in them)."""
+    if not Membership.objects.filter(user_id=user_id, room=room).exists():
+        return
+    count = Notification.objects.filter(
+        user_id=user_id, room=room, kind=Notification.Kind.MENTION, read_at__isnull=True
+    ).count()
+    push_to_user(user_id, {"type": "room_mention", "room": room.label, "mentions": count})
+
+
 def mark_read(user, ids: list[int] | None = None, room: Room | None = None) -> int:
     """Mark the user's notifications read: these ids, those of a room, or all of them."""
     unread = Notification.objects.filter(user=user, read_at__isnull=True)
@@ -180,6 +196,8 @@ def mark_read(user, ids: list[int] | None = None, room: Room | None = None) -> i
     changed = unread.update(read_at=timezone.now())
     if changed:
         transaction.on_commit(lambda: push_unread(user.pk))
+        if room is not None:
+            transaction.on_commit(lambda: push_room_mention(user.pk, room))
     return changed
 
 

@@ -19,8 +19,8 @@ logger = logging.getLogger(__name__)
 
 @receiver(post_save, sender=Message, dispatch_uid="notifications.mentions")
 def message_saved(sender, instance: Message, created: bool, raw: bool = False, **kwargs) -> None:
-    # "@" in the text is a cheap filter: most messages mention nobody.
-    if created and not raw and "@" in instance.text:
+    # "@" in the text is a cheap filter: most messages mention nobody. Every direct message notifies.
+    if created and not raw and ("@" in instance.text or instance.room.dm_key):
         # Inside the sender's transaction the task rings on commit, and
         # vanishes with a rolled-back message.
         process_mentions.enqueue(instance.pk)

@@ -28,6 +28,7 @@ EXPECTED_KEYS = {
         "io_sync_per_s", "io_async_per_s", "celery_io_per_s", "parley_rss_mb", "celery_rss_mb",
     },
     "thumbnails.py": {"parley_avatars_per_s", "loop_avatars_per_s", "naive_avatars_per_s", "ratio_vs_loop"},
+    "sidebar.py": {"sidebar_ms", "sidebar_p95_ms", "sidebar_unvacuumed_ms", "naive_ms"},
     "export.py": {"jsonl_msgs_per_s", "csv_msgs_per_s", "html_msgs_per_s", "copy_msgs_per_s", "peak_rss_mb"},
     "fanout.py": {
         "parley_p50_ms", "parley_p99_ms", "baseline_p50_ms", "baseline_p99_ms",

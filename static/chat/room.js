@@ -57,6 +57,7 @@
     hasMore: config.has_more,
     loadingOlder: false,
     present: new Set(),
+    names: new Map(), // handle -> display name, for those present who set one
     typing: new Map(), // handle -> timer
     avatars: new Map(), // handle -> {"256", "64", "32": url}, from `avatar` frames
     typingSentAt: 0,
@@ -122,7 +123,14 @@
     who.className = "handle";
     who.textContent = frame.handle;
     const time = document.createElement("time");
-    meta.append(avatarImage(frame.handle), who, time);
+    meta.append(avatarImage(frame.handle), who);
+    if (frame.name) {
+      const name = document.createElement("span");
+      name.className = "display-name";
+      name.textContent = frame.name;
+      meta.append(name);
+    }
+    meta.append(time);
     const body = document.createElement("div");
     body.className = "text";
     renderText(body, frame.text);
@@ -200,6 +208,12 @@
       ...[...state.present].sort().map((handle) => {
         const li = document.createElement("li");
         li.append(avatarImage(handle), handle);
+        if (state.names.has(handle)) {
+          const name = document.createElement("span");
+          name.className = "display-name";
+          name.textContent = ` ${state.names.get(handle)}`;
+          li.append(name);
+        }
         return li;
       })
     );
@@ -252,10 +266,12 @@
     },
     presence(frame) {
       state.present = new Set(frame.handles);
+      state.names = new Map(Object.entries(frame.names || {}));
       renderPresence();
     },
     join(frame) {
       state.present.add(frame.handle);
+      if (frame.name) state.names.set(frame.handle, frame.name);
       renderPresence();
     },
     leave(frame) {

@@ -1,5 +1,7 @@
 // Keeps the bell's unread count live over /notifications/live/, reconnecting with backoff.
-// Other scripts may send frames through window.parleyNotifications.send({...}).
+// Other scripts may send frames through window.parleyNotifications.send({...}), and hear every frame
+// as a "parley:frame" event on document (the sidebar's room_activity, room_read...), and each
+// (re)connection as "parley:live-open" (what was missed meanwhile is theirs to re-read).
 (function () {
   "use strict";
   const bell = document.querySelector("[data-notifications-live]");
@@ -20,12 +22,14 @@
     socket = new WebSocket(scheme + location.host + bell.dataset.notificationsLive);
     socket.addEventListener("open", function () {
       delay = 1000;
+      document.dispatchEvent(new CustomEvent("parley:live-open"));
       while (pending.length) socket.send(JSON.stringify(pending.shift()));
     });
     socket.addEventListener("message", function (event) {
       let frame;
       try { frame = JSON.parse(event.data); } catch (e) { return; }
       if (frame.type === "unread" && Number.isInteger(frame.count)) show(frame.count);
+      document.dispatchEvent(new CustomEvent("parley:frame", { detail: frame }));
     });
     socket.addEventListener("close", function (event) {
       // Signed out (4401), or no access (4403): retrying cannot help, and the page itself says why.
