@@ -26,7 +26,7 @@ from django.utils import timezone
 from django.utils.crypto import get_random_string
 from sentry_sdk.integrations.asyncio import enable_asyncio_integration
 
-from . import metrics, runner, schedules
+from . import metrics, registry, runner, schedules
 from .backends import aring, ring, task_queues
 from .models import TaskRecord
 from .monitor import paused_queues
@@ -456,6 +456,7 @@ class TaskWorker(Worker):
         # afresh (recycle()), or a guest in another's (runserver's embedded worker).
         self.owns_process = False
         self.recycling = False
+        self.started_at = timezone.now()
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT.
@@ -543,10 +544,18 @@ class TaskWorker(Worker):
         watching.cancel()
         for state in self.states.values():
             state.threads.shutdown()
+        try:
+            await database_sync_to_async(registry.gone)(self.worker_id)
+        except Exception:  # the database is away: the row goes once its beat is older than the lease
+            logger.exception("event=worker_unregister_failed worker=%s", self.worker_id)
         metrics.SLOTS.sources.remove(self.slot_usage)
         if server is not None:
             server.shutdown()
         logger.info("event=worker_stopped worker=%s", self.worker_id)
+
+    def slot_limits(self) -> dict[str, dict[str, int]]:
+        """{queue: {"sync": threads, "async": coroutine slots}} of the queues this worker serves."""
+        return {state.name: dict(state.limits) for state in list(self.states.values())}
 
     def slot_usage(self) -> list[tuple[str, dict[str, int], dict[str, int]]]:
         """(queue, slots busy by kind, slots by kind) of each served queue, for the metrics scrape."""
@@ -622,6 +631,8 @@ class TaskWorker(Worker):
                     await aring(queue)
                 await database_sync_to_async(runner.fail_cancelled)()
                 await database_sync_to_async(schedules.enqueue_due)()
+                # Last: what only the monitor shows must never hold up the sweep.
+                await database_sync_to_async(registry.beat)(self.worker_id, self.slot_limits(), self.started_at)
                 self.recycle_if_stuck()
             except Exception:
                 logger.exception("event=maintenance_failed worker=%s", self.worker_id)
