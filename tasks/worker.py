@@ -310,15 +310,15 @@ class QueueState:
 
         Sync tasks run on the queue's threads (runner.drain_sync, which claims
         the next as it records an outcome, in one statement); async ones on
-        this loop. Either kind may follow either.
+        this loop, their outcomes recorded in batches (Recorder). Either kind
+        may follow either.
         """
         queues, worker_id = [self.name], self.worker_id
-        ended = None
         try:
             while True:
                 if slot.held["sync"]:
                     claimed = await asyncio.wrap_future(
-                        self.threads.submit(runner.drain_sync, queues, worker_id, slot, claimed, ended)
+                        self.threads.submit(runner.drain_sync, queues, worker_id, slot, claimed)
                     )
                     slot.release("sync")
                     if claimed is None:
@@ -333,7 +333,6 @@ class QueueState:
                     return
                 # Recorded with other async slots' outcomes, in one statement that claims their next tasks.
                 claimed = await self.recorder.record(slot, ended)
-                ended = None
                 if claimed is None:
                     return
         except Exception:
