@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from chat.models import Membership, Message, Presence, Room
 from chat.sidebar import push_to_user
+from tasks.backends import enqueue_many
 
 from . import content, tokens
 from .delivery import address, unsubscribe_link, usable_channel
@@ -70,7 +71,7 @@ def notify_mentions(message_id: int) -> int:
     room = message.room
     users = mentioned_users(message)
     present = present_user_ids(room)
-    created = []
+    created, deliveries = [], []
     with transaction.atomic():
         for user in users:
             notification, new = Notification.objects.get_or_create(
@@ -81,7 +82,8 @@ def notify_mentions(message_id: int) -> int:
             created.append(user.pk)
             # Looking at the room right now: the message is in front of them.
             if user.pk not in present and usable_channel(user):
-                gather(notification)
+                gather(notification, deliveries)
+        enqueue_deliveries(deliveries)
         for user_id in created:
             transaction.on_commit(lambda user_id=user_id: push_unread(user_id))
             transaction.on_commit(lambda user_id=user_id: push_room_mention(user_id, room))
@@ -89,12 +91,14 @@ def notify_mentions(message_id: int) -> int:
     return len(created)
 
 
-def gather(notification: Notification) -> Delivery:
+def gather(notification: Notification, new: list[Delivery]) -> Delivery:
     """Put a mention into the user's next email/SMS for that room, creating it if needed.
 
     The first mention after a quiet window goes out at once; later ones join
-    a delivery due when the window of the last one ends (its task is enqueued,
-    due then, as it is created: signals.delivery_created).
+    a delivery due when the window of the last one ends. A delivery created
+    here is added to `new`, for enqueue_deliveries(): a mention of many users
+    enqueues their tasks together, not one by one as signals.delivery_created
+    does for a delivery saved elsewhere.
     """
     get_user_model().objects.lock(notification.user_id)
     open_delivery = Delivery.objects.filter(
@@ -111,15 +115,32 @@ def gather(notification: Notification) -> Delivery:
             .first()
         )
         send_after = max(now, (last.started_at or last.send_after) + WINDOW) if last else now
-        open_delivery = Delivery.objects.create(
+        open_delivery = Delivery(
             user_id=notification.user_id, room_id=notification.room_id, kind=Delivery.Kind.MENTION,
             channel=usable_channel(notification.user), send_after=send_after,
         )  # fmt: skip
+        # bulk_create sends no post_save: its task is enqueued with the others' (enqueue_deliveries).
+        Delivery.objects.bulk_create([open_delivery])
+        new.append(open_delivery)
         logger.info("event=delivery_scheduled delivery=%s user=%s room=%s at=%s", open_delivery.pk,
                     notification.user_id, notification.room_id, send_after.isoformat())  # fmt: skip
     notification.delivery = open_delivery
     notification.save(update_fields=["delivery"])
     return open_delivery
+
+
+def enqueue_deliveries(deliveries: list[Delivery]) -> None:
+    """Enqueue each new delivery's sending: those due now in one INSERT (enqueue_many), the
+    others each due at its time. Inside the caller's transaction: they ring on commit."""
+    from .tasks import send_delivery  # tasks.py imports this module
+
+    now = timezone.now()
+    due = [delivery for delivery in deliveries if delivery.send_after <= now]
+    if due:
+        enqueue_many(send_delivery, [((delivery.pk,), {}) for delivery in due])
+    for delivery in deliveries:
+        if delivery.send_after > now:
+            send_delivery.using(run_after=delivery.send_after).enqueue(delivery.pk)
 
 
 # --- Invitations to a private room -----------------------------------------------------

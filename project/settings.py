@@ -74,9 +74,10 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 INSTALLED_APPS = [
     # An app's command overrides those of the apps after it. tasks first: its
     # runserver (daphne's, serving ASGI, plus the embedded worker) and its
-    # runworker (the durable one) win over daphne's and channels'.
+    # runworker (the durable one) win over staticfiles' and channels'. daphne is
+    # no app here: its AppConfig imports Twisted and its server into every
+    # process, each worker included; tasks' runserver imports what it needs.
     "tasks",
-    "daphne",
     "channels",
     "accounts",
     "chat",

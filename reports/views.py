@@ -11,7 +11,6 @@ from django.views.decorators.http import require_GET, require_POST
 from chat.models import Room
 
 from .forms import ExportForm
-from .insights import CHART_DPI, CHART_SIZE
 from .jobs import TooManyJobs, cancel_job, start_export, start_insights
 from .models import Job, with_task_results
 
@@ -109,6 +108,11 @@ def download(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def show_insights(request: HttpRequest, job: Job, room: Room) -> HttpResponse:
+    # Imported here: reports.insights pulls in matplotlib and numpy, which every
+    # process that loads the URLconf (each runworker, for its system checks) would
+    # otherwise carry (README, Slots) to draw nothing.
+    from .insights import CHART_DPI, CHART_SIZE
+
     width, height = (round(inches * CHART_DPI) for inches in CHART_SIZE)
     context = {"job": job, "room": room, "data": job.result, "chart_width": width, "chart_height": height}
     return render(request, "reports/insights.html", context)

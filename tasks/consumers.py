@@ -15,7 +15,7 @@ from project.sockets import FrameError, RateLimit
 
 from . import runner
 from .monitor import overview
-from .worker import Slot
+from .worker import QueueState, Slot
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +35,25 @@ class TaskConsumer(AsyncConsumer):
 
     async def task_ready(self, message: dict) -> None:
         state = self.scope["parley.queue"]
+        try:
+            # A claim that came back full may have left more due: claim again while
+            # slots are free, without waiting for a bell. A claim is bounded by the
+            # free threads, so async tasks (which give their thread back) fill the
+            # queue's many coroutine slots in a few rounds, one bell or none.
+            while await self.claim(state) and not runner.shutting_down.is_set():
+                pass
+        finally:
+            state.claiming = False
+            state.changed()
+
+    async def claim(self, state: QueueState) -> bool:
+        """Claim as many due tasks as the queue has free slots and start each; True if
+        the claim came back full (more may be due)."""
         reserved = 0 if state.paused else state.reserve(state.free())  # a bell taken just before a pause
+        asked = reserved
         try:
             if not reserved:
-                return
+                return False
             # On one of the queue's threads (one is reserved): its own database connection.
             claimed = await asyncio.wrap_future(
                 state.threads.submit(runner.claim_and_start_many, [state.name], state.worker_id, reserved)
@@ -54,11 +69,10 @@ class TaskConsumer(AsyncConsumer):
             if reserved:  # fewer were due than slots free: note when the next one will be
                 due = await asyncio.wrap_future(state.threads.submit(runner.next_due, [state.name]))
                 state.next_due = due
+            return len(claimed) == asked
         finally:
             if reserved:
                 Slot(state, sync=reserved, async_=reserved).release_all()
-            state.claiming = False
-            state.changed()
 
 
 def may_monitor(user: AbstractBaseUser) -> bool:

@@ -176,3 +176,24 @@ class QueueMinute(models.Model):
 
     def __str__(self) -> str:
         return f"{self.queue_name} {self.minute:%Y-%m-%d %H:%M}: {self.succeeded} ok, {self.failed} failed"
+
+
+class WorkerRecord(models.Model):
+    """A live runworker process and its slots, written by its heartbeat (tasks.registry).
+
+    RUNNING tasks say which slots are in use; only the worker knows how many it
+    has, and that it is there while idle. A row whose beat is older than the
+    lease is a worker gone without a goodbye (SIGKILL): it is deleted.
+    """
+
+    worker_id = models.CharField(max_length=200, primary_key=True)
+    # {queue: {"sync": threads, "async": coroutine slots}}
+    slots = models.JSONField(default=dict)
+    started_at = models.DateTimeField()
+    beat_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["worker_id"]
+
+    def __str__(self) -> str:
+        return self.worker_id

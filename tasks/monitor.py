@@ -23,6 +23,7 @@ from django.utils import timezone
 from .backends import bell_layer_alias, load_task, ring_on_commit, task_queues
 from .exceptions import WORKER_LOST
 from .models import PausedQueue, QueueMinute, ScheduleTick, TaskRecord
+from .registry import live_slots
 from .runner import FAILED, READY, RUNNING, SUCCESSFUL
 from .schedules import listing
 
@@ -42,13 +43,23 @@ OPERATOR_PERMISSIONS = ["view_taskrecord", "change_taskrecord", "view_schedule",
                         "view_pausedqueue", "add_pausedqueue", "delete_pausedqueue"]  # fmt: skip
 
 
+def by_queue(worker: dict[str, Any]) -> str:
+    """`compute=3/8, default=0/4`: each queue's slots in use, out of the worker's slots for it (if known)."""
+    queues = {**dict.fromkeys(worker["limits"], 0), **worker["queues"]}
+    return ", ".join(
+        f"{queue}={count}" + (f"/{worker['limits'][queue]}" if queue in worker["limits"] else "")
+        for queue, count in queues.items()
+    )
+
+
 def overview(now: datetime | None = None) -> dict[str, Any]:
     """The state of the task system as JSON-ready data.
 
     - queues: per queue, tasks ready to run now, deferred (run_after or a
       retry's backoff still ahead) and running, and whether it is paused;
     - running: running tasks with their worker and how old its last heartbeat is;
-    - workers: per worker holding tasks, its slots in use (its RUNNING tasks), by queue;
+    - workers: per live worker or worker holding tasks, its slots in use (its RUNNING
+      tasks) by queue, and its slots (None if unknown: it has not beaten yet, or is gone);
     - failures: the most recent failed tasks with their last error (cancelled ones are no failures);
     - schedules: every periodic schedule, its next and last tick and that tick's outcome.
     """
@@ -71,14 +82,20 @@ def overview(now: datetime | None = None) -> dict[str, Any]:
             "queue": row["queue_name"], "ready": row["ready"], "deferred": row["deferred"], "running": row["running"],
         }  # fmt: skip
     running = TaskRecord.objects.filter(status=RUNNING).order_by("started_at")[:RUNNING_SHOWN]
-    workers: dict[str, dict[str, Any]] = {}
+    # Every live worker, idle ones too, with its slots; in use: its RUNNING tasks.
+    workers: dict[str, dict[str, Any]] = {
+        worker: {"worker": worker, "in_use": 0, "queues": {}, "slots": sum(limits.values()), "limits": limits}
+        for worker, limits in sorted(live_slots(now).items())
+    }
     for row in (
         TaskRecord.objects.filter(status=RUNNING)
         .values("worker_id", "queue_name")
         .annotate(running=Count("pk"))
         .order_by("worker_id", "queue_name")
     ):
-        worker = workers.setdefault(row["worker_id"], {"worker": row["worker_id"], "in_use": 0, "queues": {}})
+        worker = workers.setdefault(
+            row["worker_id"], {"worker": row["worker_id"], "in_use": 0, "queues": {}, "slots": None, "limits": {}}
+        )  # a worker gone, or not beaten yet, whose tasks the sweep has not taken yet
         worker["in_use"] += row["running"]
         worker["queues"][row["queue_name"]] = row["running"]
     # A cancelled task (cancel_requested) ends FAILED too, but nobody needs to look at it.
@@ -102,7 +119,7 @@ def overview(now: datetime | None = None) -> dict[str, Any]:
             }
             for record in running
         ],
-        "workers": list(workers.values()),
+        "workers": [{**worker, "by_queue": by_queue(worker)} for _, worker in sorted(workers.items())],
         "failures": [
             {
                 "id": str(record.pk),

@@ -133,17 +133,22 @@ def claim(queue_names: list[str], worker_id: str) -> TaskRecord | None:
     return release_and_claim(None, queue_names, worker_id)[1]
 
 
-def claim_many(queue_names: list[str], worker_id: str, limit: int) -> list[TaskRecord]:
-    """Take up to `limit` due READY tasks of these queues for `worker_id`, in one statement.
+def claim_many(
+    queue_names: list[str], worker_id: str, limit: int, task_paths: list[str] | None = None
+) -> list[TaskRecord]:
+    """Take up to `limit` due READY tasks of these queues for `worker_id`, in one statement;
+    with `task_paths`, only tasks of those (a worker's async tasks, for coroutine slots
+    that have no thread free should a claim bring a sync task).
 
     A worker asks for as many as it has free slots, never more, so what it
     cannot start at once stays for idle workers. Returned in claim order
     (highest priority, then the longest due): RETURNING itself has no order.
     """
     now = connection.ops.adapt_datetimefield_value(timezone.now())
-    params = [RUNNING, worker_id, now, now, now, worker_id, READY, *queue_names, now, limit]
+    paths = task_paths or []
+    params = [RUNNING, worker_id, now, now, now, worker_id, READY, *queue_names, now, *paths, limit]
     with connection.cursor() as cursor:
-        cursor.execute(_claim_sql(connection.vendor, len(queue_names), many=True), params)
+        cursor.execute(_claim_sql(connection.vendor, len(queue_names), many=True, paths=len(paths)), params)
         records = [_load(row) for row in cursor.fetchall()]
     return sorted(records, key=lambda r: (-r.priority, r.available_at, r.enqueued_at))
 
@@ -183,6 +188,59 @@ def release_and_claim(ended: Outcome | None, queue_names: list[str], worker_id: 
         cursor.execute(claim_sql, claim_params)
         row = cursor.fetchone()
     return held, _load(row) if row is not None else None
+
+
+def release_many_and_claim(
+    ended: list[Outcome], queue_names: list[str], worker_id: str, limit: int,
+    async_limit: int = 0, async_paths: list[str] | None = None,
+) -> tuple[list[bool], list[TaskRecord], list[TaskRecord]]:
+    """Record these attempts' outcomes, claim up to `limit` tasks, and up to `async_limit`
+    more of `async_paths` only: the async slots' batch (tasks.worker.Recorder).
+
+    Returns (whether each outcome was recorded, the tasks claimed of any kind,
+    those of `async_paths`), each in claim order. On PostgreSQL all of it is one
+    statement: many async tasks ending together cost one round trip and one
+    commit, not one each. Elsewhere the async-only claim is made only if the
+    first came back full.
+    """
+    paths = list(async_paths or []) if async_limit else []
+    if connection.vendor != "postgresql":
+        held = [_release(outcome.record, worker_id, outcome.changes) for outcome in ended]
+        records = claim_many(queue_names, worker_id, limit) if limit else []
+        full = len(records) == limit
+        return held, records, claim_many(queue_names, worker_id, async_limit, paths) if paths and full else []
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    ctes, params = [], []
+    shapes: dict[tuple[str, ...], list[Outcome]] = {}  # a success's columns, a retry's, a failure's
+    for outcome in ended:
+        shapes.setdefault(tuple(outcome.changes), []).append(outcome)
+    for i, (names, outcomes) in enumerate(shapes.items()):
+        ctes.append(f"r{i} AS ({_release_many_sql(connection.vendor, names)})")
+        columns = [[_FIELD["id"].get_db_prep_value(o.record.pk, connection) for o in outcomes]]
+        columns += [[_FIELD[name].get_db_prep_save(o.changes[name], connection) for o in outcomes] for name in names]
+        params += [*columns, worker_id]
+    claim = [RUNNING, worker_id, now, now, now, worker_id, READY, *queue_names, now]
+    ctes.append(f"claimed AS ({_claim_sql(connection.vendor, len(queue_names), many=True)})")
+    params += [*claim, limit]
+    claims = "SELECT 1 AS kind, * FROM claimed"
+    if paths:
+        # Not the rows `claimed` took: one statement must not update a row twice.
+        ctes.append(f"more AS ({_claim_sql(connection.vendor, len(queue_names), many=True, paths=len(paths), besides='claimed')})")
+        params += [*claim, *paths, async_limit]
+        claims += " UNION ALL SELECT 2, * FROM more"
+    released = " UNION ALL ".join(f"SELECT id FROM r{i}" for i in range(len(shapes))) or "SELECT NULL::uuid WHERE false"
+    sql = (
+        f"WITH {', '.join(ctes)} SELECT ARRAY({released})::text[], c.* "
+        f"FROM (SELECT 1) AS one LEFT JOIN ({claims}) AS c ON true"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    recorded = set(rows[0][0])
+    held = [_note_release(o.record, worker_id, o.changes, str(o.record.pk) in recorded) for o in ended]
+    order = lambda record: (-record.priority, record.available_at, record.enqueued_at)
+    records = sorted((_load(row[2:]) for row in rows if row[1] == 1), key=order)
+    return held, records, sorted((_load(row[2:]) for row in rows if row[1] == 2), key=order)
 
 
 def _release(record: TaskRecord, worker_id: str, changes: dict[str, Any]) -> bool:
@@ -229,19 +287,40 @@ def _release_sql(vendor: str, names: tuple[str, ...]) -> str:
 
 
 @functools.cache
-def _claim_sql(vendor: str, queue_count: int, many: bool = False) -> str:
-    """The claim: of one task (the fast path), or `many` (LIMIT %s, the last parameter)."""
+def _release_many_sql(vendor: str, names: tuple[str, ...]) -> str:
+    """Outcomes of one shape (these columns) for many tasks, as one array per column
+    (PostgreSQL): one plan whatever their number. See _release_sql()."""
+    table = _table()
+    quote = connection.ops.quote_name
+    arrays = ", ".join(f"%s::{_FIELD[name].cast_db_type(connection)}[]" for name in ("id", *names))
+    sets = ", ".join(f"{quote(_FIELD[name].column)} = v.{quote(name)}" for name in names)
+    return (
+        f"UPDATE {table} AS t SET {sets}, worker_id = '', heartbeat_at = NULL "
+        f"FROM unnest({arrays}) AS v(id, {', '.join(quote(name) for name in names)}) "
+        f"WHERE t.id = v.id AND t.worker_id = %s RETURNING t.id"
+    )
+
+
+@functools.cache
+def _claim_sql(vendor: str, queue_count: int, many: bool = False, paths: int = 0, besides: str = "") -> str:
+    """The claim: of one task (the fast path), or `many` (LIMIT %s, the last parameter),
+    of any task or only of `paths` task paths (parameters before the LIMIT), and
+    not of the rows of the CTE `besides` (PostgreSQL only)."""
     if vendor == "postgresql":
         append = "worker_ids || to_jsonb(%s::text)"
     else:
         append = "json_insert(worker_ids, '$[#]', %s)"
     skip_locked = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
     queues = ", ".join(["%s"] * queue_count)
+    only = f"AND task_path IN ({', '.join(['%s'] * paths)}) " if paths else ""
+    if besides:
+        only += f"AND id <> ALL(ARRAY(SELECT id FROM {besides})) "
     table = _table()
     columns = ", ".join(connection.ops.quote_name(field.column) for field in FIELDS)
     due = (
         f"SELECT id FROM {table} WHERE status = %s AND NOT cancel_requested "
         f"AND queue_name IN ({queues}) AND available_at <= %s "
+        f"{only}"
         f"ORDER BY priority DESC, available_at, enqueued_at LIMIT {'%s' if many else '1'}{skip_locked}"
     )
     if not many:
@@ -399,6 +478,21 @@ def claim_and_start_many(
 ) -> list[tuple[TaskRecord, Task | None, Any]]:
     """claim_many() and start() each: what a worker's free slots take on a bell."""
     return [start(record, worker_id) for record in claim_many(queue_names, worker_id, limit)]
+
+
+def finish_and_start_many(
+    ended: list[Outcome], queue_names: list[str], worker_id: str, limit: int,
+    async_limit: int = 0, async_paths: list[str] | None = None,
+) -> tuple[list[tuple[TaskRecord, Task | None, Any]], list[tuple[TaskRecord, Task | None, Any]]]:
+    """release_many_and_claim(), then announce each outcome and start() each claim: a
+    batch of async slots' one trip to a thread of the queue (tasks.worker.Recorder).
+    Returns (the claims of any kind, the async-only ones)."""
+    # Dropped here, not per statement, if it broke or aged: a round trip only after an error.
+    connection.close_if_unusable_or_obsolete()
+    held, records, more = release_many_and_claim(ended, queue_names, worker_id, limit, async_limit, async_paths)
+    for outcome, recorded in zip(ended, held):
+        announce(outcome, worker_id, recorded)
+    return [start(record, worker_id) for record in records], [start(record, worker_id) for record in more]
 
 
 def start(record: TaskRecord, worker_id: str) -> tuple[TaskRecord, Task | None, Any]:

@@ -13,6 +13,7 @@ import uuid
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from datetime import datetime
+from inspect import iscoroutinefunction
 from pathlib import Path
 
 from channels.db import database_sync_to_async
@@ -25,7 +26,7 @@ from django.utils import timezone
 from django.utils.crypto import get_random_string
 from sentry_sdk.integrations.asyncio import enable_asyncio_integration
 
-from . import metrics, runner, schedules
+from . import metrics, registry, runner, schedules
 from .backends import aring, ring, task_queues
 from .models import TaskRecord
 from .monitor import paused_queues
@@ -240,6 +241,12 @@ class QueueState:
     next_due: datetime | None = None  # the earliest deferred task, when the queue last ran dry
     room: asyncio.Event = field(default_factory=asyncio.Event)  # free slots, no claim under way
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # nothing running or being claimed
+    # Paths of the async tasks this queue has run: what coroutine slots may claim with no thread free.
+    async_paths: set[str] = field(default_factory=set)
+    recorder: "Recorder" = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.recorder = Recorder(self)
 
     def free(self) -> int:
         """Tasks this process can start now: each may turn out sync or async."""
@@ -273,8 +280,16 @@ class QueueState:
     def running(self) -> list[uuid.UUID]:
         return [slot.task for slot in list(self.slots) if slot.task is not None]
 
+    def note(self, claimed: tuple) -> bool:
+        """Whether a claimed task (record, task, result) is async; if so, its path joins async_paths."""
+        if iscoroutinefunction(claimed[1].func):
+            self.async_paths.add(claimed[0].task_path)
+            return True
+        return False
+
     def start(self, slot: Slot, claimed: tuple) -> None:
         """Run a claimed task, and whatever its slot claims after it, in the background."""
+        self.note(claimed)
         self.slots.add(slot)
         slot.life = asyncio.ensure_future(self.run(slot, claimed))
 
@@ -295,15 +310,15 @@ class QueueState:
 
         Sync tasks run on the queue's threads (runner.drain_sync, which claims
         the next as it records an outcome, in one statement); async ones on
-        this loop. Either kind may follow either.
+        this loop, their outcomes recorded in batches (Recorder). Either kind
+        may follow either.
         """
         queues, worker_id = [self.name], self.worker_id
-        ended = None
         try:
             while True:
                 if slot.held["sync"]:
                     claimed = await asyncio.wrap_future(
-                        self.threads.submit(runner.drain_sync, queues, worker_id, slot, claimed, ended)
+                        self.threads.submit(runner.drain_sync, queues, worker_id, slot, claimed)
                     )
                     slot.release("sync")
                     if claimed is None:
@@ -316,15 +331,94 @@ class QueueState:
                     slot.task = None
                 if ended is None:  # handed back
                     return
-                if runner.shutting_down.is_set() or self.paused or not slot.reserve("sync"):
-                    await runner.on_db_thread(runner.finish)(ended, worker_id)
+                # Recorded with other async slots' outcomes, in one statement that claims their next tasks.
+                claimed = await self.recorder.record(slot, ended)
+                if claimed is None:
                     return
-                claimed = None  # the outcome goes with the next claim, on a thread of the queue
         except Exception:
             logger.exception("event=slot_failed queue=%s worker=%s", self.name, worker_id)
         finally:
             slot.release_all()
             self.slots.discard(slot)
+
+
+class Recorder:
+    """Records a queue's async outcomes in batches, each with its slots' next claims.
+
+    An async slot whose task ended hands its outcome here and waits. One batch
+    at a time goes to a thread of the queue (its pool has one thread more than
+    slots, for this): every outcome handed in meanwhile is recorded, and as many
+    next tasks claimed as waiting slots could take, in one statement
+    (runner.finish_and_start_many). Each waiting slot then gets a task to run,
+    or None once the queue runs dry, the worker stops or the queue pauses.
+
+    A claim may bring a sync task, so a slot claims any task only with a thread
+    reserved; slots beyond the free threads claim, in a second statement, only
+    tasks whose path this queue has seen to be async (QueueState.async_paths),
+    after the first claim came back full. So the queue's many coroutine slots
+    are not held to its few threads, and a sync task never waits for a thread
+    while claimed: of two tasks of a mixed queue, the sync one may wait in the
+    database for a thread while a lower-priority async one starts. A slot left
+    without a task waits for the next batch while the last claims came back
+    full (more may be due), and ends otherwise.
+    """
+
+    def __init__(self, state: "QueueState") -> None:
+        self.state = state
+        self.waiting: list[tuple[Slot, runner.Outcome | None, asyncio.Future]] = []
+        self.recording = False
+
+    async def record(self, slot: Slot, ended: runner.Outcome) -> tuple | None:
+        """Record `ended`, the outcome of `slot`'s async task; the slot's next task
+        (holding what it needs: a thread if sync), or None: the slot ends."""
+        future = self.state.loop.create_future()
+        self.waiting.append((slot, ended, future))
+        if not self.recording:
+            self.recording = True
+            asyncio.ensure_future(self.drain())
+        return await future
+
+    async def drain(self) -> None:
+        state = self.state
+        try:
+            while self.waiting:
+                batch, self.waiting = self.waiting, []
+                takers, coroutines = [], []  # slots claiming any task (a thread reserved), async ones only
+                if not (runner.shutting_down.is_set() or state.paused):
+                    takers = list(itertools.takewhile(lambda entry: entry[0].reserve("sync"), batch))
+                    if state.async_paths:
+                        coroutines = batch[len(takers):]
+                outcomes = [ended for _, ended, _ in batch if ended is not None]
+                try:
+                    claimed, more = await asyncio.wrap_future(state.threads.submit(
+                        runner.finish_and_start_many, outcomes, [state.name], state.worker_id, len(takers),
+                        len(coroutines), sorted(state.async_paths),
+                    ))  # fmt: skip
+                except Exception as exc:  # the database is away, say: the slots end (QueueState.run logs it)
+                    for slot, _, _ in takers:
+                        slot.release("sync")
+                    for _, _, future in batch:
+                        future.set_exception(exc)
+                    continue
+                full = len(claimed) == len(takers) and len(more) == len(coroutines) and bool(takers or coroutines)
+                given = [*claimed, *more]
+                for index, (slot, _, future) in enumerate(batch):
+                    one = given[index] if index < len(given) else None
+                    if index < len(takers):
+                        if one is not None and one[1] is not None and state.note(one):
+                            slot.release("sync")  # an async task: the thread reserved goes back
+                        elif one is not None and one[1] is not None:
+                            slot.release("async")  # a sync task: it runs on the thread reserved
+                        else:
+                            slot.release("sync")
+                    if one is not None and one[1] is not None:
+                        future.set_result(one)
+                    elif full:  # more may be due: this slot claims with the next batch
+                        self.waiting.append((slot, None, future))
+                    else:
+                        future.set_result(None)
+        finally:
+            self.recording = False
 
 
 class TaskWorker(Worker):
@@ -361,6 +455,7 @@ class TaskWorker(Worker):
         # afresh (recycle()), or a guest in another's (runserver's embedded worker).
         self.owns_process = False
         self.recycling = False
+        self.started_at = timezone.now()
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT.
@@ -448,10 +543,18 @@ class TaskWorker(Worker):
         watching.cancel()
         for state in self.states.values():
             state.threads.shutdown()
+        try:
+            await database_sync_to_async(registry.gone)(self.worker_id)
+        except Exception:  # the database is away: the row goes once its beat is older than the lease
+            logger.exception("event=worker_unregister_failed worker=%s", self.worker_id)
         metrics.SLOTS.sources.remove(self.slot_usage)
         if server is not None:
             server.shutdown()
         logger.info("event=worker_stopped worker=%s", self.worker_id)
+
+    def slot_limits(self) -> dict[str, dict[str, int]]:
+        """{queue: {"sync": threads, "async": coroutine slots}} of the queues this worker serves."""
+        return {state.name: dict(state.limits) for state in list(self.states.values())}
 
     def slot_usage(self) -> list[tuple[str, dict[str, int], dict[str, int]]]:
         """(queue, slots busy by kind, slots by kind) of each served queue, for the metrics scrape."""
@@ -467,7 +570,7 @@ class TaskWorker(Worker):
         loop = asyncio.get_running_loop()
         state = QueueState(
             name=channel, worker_id=self.worker_id, limits={"sync": self.slots[channel], "async": self.async_slots},
-            threads=SlotThreads(self.slots[channel], f"parley-{channel}"), loop=loop, paused=channel in self.paused,
+            threads=SlotThreads(self.slots[channel] + 1, f"parley-{channel}"), loop=loop, paused=channel in self.paused,
         )  # fmt: skip
         state.changed()
         self.states[channel] = state
@@ -527,6 +630,8 @@ class TaskWorker(Worker):
                     await aring(queue)
                 await database_sync_to_async(runner.fail_cancelled)()
                 await database_sync_to_async(schedules.enqueue_due)()
+                # Last: what only the monitor shows must never hold up the sweep.
+                await database_sync_to_async(registry.beat)(self.worker_id, self.slot_limits(), self.started_at)
                 self.recycle_if_stuck()
             except Exception:
                 logger.exception("event=maintenance_failed worker=%s", self.worker_id)

@@ -61,12 +61,12 @@ def test_monitor_page_updates_live(workers_stack, browser, tmp_path):  # noqa: F
     off_the_loop(lambda: sample_tasks.add.enqueue(1, 2))
     off_the_loop(lambda: sample_tasks.add.using(run_after=timezone.now() + timedelta(hours=1)).enqueue(3, 4))
     expect(compute.locator("td")).to_have_text(["compute", "1", "1", "0", "serving", "Pause"], timeout=8_000)
-    expect(page.locator("#tasks-workers td")).to_have_text(["No worker is running a task."])
+    expect(page.locator("#tasks-workers td")).to_have_text(["No worker is running."])
 
     # A worker of two slots takes the due task, then two slow ones side by side: the page shows both slots in use.
     (worker,) = start_workers(workers_stack, 1, "compute", concurrency="compute=2")
     off_the_loop(lambda: [sample_tasks.slow_mark.enqueue(str(tmp_path / "slow"), str(key), 6.0) for key in range(2)])
     row = page.locator("#tasks-workers tr")
-    expect(row.locator("td")).to_have_text([re.compile(f":{worker.pid}:"), "2", "compute=2"], timeout=8_000)
+    expect(row.locator("td")).to_have_text([re.compile(f":{worker.pid}:"), "2", "2", "compute=2/2"], timeout=8_000)
     expect(compute.locator("td")).to_have_text(["compute", "0", "1", "2", "serving", "Pause"])
     page.context.close()

@@ -11,11 +11,15 @@ import time
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import channel_layers
+from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.tasks.exceptions import InvalidTask
 from django.tasks.signals import task_enqueued
 from django.test.utils import CaptureQueriesContext
 
+from chat.models import Room
+from notifications import notify
+from notifications.models import Delivery
 from tasks import backends
 from tasks.backends import enqueue_many
 from tasks.models import TaskRecord
@@ -128,3 +132,21 @@ async def test_every_idle_worker_still_gets_a_bell(task_layer, how):
         await asyncio.gather(*waiting, return_exceptions=True)
         for worker in workers:
             await worker.close_pools()
+
+
+def test_a_mention_of_many_users_enqueues_their_deliveries_in_one_insert():
+    """notifications' fan-out: a delivery per user mentioned, their send_delivery tasks in one INSERT."""
+    users = get_user_model().objects
+    ann = users.create_user("ann")
+    room = Room.objects.create(label="general", created_by=ann)
+    for name in ("bob", "cy", "di"):
+        users.create_user(name, email=f"{name}@example.com", email_confirmed=True, mention_channel="email")
+    message, _ = room.post(ann, "@bob @cy @di look", "c1")
+    with CaptureQueriesContext(connection) as queries:
+        assert notify.notify_mentions(message.pk) == 3
+    table = TaskRecord._meta.db_table
+    inserts = [q["sql"] for q in queries if q["sql"].startswith(f'INSERT INTO "{table}"')]
+    assert len(inserts) == 1
+    deliveries = sorted(Delivery.objects.values_list("pk", flat=True))
+    tasks = TaskRecord.objects.filter(task_path="notifications.tasks.send_delivery")
+    assert sorted(record.args[0] for record in tasks) == deliveries and len(deliveries) == 3

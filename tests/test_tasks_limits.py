@@ -157,7 +157,7 @@ async def test_a_sync_task_that_does_not_report_is_failed_at_its_limit_and_its_s
     assert (await finished(after.id, 5)).return_value == 3
     assert "end" not in notes.read_text()
     state = worker.states["compute"]
-    assert len(state.threads.stuck()) == 1 and len(state.threads.threads) == 1
+    assert len(state.threads.stuck()) == 1 and len(state.threads.threads) == 2  # its slot, the recorder
     # Once the stuck thread returns, what it did is dropped and the thread ends.
     await asyncio.to_thread(wait_for, lambda: "end" in notes.read_text() and not state.threads.stuck(), 6)
     await asyncio.sleep(0.3)

@@ -12,9 +12,9 @@ from django.contrib.auth.models import AnonymousUser
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from tasks import runner
+from tasks import registry, runner
 from tasks.consumers import TaskMonitorConsumer
-from tasks.models import TaskRecord
+from tasks.models import TaskRecord, WorkerRecord
 from tasks.monitor import overview, prune
 from tests import sample_tasks
 
@@ -73,14 +73,27 @@ def test_overview_and_the_command_show_slots_in_use_per_worker():
     assert len(runner.claim_many(["compute"], W1, 3)) == 3
     runner.claim(["default"], W1)
     runner.claim(["compute"], W2)
+    # W1 and an idle W3 beat (W2 has not yet): their slots show too.
+    W3 = "ops-host:3:cccccc"
+    registry.beat(W1, {"compute": {"sync": 8, "async": 64}, "default": {"sync": 4, "async": 64}}, timezone.now())
+    registry.beat(W3, {"compute": {"sync": 2, "async": 64}}, timezone.now())
     assert overview()["workers"] == [
-        {"worker": W1, "in_use": 4, "queues": {"compute": 3, "default": 1}},
-        {"worker": W2, "in_use": 1, "queues": {"compute": 1}},
-    ]
+        {"worker": W1, "in_use": 4, "queues": {"compute": 3, "default": 1}, "slots": 12,
+         "limits": {"compute": 8, "default": 4}, "by_queue": "compute=3/8, default=1/4"},
+        {"worker": W2, "in_use": 1, "queues": {"compute": 1}, "slots": None, "limits": {}, "by_queue": "compute=1"},
+        {"worker": W3, "in_use": 0, "queues": {}, "slots": 2, "limits": {"compute": 2}, "by_queue": "compute=0/2"},
+    ]  # fmt: skip
     out = StringIO()
     call_command("tasks", stdout=out)
-    assert "Slots in use per worker (2)" in out.getvalue()
-    assert f"{W1}  4       compute=3, default=1" in out.getvalue()
+    assert "Slots in use per worker (3)" in out.getvalue()
+    assert f"{W1}  4       12     compute=3/8, default=1/4" in out.getvalue()
+    assert f"{W2}  1       ?      compute=1" in out.getvalue()
+    # A worker that stops cleanly takes its row; one that stopped beating is forgotten after the lease.
+    registry.gone(W3)
+    WorkerRecord.objects.filter(pk=W1).update(beat_at=timezone.now() - timedelta(seconds=60))
+    assert [w["slots"] for w in overview()["workers"]] == [None, None]
+    registry.beat(W3, {"compute": {"sync": 2, "async": 64}}, timezone.now())
+    assert list(WorkerRecord.objects.values_list("pk", flat=True)) == [W3]
 
 
 def test_prune_deletes_only_finished_tasks_older_than_asked():

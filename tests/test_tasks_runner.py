@@ -280,6 +280,41 @@ def test_an_outcome_and_the_next_claim_go_together_in_one_statement_on_postgresq
     assert (again.status, again.worker_id, again.errors) == ("RUNNING", W2, [])
 
 
+def test_a_batch_of_outcomes_and_the_next_claims_go_together_in_one_statement_on_postgresql():
+    """The async slots' batch (tasks.worker.Recorder): outcomes of every shape, then claims
+    of any task up to `limit`, and of the async paths only up to `async_limit`."""
+    ran = [sample_tasks.add.enqueue(i, i) for i in range(4)]
+    claimed = runner.claim_many(["compute"], W1, 4)
+    low = sample_tasks.add.enqueue(7, 7)
+    asleep = [sample_tasks.async_add.using(priority=-5).enqueue(i, i) for i in range(3)]
+    high = sample_tasks.add.using(priority=9).enqueue(8, 8)
+    TaskRecord.objects.filter(pk=claimed[3].pk).update(worker_id=W2)  # its lease went to W2
+    ended = [
+        runner.outcome_of(claimed[0], sample_tasks.add, 0, None),
+        runner.outcome_of(claimed[1], sample_tasks.add, 2, None),
+        runner.outcome_of(claimed[2], sample_tasks.add, None, RuntimeError("boom")),
+        runner.outcome_of(claimed[3], sample_tasks.add, 6, None),
+    ]
+    async_path = sample_tasks.async_add.module_path
+    with CaptureQueriesContext(connection) as queries:
+        held, records, more = runner.release_many_and_claim(ended, ["compute"], W1, 2, 2, [async_path])
+    assert len(queries) == (1 if connection.vendor == "postgresql" else 6)
+    assert held == [True, True, True, False]
+    assert [str(r.pk) for r in records] == [high.id, low.id]  # any kind, by priority
+    assert [str(r.pk) for r in more] == [asleep[0].id, asleep[1].id]  # async paths only
+    assert {(r.status, r.worker_id) for r in records + more} == {("RUNNING", W1)}
+    stored = [record_of(result) for result in ran]
+    assert [(r.status, r.return_value, r.worker_id) for r in stored] == [
+        ("SUCCESSFUL", 0, ""), ("SUCCESSFUL", 2, ""), ("FAILED", None, ""), ("RUNNING", None, W2),
+    ]
+    assert stored[2].errors[0]["exception_class_path"] == "builtins.RuntimeError"
+    assert record_of(asleep[2]).status == "READY"
+    # Slots with no outcome to record and no thread free claim async tasks only.
+    _, records, more = runner.release_many_and_claim([], ["compute"], W1, 0, 3, [async_path])
+    assert (records, [str(r.pk) for r in more]) == ([], [asleep[2].id])
+    assert runner.release_many_and_claim([], ["compute"], W1, 3, 3, [async_path]) == ([], [], [])
+
+
 def test_an_outcome_is_only_recorded_by_the_worker_holding_the_task():
     sample_tasks.add.enqueue(1, 1)
     record = runner.claim(["compute"], W1)

@@ -160,3 +160,18 @@ def test_bad_slot_counts_are_refused_clearly(settings, bad):
     settings.TASKS_CONCURRENCY = bad
     (error,) = check_slots(None)
     assert error.id == "tasks.E001" and bad.split("=")[0] in error.msg
+
+
+async def test_one_thread_fills_many_async_slots_without_waiting_for_bells(slotted, tmp_path, settings):
+    """A claim is bounded by the free threads (a claim may bring a sync task), but a claim
+    that came back full claims again, and async slots beyond the threads claim async
+    tasks only: a queue of one slot runs a wave of async tasks at once."""
+    log = tmp_path / "marks"
+    settings.TASKS_POLL_INTERVAL = 30  # no self-ringing: only the first bells wake the worker
+    slotted("compute=1")
+    started = time.monotonic()
+    first = [await sample_tasks.aslow_mark.aenqueue(str(log), f"a{key}", 0.5) for key in range(12)]
+    for result in first:
+        assert (await finished(result.id, 10)).status == "SUCCESSFUL"
+    assert most_at_once(log) == 12
+    assert time.monotonic() - started < 3.0  # one after another: 6 s

@@ -144,9 +144,8 @@ class Command(BaseCommand):
             for r in data["running"]
         ])  # fmt: skip
         self.stdout.write(f"\nSlots in use per worker ({len(data['workers'])})")
-        self.table(["worker", "in use", "by queue"], [
-            [w["worker"], w["in_use"], ", ".join(f"{queue}={count}" for queue, count in w["queues"].items())]
-            for w in data["workers"]
+        self.table(["worker", "in use", "slots", "by queue"], [
+            [w["worker"], w["in_use"], "?" if w["slots"] is None else w["slots"], w["by_queue"]] for w in data["workers"]
         ])  # fmt: skip
         self.stdout.write(f"\nRecent failures ({len(data['failures'])})")
         self.table(["id", "task", "queue", "finished", "attempts", "error"], [
@@ -166,3 +165,4 @@ class Command(BaseCommand):
         widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
         for row in cells:
             self.stdout.write("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+

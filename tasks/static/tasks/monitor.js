@@ -34,8 +34,7 @@
       (r) => (r.done === null ? "" : r.done + "/" + (r.total === null ? "?" : r.total) + " " + r.note),
     ],
     "tasks-workers": [
-      (w) => w.worker, (w) => w.in_use,
-      (w) => Object.entries(w.queues).map(([queue, count]) => queue + "=" + count).join(", "),
+      (w) => w.worker, (w) => w.in_use, (w) => (w.slots === null ? "?" : w.slots), (w) => w.by_queue,
     ],
     "tasks-failures": [
       (f) => f.task, (f) => f.queue, (f) => timeCell(f.finished_at), (f) => f.attempts, (f) => f.error, rerunButton,
@@ -46,7 +45,7 @@
     ],
   };
   const empty = {
-    "tasks-running": "Nothing running.", "tasks-workers": "No worker is running a task.", "tasks-failures": "No failures.",
+    "tasks-running": "Nothing running.", "tasks-workers": "No worker is running.", "tasks-failures": "No failures.",
     "tasks-schedules": "No schedules.",
   };
 
