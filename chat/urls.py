@@ -1,12 +1,14 @@
 from django.urls import path
 
-from . import views
+from . import search_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("new/", views.new_room, name="new_room"),
+    path("search/", search_views.search_page, name="search"),
     # str, not slug: a bad label gets our 404 page (and mixed case a redirect).
     path("<str:label>/", views.room, name="room"),
     path("<str:label>/messages", views.history, name="history"),
     path("<str:label>/invite/", views.invite, name="invite"),
+    path("<str:label>/context", search_views.message_context, name="message_context"),
 ]
