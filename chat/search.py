@@ -24,7 +24,8 @@ from django.conf import settings
 from django.contrib.postgres.search import SearchHeadline, SearchQuery, SearchRank, SearchVectorField
 from django.core.cache import caches
 from django.db import DatabaseError, connection
-from django.db.models import Expression, QuerySet
+from django.db.models import Expression, QuerySet, Value
+from django.db.models.functions import Replace
 from django.utils import timezone
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
@@ -41,6 +42,10 @@ MAX_QUERY_LENGTH = 256
 SNIPPET_WORDS = 24
 # Highlight marks put in by ts_headline / snippet(), replaced by <mark> after escaping.
 START, STOP = "\x02", "\x03"
+# PostgreSQL's parser reads "<b>" as an HTML tag and ts_headline drops it; the
+# text goes to ts_headline with these in place of < and >, put back after escaping.
+LT, GT = "\x0e", "\x0f"
+MARKERS = (START, STOP, LT, GT)
 
 TOKEN_RE = re.compile(r'"[^"]*"?|\S+')
 FILTER_RE = re.compile(r"^(in|from|before|after):(.*)$", re.IGNORECASE)
@@ -153,12 +158,13 @@ def filtered(user: User, query: Query) -> QuerySet[Message]:
 def highlight(marked: str, original: str) -> SafeString:
     """HTML of a snippet: everything escaped, then the highlight marks made <mark> elements.
 
-    A message that itself contains a mark character gets no highlighting rather
-    than a forged <mark>.
+    A message that itself contains a marker character gets a plain snippet
+    rather than a forged <mark>.
     """
-    if START in original or STOP in original:
-        return mark_safe(escape(marked.replace(START, "").replace(STOP, "")))
-    return mark_safe(escape(marked).replace(START, "<mark>").replace(STOP, "</mark>"))
+    if any(marker in original for marker in MARKERS):
+        return plain_snippet(original)
+    html = escape(marked).replace(START, "<mark>").replace(STOP, "</mark>")
+    return mark_safe(html.replace(LT, "&lt;").replace(GT, "&gt;"))
 
 
 def plain_snippet(text: str) -> SafeString:
@@ -174,7 +180,7 @@ class SearchVectorColumn(Expression):
 
     def as_sql(self, compiler, connection):
         alias = compiler.query.get_initial_alias()
-        return f"{compiler.quote_name_unless_alias(alias)}.search_vector", []
+        return f"{compiler.quote_name(alias)}.search_vector", []
 
 
 def _postgres(messages: QuerySet[Message], text: str, offset: int) -> list[Result]:
@@ -189,7 +195,7 @@ def _postgres(messages: QuerySet[Message], text: str, offset: int) -> list[Resul
         .values_list("id", flat=True)[offset : offset + PAGE_SIZE + 1]
     )
     headline = SearchHeadline(
-        "text", tsquery, config="english", start_sel=START, stop_sel=STOP,
+        Replace(Replace("text", Value("<"), Value(LT)), Value(">"), Value(GT)), tsquery, config="english", start_sel=START, stop_sel=STOP,
         max_words=SNIPPET_WORDS, min_words=SNIPPET_WORDS // 2, max_fragments=2, fragment_delimiter=" … ",
     )  # fmt: skip
     found = Message.objects.select_related("room", "user").annotate(headline=headline).in_bulk(ranked)
