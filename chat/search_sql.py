@@ -13,8 +13,10 @@ POSTGRES = [
     # btree_gin lets one GIN index hold room_id next to the tsvector, so a search
     # in one room is answered by the index scan itself.
     "CREATE EXTENSION IF NOT EXISTS btree_gin",
-    "ALTER TABLE chat_message ADD COLUMN search_vector tsvector"
-    " GENERATED ALWAYS AS (to_tsvector('english'::regconfig, text)) STORED",
+    (
+        "ALTER TABLE chat_message ADD COLUMN search_vector tsvector"
+        " GENERATED ALWAYS AS (to_tsvector('english'::regconfig, text)) STORED"
+    ),
     "CREATE INDEX chat_message_search ON chat_message USING gin (room_id, search_vector)",
 ]
 POSTGRES_REVERSE = [
@@ -22,17 +24,29 @@ POSTGRES_REVERSE = [
     "ALTER TABLE chat_message DROP COLUMN IF EXISTS search_vector",
 ]
 
-SQLITE_TRIGGERS = ("chat_message_fts_insert", "chat_message_fts_delete", "chat_message_fts_update")
+SQLITE_TRIGGERS = (
+    "chat_message_fts_insert",
+    "chat_message_fts_delete",
+    "chat_message_fts_update",
+)
 SQLITE = [
-    "CREATE VIRTUAL TABLE IF NOT EXISTS chat_message_fts USING fts5("
-    "text, content='chat_message', content_rowid='id', tokenize='porter unicode61')",
-    "CREATE TRIGGER IF NOT EXISTS chat_message_fts_insert AFTER INSERT ON chat_message BEGIN"
-    " INSERT INTO chat_message_fts(rowid, text) VALUES (new.id, new.text); END",
-    "CREATE TRIGGER IF NOT EXISTS chat_message_fts_delete AFTER DELETE ON chat_message BEGIN"
-    " INSERT INTO chat_message_fts(chat_message_fts, rowid, text) VALUES ('delete', old.id, old.text); END",
-    "CREATE TRIGGER IF NOT EXISTS chat_message_fts_update AFTER UPDATE OF text ON chat_message BEGIN"
-    " INSERT INTO chat_message_fts(chat_message_fts, rowid, text) VALUES ('delete', old.id, old.text);"
-    " INSERT INTO chat_message_fts(rowid, text) VALUES (new.id, new.text); END",
+    (
+        "CREATE VIRTUAL TABLE IF NOT EXISTS chat_message_fts USING fts5("
+        "text, content='chat_message', content_rowid='id', tokenize='porter unicode61')"
+    ),
+    (
+        "CREATE TRIGGER IF NOT EXISTS chat_message_fts_insert AFTER INSERT ON chat_message BEGIN"
+        " INSERT INTO chat_message_fts(rowid, text) VALUES (new.id, new.text); END"
+    ),
+    (
+        "CREATE TRIGGER IF NOT EXISTS chat_message_fts_delete AFTER DELETE ON chat_message BEGIN"
+        " INSERT INTO chat_message_fts(chat_message_fts, rowid, text) VALUES ('delete', old.id, old.text); END"
+    ),
+    (
+        "CREATE TRIGGER IF NOT EXISTS chat_message_fts_update AFTER UPDATE OF text ON chat_message BEGIN"
+        " INSERT INTO chat_message_fts(chat_message_fts, rowid, text) VALUES ('delete', old.id, old.text);"
+        " INSERT INTO chat_message_fts(rowid, text) VALUES (new.id, new.text); END"
+    ),
     # Index what is already stored (all of it: 'rebuild' reads the content table).
     "INSERT INTO chat_message_fts(chat_message_fts) VALUES ('rebuild')",
 ]
