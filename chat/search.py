@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 20
 MAX_PAGE = 10
+# PostgreSQL ranks the newest CANDIDATES matches (all of them, for all but the commonest words).
+CANDIDATES = 1000
 MAX_QUERY_LENGTH = 256
 SNIPPET_WORDS = 24
 # Highlight marks put in by ts_headline / snippet(), replaced by <mark> after escaping.
@@ -189,18 +191,28 @@ class SearchVectorColumn(Expression):
 
 
 def _postgres(messages: QuerySet[Message], text: str, offset: int) -> list[Result]:
+    """Rank the newest CANDIDATES matches, then headline only the page shown.
+
+    Ranking every match of a common word (a third of a million messages at 1M)
+    is what makes full-text search slow; the newest matches are found by
+    whichever is cheaper, the GIN index (rare words) or walking ids backwards
+    until enough match (common ones), and the planner picks (README, Search).
+    """
     tsquery = SearchQuery(text, config="english", search_type="websearch")
     vector = SearchVectorColumn()
-    # Rank and order on ids alone; the headline (the costly part) only for the page shown.
-    ranked = list(
-        messages.alias(vector=vector)
-        .filter(vector=tsquery)
-        .annotate(rank=SearchRank(vector, tsquery))
-        .order_by("-rank", "-id")
-        .values_list("id", flat=True)[offset : offset + PAGE_SIZE + 1]
-    )
+    candidates = messages.alias(vector=vector).filter(vector=tsquery).order_by("-id").values("id", v=vector)
+    inner, params = candidates[:CANDIDATES].query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT c.id FROM ({inner}) c"
+            " ORDER BY ts_rank(c.v, websearch_to_tsquery('english'::regconfig, %s)) DESC, c.id DESC"
+            " LIMIT %s OFFSET %s",
+            [*params, text, PAGE_SIZE + 1, offset],
+        )
+        ranked = [pk for (pk,) in cursor.fetchall()]
     headline = SearchHeadline(
-        Replace(Replace("text", Value("<"), Value(LT)), Value(">"), Value(GT)), tsquery, config="english", start_sel=START, stop_sel=STOP,
+        Replace(Replace("text", Value("<"), Value(LT)), Value(">"), Value(GT)), tsquery,
+        config="english", start_sel=START, stop_sel=STOP,
         max_words=SNIPPET_WORDS, min_words=SNIPPET_WORDS // 2, max_fragments=2, fragment_delimiter=" … ",
     )  # fmt: skip
     found = Message.objects.select_related("room", "user").annotate(headline=headline).in_bulk(ranked)
