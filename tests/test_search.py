@@ -4,9 +4,9 @@ Runs on both stacks: PostgreSQL's tsvector + GIN, and SQLite's FTS5 on the embed
 """
 
 from datetime import datetime, timedelta
+from uuid import uuid4
 
 import pytest
-from django.core.cache import caches
 from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
@@ -19,10 +19,9 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def _fresh_rate_counts():
-    caches["search"].clear()
-    yield
-    caches["search"].clear()
+def _own_rate_counts(settings):
+    """This test's search counts only: a fresh key prefix in the "search" cache (Redis on the PostgreSQL stack)."""
+    settings.CACHES = {**settings.CACHES, "search": {**settings.CACHES["search"], "KEY_PREFIX": uuid4().hex}}
 
 
 @pytest.fixture
