@@ -222,3 +222,21 @@ def test_index_survives_a_flush_and_is_rebuilt_after_migrate(ann):
         call_command("migrate", verbosity=0, interactive=False)
         say(room, ann, "indexed after the migrate")
         assert texts(ann, "migrate") == ["indexed after the migrate"]
+
+
+def test_common_words_walk_newest_first_and_rare_ones_use_the_index(ann, general):
+    """Both of PostgreSQL's ways to the newest matches (chat.search._common) give the right results."""
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite's FTS5 has one way")
+    from chat.search import _common
+
+    Message.objects.bulk_create(
+        Message(room=general, user=ann, text=f"common chatter {i}", client_id=f"b{i}") for i in range(2000)
+    )
+    say(general, ann, "common and rare")
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE chat_message")
+    assert _common("common") and not _common("rare")
+    assert texts(ann, "rare") == ["common and rare"]
+    found = search(ann, "common chatter")
+    assert len(found.results) == 20 and found.has_more
