@@ -8,6 +8,7 @@ migrate, ensure_sqlite_index() recreates what is missing and re-indexes.
 """
 
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.migrations.recorder import MigrationRecorder
 
 POSTGRES = [
     # btree_gin lets one GIN index hold room_id next to the tsvector, so a search
@@ -68,8 +69,13 @@ def sqlite_index_complete(connection: BaseDatabaseWrapper) -> bool:
 
 
 def ensure_sqlite_index(connection: BaseDatabaseWrapper) -> bool:
-    """Recreate the FTS5 table or triggers if any is missing, and re-index; True if it had to."""
+    """Recreate the FTS5 table or triggers if any is missing, and re-index; True if it had to.
+
+    Only while migration 0003_search is applied: migrating back before it removes the index for good.
+    """
     if connection.vendor != "sqlite" or sqlite_index_complete(connection):
+        return False
+    if ("chat", "0003_search") not in MigrationRecorder(connection).applied_migrations():
         return False
     with connection.cursor() as cursor:
         for sql in SQLITE:
