@@ -1,4 +1,8 @@
+from typing import Any
+
 from django.apps import AppConfig
+from django.db import connections
+from django.db.models.signals import post_migrate
 
 
 class ChatConfig(AppConfig):
@@ -11,3 +15,11 @@ class ChatConfig(AppConfig):
         protocol.register("message", protocol.MESSAGE_SCHEMA, ChatConsumer.on_message)
         protocol.register("sync", protocol.SYNC_SCHEMA, ChatConsumer.on_sync)
         protocol.register("typing", protocol.TYPING_SCHEMA, ChatConsumer.on_typing)
+        post_migrate.connect(ensure_search_index, sender=self)
+
+
+def ensure_search_index(using: str, **kwargs: Any) -> None:
+    """SQLite's search triggers go with any rebuild of chat_message: put them back (chat.search_sql)."""
+    from .search_sql import ensure_sqlite_index
+
+    ensure_sqlite_index(connections[using])

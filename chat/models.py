@@ -23,7 +23,7 @@ LABEL_RE = re.compile(r"^[a-z0-9_-]{1,%d}\Z" % MAX_LABEL_LENGTH)
 RESERVED_LABELS = frozenset(
     {
         "admin", "accounts", "login", "logout", "signup", "me", "new", "tasks",
-        "chat", "static", "media", "notifications", "reports", "api",
+        "chat", "static", "media", "notifications", "reports", "api", "search",
     }
 )  # fmt: skip
 

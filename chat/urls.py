@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import search_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -8,6 +8,7 @@ urlpatterns = [
     # Under the reserved "chat/": no room label can take these.
     path("chat/dm/", views.start_dm, name="start_dm"),
     path("chat/sidebar/", views.sidebar_fragment, name="sidebar"),
+    path("search/", search_views.search_page, name="search"),
     # str, not slug: a bad label gets our 404 page (and mixed case a redirect).
     path("<str:label>/", views.room, name="room"),
     path("<str:label>/messages", views.history, name="history"),
@@ -15,4 +16,5 @@ urlpatterns = [
     path("<str:label>/join/", views.join, name="join"),
     path("<str:label>/leave/", views.leave, name="leave"),
     path("<str:label>/read/", views.read, name="read"),
+    path("<str:label>/context", search_views.message_context, name="message_context"),
 ]

@@ -284,6 +284,16 @@ CHAT_MAX_UNSENT_BYTES = int(os.environ.get("CHAT_MAX_UNSENT_BYTES", str(4 * 1024
 # free label) per CHAT_ROOM_CREATE_WINDOW seconds; the next is refused with a 429 page.
 CHAT_ROOM_CREATE_LIMIT = int(os.environ.get("CHAT_ROOM_CREATE_LIMIT", "20"))
 CHAT_ROOM_CREATE_WINDOW = float(os.environ.get("CHAT_ROOM_CREATE_WINDOW", "3600"))
+# A user may run SEARCH_RATE_LIMIT searches per SEARCH_RATE_WINDOW seconds (chat.search),
+# counted in the "search" cache: Redis when there is one, so every web process shares the count.
+SEARCH_RATE_LIMIT = int(os.environ.get("SEARCH_RATE_LIMIT", "30"))
+SEARCH_RATE_WINDOW = float(os.environ.get("SEARCH_RATE_WINDOW", "60"))
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "search": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    if REDIS_URL
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "search"},
+}
 
 # --- Reports (room exports and insights, on the compute queue) -------------------
 # A user's queued or running exports and insights at once; one more is refused.

@@ -6,6 +6,7 @@
  *   ParleyChat.messageHooks.push((element, frame) => {...})   decorate each rendered message
  *   ParleyChat.commands[name] = (args) => {...}   "/name args" typed in the composer
  *   ParleyChat.send(frame)   send a frame now (returns false while disconnected)
+ *   ParleyChat.addMessage(frame) / messageElement(id)   show a stored message / its element
  *
  * Protocol: README.md, "WebSocket protocol". Every message the server sends
  * has an id; we keep one element per id, in id order, whatever order (and
@@ -469,6 +470,10 @@
     messageHooks: [],
     commands: {},
     send: send,
+    // For permalinks (search.js): put a stored message in its place, find one by id, tell the reader.
+    addMessage: addMessage,
+    messageElement: (id) => state.byId.get(id),
+    notice: notice,
   });
 
   // Hooks registered by scripts loaded after this one still see the first render.
