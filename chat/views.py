@@ -10,6 +10,8 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from .changes import latest_change
+from .edits import is_moderator
 from .forms import InviteForm, NewRoomForm
 from .models import Room, TooManyRooms, is_valid_label
 from .protocol import HISTORY_LIMIT, message_frame
@@ -95,6 +97,8 @@ def room(request: HttpRequest, label: str) -> HttpResponse:
             room = Room.objects.get(label=label)
     if not room.can_view(request.user):
         raise Http404("No such room.")
+    # Read before the messages: a change made in between is sent again by `sync`, not lost.
+    change_seq = latest_change(room)
     recent = list(room.messages.select_related("user", "room").order_by("-id")[: INITIAL_MESSAGES + 1])
     has_more = len(recent) > INITIAL_MESSAGES
     initial = [message_frame(m) for m in reversed(recent[:INITIAL_MESSAGES])]
@@ -107,6 +111,8 @@ def room(request: HttpRequest, label: str) -> HttpResponse:
             "history_url": f"/{room.label}/messages",
             "messages": initial,
             "has_more": has_more,
+            "change_seq": change_seq,
+            "can_moderate": is_moderator(room, request.user),
         },
         "can_invite": room.is_private and room.created_by_id == request.user.pk,
         "members": room.memberships.select_related("user").order_by("user__username") if room.is_private else (),
