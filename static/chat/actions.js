@@ -245,7 +245,7 @@
   replyText.rows = 1;
   replyText.maxLength = MAX_LENGTH;
   replyText.placeholder = "Reply…";
-  replyText.setAttribute("aria-label", "Reply in thread");
+  replyText.setAttribute("aria-label", "Write a reply");
   const alsoLabel = document.createElement("label");
   const also = document.createElement("input");
   also.type = "checkbox";
@@ -281,8 +281,10 @@
   /* A message as the panel shows it: room.js's rendering, hooks included, without the thread summary. */
   function panelCopy(frame) {
     const copy = chat.build(frame);
-    const summary = copy.querySelector(".thread-summary");
-    if (summary && frame.id === thread.id) summary.remove();
+    if (frame.id === thread.id) {
+      // The thread's own parent: already open, nothing to open again.
+      for (const opener of copy.querySelectorAll(".thread-summary, .msg-action[title='Reply in thread']")) opener.remove();
+    }
     return copy;
   }
 
