@@ -400,15 +400,28 @@ async def test_sync_with_changes_after_sends_each_changed_message_once_in_change
 
 
 async def test_a_lost_change_broadcast_is_read_from_the_database(lobby, ann, ann_cookie, bob_cookie):
-    target = await posted(lobby, ann)
+    edited, reacted = await posted(lobby, ann, "one", "1"), await posted(lobby, ann, "two", "2")
     b, _ = await join("lobby", bob_cookie)
     # Stored, but its broadcast never left.
-    await db(edits.edit_message)(lobby, ann, target.pk, "edited unseen")
+    await db(edits.edit_message)(lobby, ann, edited.pk, "edited unseen")
+    a, _ = await join("lobby", ann_cookie)
+    await send(a, {"type": "react", "id": reacted.pk, "emoji": "👀"})
+    changes = [f for f in await frames_until_quiet(b) if f["type"] == "change"]
+    assert [(c["seq"], c["message"]["id"]) for c in changes] == [(1, edited.pk), (2, reacted.pk)]
+    assert changes[0]["message"]["text"] == "edited unseen"
+    assert changes[1]["message"]["reactions"] == [["👀", ["ann"]]]
+    await a.disconnect()
+    await b.disconnect()
+
+
+async def test_several_changes_of_one_message_missed_come_as_its_final_state_once(lobby, ann, ann_cookie, bob_cookie):
+    target = await posted(lobby, ann)
+    b, _ = await join("lobby", bob_cookie)
+    await db(edits.edit_message)(lobby, ann, target.pk, "edited unseen")  # never broadcast
     a, _ = await join("lobby", ann_cookie)
     await send(a, {"type": "react", "id": target.pk, "emoji": "👀"})
-    frames = await frames_until_quiet(b)
-    changes = [f for f in frames if f["type"] == "change"]
-    assert [c["seq"] for c in changes] == [2]  # the final state, once: seq 1's change is superseded by 2
+    changes = [f for f in await frames_until_quiet(b) if f["type"] == "change"]
+    assert [c["seq"] for c in changes] == [2]  # seq 1 is superseded: the final state, once
     assert changes[0]["message"]["text"] == "edited unseen"
     assert changes[0]["message"]["reactions"] == [["👀", ["ann"]]]
     await a.disconnect()
