@@ -78,8 +78,25 @@ def test_edit_delete_react_and_reply_live_and_after_a_reload(stack, browser):  #
     expect(message(bob, "a reply").locator("visible=true")).to_have_count(0)  # out of the room's timeline
     summary = mine.locator(".thread-summary")
     expect(summary).to_contain_text("1 reply")
+
+    # bob drops offline: his reply waits in the outbox; ann edits meanwhile. Back online, both arrive.
+    bob.context.set_offline(True)
+    expect(bob.locator("#status")).to_have_attribute("data-state", "offline")
+    panel.get_by_role("textbox", name="Write a reply").fill("typed offline")
+    panel.get_by_role("textbox", name="Write a reply").press("Enter")
+    expect(panel.locator(".thread-replies .msg.pending")).to_have_text(["typed offline"])
+    ann.locator("#text").focus()
+    ann.press("#text", "ArrowUp")
+    ann.locator(".edit-box").fill("hello world!")
+    ann.locator(".edit-box").press("Enter")
+    expect(mine.locator(".text")).to_have_text("hello world!")
+    bob.context.set_offline(False)
+    expect(greeting.locator(".text")).to_have_text("hello world!")  # the change, synced without a reload
+    expect(panel.locator(".thread-replies .msg[data-id] .text")).to_have_text(["a reply", "typed offline"])
+    expect(panel.locator(".thread-replies .msg.pending")).to_have_count(0)
+    expect(summary).to_contain_text("2 replies")
     summary.click()
-    expect(ann.locator("#thread-panel .thread-replies .msg[data-id] .text")).to_have_text(["a reply"])
+    expect(ann.locator("#thread-panel .thread-replies .msg[data-id] .text")).to_have_text(["a reply", "typed offline"])
     ann.keyboard.press("Escape")
     expect(ann.locator("#thread-panel")).to_be_hidden()
     bob.locator("#thread-panel").get_by_role("button", name="Close the thread").click()
@@ -99,7 +116,7 @@ def test_edit_delete_react_and_reply_live_and_after_a_reload(stack, browser):  #
     for page in (ann, bob):
         page.reload()
         expect(page.locator("#status")).to_have_attribute("data-state", "connected")
-        expect(page.locator("#message-list .msg[data-id]:visible .text")).to_have_text(["hello world", "message deleted"])
+        expect(page.locator("#message-list .msg[data-id]:visible .text")).to_have_text(["hello world!", "message deleted"])
         expect(message(page, "hello world").locator(".edited")).to_have_text("(edited)")
         expect(message(page, "hello world").locator(".reaction")).to_have_text("👍 1")
-        expect(message(page, "hello world").locator(".thread-summary")).to_contain_text("1 reply")
+        expect(message(page, "hello world").locator(".thread-summary")).to_contain_text("2 replies")

@@ -289,6 +289,8 @@
   }
 
   function showReply(frame) {
+    const pending = replyList.querySelector(`.msg.pending[data-client-id="${CSS.escape(frame.client_id)}"]`);
+    if (pending) pending.remove();
     const old = thread.replies.get(frame.id);
     if (old && Number(old.dataset.seq) >= (frame.seq || 0) && old.dataset.id) return;
     const copy = panelCopy(frame);
@@ -299,7 +301,7 @@
     }
     let before = null;
     for (const node of replyList.children) {
-      if (Number(node.dataset.id) > frame.id) {
+      if (!node.dataset.id || Number(node.dataset.id) > frame.id) {
         before = node;
         break;
       }
@@ -312,7 +314,13 @@
     event.preventDefault();
     const text = replyText.value;
     if (!text.trim() || thread.id === null) return;
-    chat.post(text, also.checked ? { parent: thread.id, to_room: true } : { parent: thread.id });
+    const clientId = chat.post(text, also.checked ? { parent: thread.id, to_room: true } : { parent: thread.id });
+    // Shown pending in the panel too (it waits in the outbox while offline), until it comes back stored.
+    const pending = document.createElement("article");
+    pending.className = "msg pending";
+    pending.dataset.clientId = clientId;
+    pending.textContent = text;
+    replyList.append(pending);
     replyText.value = "";
   });
   replyText.addEventListener("keydown", (event) => {

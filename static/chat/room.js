@@ -407,12 +407,13 @@
     el.text.value = "";
   }
 
-  /* Queue a message (with `fields`, e.g. a thread reply's parent) in the outbox, show it pending, send it. */
+  /* Queue a message (with `fields`, e.g. a thread reply's parent) in the outbox, show it pending, send it; its client_id. */
   function post(text, fields) {
     const item = { client_id: newClientId(), text: text, fields: fields || {} };
     outbox.add(item); // stored before sending: a drop right now loses nothing
     addPending(item);
     send({ ...item.fields, type: "message", text: item.text, client_id: item.client_id });
+    return item.client_id;
   }
 
   el.form.addEventListener("submit", (event) => {
