@@ -152,7 +152,8 @@ def sync_for_socket(
 
     With `changes_after_seq`, the page is followed by the changes after it
     (chat.changes), read after the messages: a message read before a change
-    is also sent that change. Returns (message frames, more?, last_id,
+    is also sent that change; messages and changes together stay within
+    SYNC_MAX_BYTES (a cut leaves `more`). Returns (message frames, more?, last_id,
     change frames, last_seq), last_seq None when no changes were asked for.
     """
     require_session(session_key, user.pk)
@@ -162,8 +163,18 @@ def sync_for_socket(
     if changes_after_seq is None:
         return page, more, last_id, [], None
     changes, more_changes = changes_after(room, changes_after_seq)
-    last_seq = changes[-1]["seq"] if changes else min(changes_after_seq, latest_change(room))
-    return page, more or more_changes, last_id, [encode(frame) for frame in changes], last_seq
+    # The changes share the page's bound on encoded output (SYNC_MAX_BYTES); cut in seq order, the rest is `more`.
+    size = sum(len(text.encode()) for text in page)
+    encoded: list[str] = []
+    for frame in changes:
+        text = encode(frame)
+        size += len(text.encode())
+        if (page or encoded) and size > SYNC_MAX_BYTES:
+            more_changes = True
+            break
+        encoded.append(text)
+    last_seq = changes[len(encoded) - 1]["seq"] if encoded else min(changes_after_seq, latest_change(room))
+    return page, more or more_changes, last_id, encoded, last_seq
 
 
 # Messages are stored, and missed ones read, on threads of their own, each with

@@ -515,3 +515,21 @@ async def test_change_frames_are_rate_limited_per_socket(lobby, ann, ann_cookie)
                 codes.append(frame.get("code", "ok"))
     assert codes == ["ok"] * 10 + ["rate_limited"]
     await a.disconnect()
+
+
+def test_a_sync_page_of_changes_stays_within_its_byte_bound(lobby, ann):
+    from chat.consumers import sync_for_socket
+    from chat.protocol import SYNC_MAX_BYTES
+
+    long = Message.objects.bulk_create(
+        Message(room=lobby, user=ann, text=f"{n}" + "x" * 3990, client_id=f"l{n}") for n in range(300)
+    )
+    for message in long:
+        edits.toggle_reaction(lobby, ann, message.pk, "👍")
+    session = session_cookie(ann)
+    page, more, last_id, changes, last_seq = sync_for_socket(session, lobby, ann, long[-1].pk, 0)
+    assert page == [] and more and 0 < len(changes) < 300
+    assert sum(len(text.encode()) for text in changes) <= SYNC_MAX_BYTES
+    assert last_seq == len(changes)  # one change each, in order: the next sync goes on from here
+    rest = sync_for_socket(session, lobby, ann, last_id, last_seq)
+    assert rest[4] > last_seq
