@@ -533,3 +533,10 @@ def test_a_sync_page_of_changes_stays_within_its_byte_bound(lobby, ann):
     assert last_seq == len(changes)  # one change each, in order: the next sync goes on from here
     rest = sync_for_socket(session, lobby, ann, last_id, last_seq)
     assert rest[4] > last_seq
+
+
+def test_a_mention_in_a_thread_reply_notifies(lobby, ann, bob):
+    parent, _ = lobby.post(ann, "a thread", "t1")
+    reply, _ = lobby.post(ann, "what do you think, @bob?", "t2", parent.pk)
+    run_queue(["notifications"], 10)
+    assert list(Notification.objects.values_list("user__username", "message_id")) == [("bob", reply.pk)]
