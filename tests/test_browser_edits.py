@@ -3,14 +3,14 @@
 import pytest
 from playwright.sync_api import expect
 
-from tests.test_browser_chat import CHROMIUM_ARGS, browser, say  # noqa: F401 (browser: a fixture)
+from tests.test_browser_chat import browser, say
 
 pytestmark = pytest.mark.e2e
 
-__all__ = ["CHROMIUM_ARGS", "browser"]
+__all__ = ["browser"]  # a fixture
 
 
-def signed_up_page(browser, base: str, handle: str, viewport: dict):  # noqa: F811 (browser: the fixture's value)
+def signed_up_page(browser, base: str, handle: str, viewport: dict):
     context = browser.new_context(base_url=base, viewport=viewport)
     context.set_default_timeout(10_000)
     page = context.new_page()
@@ -27,7 +27,7 @@ def message(page, text: str):
     return page.locator("#message-list .msg[data-id]").filter(has_text=text)
 
 
-def test_edit_delete_react_and_reply_live_and_after_a_reload(stack, browser):  # noqa: F811
+def test_edit_delete_react_and_reply_live_and_after_a_reload(stack, browser):
     _, port = stack.daphne()
     base = f"http://127.0.0.1:{port}"
     ann = signed_up_page(browser, base, "ann", {"width": 1200, "height": 800})
