@@ -17,7 +17,9 @@ from project.access import CLOSE_ACCESS_ENDED, CLOSE_SESSION_ENDED, AccessEnded,
 from project.sockets import FrameError, RateLimit, server_error
 
 from . import metrics, presence, protocol
-from .models import RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW, Message, RateLimited, Room, RoomHidden
+from .changes import changes_after, latest_change
+from .edits import change_frame
+from .models import RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW, Message, NoSuchParent, RateLimited, Room, RoomHidden
 from .protocol import SYNC_LIMIT, SYNC_MAX_BYTES, encode, message_frame, parse_frame
 
 if TYPE_CHECKING:
@@ -64,13 +66,13 @@ def latest_id(room: Room) -> int:
     return room.messages.order_by("-id").values_list("id", flat=True).first() or 0
 
 
-def enter(room: Room, user: "User", channel_name: str) -> tuple[bool, list[str], int]:
-    """A socket arrives: (first socket of the user here?, handles present, the room's latest message id).
+def enter(room: Room, user: "User", channel_name: str) -> tuple[bool, list[str], int, int]:
+    """A socket arrives: (first socket of the user here?, handles present, the room's latest message id and change).
 
     Raises presence.TooManySockets when the user has no socket to spare.
     """
     first = presence.join(room, user, channel_name)
-    return first, presence.handles(room), latest_id(room)
+    return first, presence.handles(room), latest_id(room), latest_change(room)
 
 
 def sync_page(room: Room, after: int) -> tuple[list[str], bool, int]:
@@ -96,21 +98,40 @@ def sync_page(room: Room, after: int) -> tuple[list[str], bool, int]:
     return page, more, frames[len(page) - 1]["id"]
 
 
-def beat(room: Room, channel_name: str, after: int) -> tuple[bool, list[str], list[dict[str, Any]]]:
-    """A socket's heartbeat: presence.heartbeat(), and any messages after `after` it was never sent."""
+def beat(
+    room: Room, channel_name: str, after: int, changes_after_seq: int
+) -> tuple[bool, list[str], list[dict[str, Any]], list[dict[str, Any]]]:
+    """A socket's heartbeat: presence.heartbeat(), and any messages and changes it was never sent."""
     refreshed, left = presence.heartbeat(room, channel_name)
-    return refreshed, left, messages_after(room, after)[0]
+    return refreshed, left, messages_after(room, after)[0], changes_after(room, changes_after_seq)[0]
 
 
-def post_message(room: Room, user: "User", text: str, client_id: str) -> dict[str, Any]:
-    """Store a message; returns the event that broadcasts it to the room's sockets (see chat_message)."""
-    message, created = room.post(user, text, client_id)
+def change_event(frame: dict[str, Any]) -> dict[str, Any]:
+    """The broadcast of a change frame (chat.edits) to the room's sockets (see chat_change)."""
+    return {"type": "chat.change", "text": encode(frame), "seq": frame["seq"], "id": frame["message"]["id"]}
+
+
+def post_message(
+    room: Room, user: "User", text: str, client_id: str, parent_id: int | None = None, also_in_room: bool = False
+) -> dict[str, Any]:
+    """Store a message; returns the event that broadcasts it to the room's sockets (see chat_message).
+
+    A new reply's event also carries, under "changes", the change events of its parent's reply count.
+    """
+    message, created = room.post(user, text, client_id, parent_id, also_in_room)
     if not created:
         message = Message.objects.select_related("room", "user").get(pk=message.pk)
-    return {"type": "chat.message", "text": encode(message_frame(message)), "id": message.pk, "previous": message.previous_id}
+    event = {"type": "chat.message", "text": encode(message_frame(message)), "id": message.pk, "previous": message.previous_id}
+    if message.parent_change is not None:
+        parent = Message.objects.select_related("room", "user").get(pk=message.parent_id)
+        event["changes"] = [change_event(change_frame(parent))]
+    return event
 
 
-def post_for_socket(session_key: str | None, room: Room, user: "User", text: str, client_id: str) -> dict[str, Any]:
+def post_for_socket(
+    session_key: str | None, room: Room, user: "User", text: str, client_id: str,
+    parent_id: int | None = None, also_in_room: bool = False,
+) -> dict[str, Any]:  # fmt: skip
     """post_message() for a socket, only while its session still logs `user` in and `user` may see `room`.
 
     One trip to the post thread: the session is read first, and Room.post
@@ -119,17 +140,41 @@ def post_for_socket(session_key: str | None, room: Room, user: "User", text: str
     """
     require_session(session_key, user.pk)
     try:
-        return post_message(room, user, text, client_id)
+        return post_message(room, user, text, client_id, parent_id, also_in_room)
     except RoomHidden:
         raise room_gone() from None
 
 
-def sync_for_socket(session_key: str | None, room: Room, user: "User", after: int) -> tuple[list[str], bool, int]:
-    """sync_page() for a socket, only while its session still logs `user` in and `user` may see `room`."""
+def sync_for_socket(
+    session_key: str | None, room: Room, user: "User", after: int, changes_after_seq: int | None = None
+) -> tuple[list[str], bool, int, list[str], int | None]:
+    """sync_page() for a socket, only while its session still logs `user` in and `user` may see `room`.
+
+    With `changes_after_seq`, the page is followed by the changes after it
+    (chat.changes), read after the messages: a message read before a change
+    is also sent that change; messages and changes together stay within
+    SYNC_MAX_BYTES (a cut leaves `more`). Returns (message frames, more?, last_id,
+    change frames, last_seq), last_seq None when no changes were asked for.
+    """
     require_session(session_key, user.pk)
     if not can_still_view(room, user):
         raise room_gone()
-    return sync_page(room, after)
+    page, more, last_id = sync_page(room, after)
+    if changes_after_seq is None:
+        return page, more, last_id, [], None
+    changes, more_changes = changes_after(room, changes_after_seq)
+    # The changes share the page's bound on encoded output (SYNC_MAX_BYTES); cut in seq order, the rest is `more`.
+    size = sum(len(text.encode()) for text in page)
+    encoded: list[str] = []
+    for frame in changes:
+        text = encode(frame)
+        size += len(text.encode())
+        if (page or encoded) and size > SYNC_MAX_BYTES:
+            more_changes = True
+            break
+        encoded.append(text)
+    last_seq = changes[len(encoded) - 1]["seq"] if encoded else min(changes_after_seq, latest_change(room))
+    return page, more or more_changes, last_id, encoded, last_seq
 
 
 # Messages are stored, and missed ones read, on threads of their own, each with
@@ -143,6 +188,7 @@ POST_THREADS = 4
 _post_threads = ThreadPoolExecutor(POST_THREADS, thread_name_prefix="parley-post")
 store_message = database_sync_to_async(post_for_socket, thread_sensitive=False, executor=_post_threads)
 read_missed = database_sync_to_async(messages_after, thread_sensitive=False, executor=_post_threads)
+read_changes = database_sync_to_async(changes_after, thread_sensitive=False, executor=_post_threads)
 
 
 # (room pk, id) -> the read of the room's messages after that id, while it runs.
@@ -186,7 +232,10 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
     older one since it connected: a broadcast whose predecessor is not
     `last_id` makes the socket read what it is missing from the database
     (catch_up), and each heartbeat does the same for a broadcast that never
-    came at all.
+    came at all. Changes to messages (chat.edits) come the same way, by the
+    room's change number: `last_seq` is the newest change sent, with every
+    older one; a change broadcast that is not `last_seq + 1` makes the socket
+    read the changes it is missing (catch_up_changes).
 
     Its access ends with its session or its right to see the room (see
     project.access.AccessGuard): it is closed (4401, 4403), and a message or
@@ -200,6 +249,7 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
     left = False
     counted = False  # in the open-sockets gauge
     last_id = 0
+    last_seq = 0
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         """Serve the socket; whatever ends it (an error, a cancelled task), its presence goes with it.
@@ -257,7 +307,9 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
         self.sync_limit = RateLimit(RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW.total_seconds())
         # Messages up to last_id are the client's to fetch (`sync`); later ones are ours to send.
         try:
-            first, handles, self.last_id = await database_sync_to_async(enter)(room, self.user, self.channel_name)
+            first, handles, self.last_id, self.last_seq = await database_sync_to_async(enter)(
+                room, self.user, self.channel_name
+            )
         except presence.TooManySockets:
             logger.info("event=ws_refused room=%s user=%s code=%s", room.label, self.user.pk, CLOSE_TOO_MANY_SOCKETS)
             self.left = True  # never entered: nothing to undo but the group
@@ -325,9 +377,15 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
         if not self.message_limit.allow():
             raise FrameError("rate_limited", self.rate_limit_detail(), client_id=client_id)
         try:
-            event = await store_message(self.access_session_key(), self.room, self.user, frame["text"], client_id)
+            event = await store_message(
+                self.access_session_key(), self.room, self.user, frame["text"], client_id,
+                frame.get("parent"), frame.get("to_room", False),
+            )  # fmt: skip
         except RateLimited:
             raise FrameError("rate_limited", self.rate_limit_detail(), client_id=client_id) from None
+        except NoSuchParent:
+            raise FrameError("not_found", "No such thread in this room: its message is unknown, deleted or a reply.",
+                             client_id=client_id) from None  # fmt: skip
         except AccessEnded as ended:
             await self.refuse_ended(ended, client_id=client_id)
             return
@@ -340,8 +398,12 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
         # Persisted; now everyone (the sender too) gets it. A retry is broadcast
         # again: its first broadcast may have died with another process, and
         # sockets skip ids they already sent.
+        changes = event.pop("changes", [])
         if not await self.group_send(event):
             await self.chat_message(event)  # the sender sees it stored; others read it at their next beat
+        for change in changes:
+            if not await self.group_send(change):
+                await self.chat_change(change)
 
     async def on_sync(self, frame: dict[str, Any]) -> None:
         # A sync is up to SYNC_LIMIT messages of output for a few bytes in: limited like messages.
@@ -350,19 +412,24 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
                              f"{int(RATE_LIMIT_WINDOW.total_seconds())} seconds; sync again in a moment.",
                              after=frame["after"])  # fmt: skip
         try:
-            page, more, last_id = await database_sync_to_async(sync_for_socket)(
-                self.access_session_key(), self.room, self.user, frame["after"]
+            page, more, last_id, changes, last_seq = await database_sync_to_async(sync_for_socket)(
+                self.access_session_key(), self.room, self.user, frame["after"], frame.get("changes_after")
             )
         except AccessEnded as ended:
             await self.refuse_ended(ended)
             return
-        for text in page:
+        for text in page + changes:
             await self.send(text_data=text)
-        await self.send_frame({"type": "synced", "last_id": last_id, "more": more})
+        synced = {"type": "synced", "last_id": last_id, "more": more}
+        if last_seq is not None:
+            synced["last_seq"] = last_seq
+        await self.send_frame(synced)
         if page:
             # The client has everything up to last_id now: broadcasts of those need not be sent again.
             # (An empty page moves nothing: a message stored since the read must still come live.)
             self.last_id = max(self.last_id, last_id)
+        if changes:
+            self.last_seq = max(self.last_seq, last_seq)
 
     async def on_typing(self, frame: dict[str, Any]) -> None:
         if not await self.recheck_access(max_age=1.0):  # only a hint: a check at most 1 s old will do
@@ -431,6 +498,49 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
         await self.send(text_data=event["text"])
         metrics.delivered("message")
 
+    async def send_changes(self, frames: list[dict[str, Any]]) -> None:
+        """Broadcast change frames (chat.edits) to the room, in change order.
+
+        A failed broadcast costs live delivery only: this socket is sent the
+        change itself, the others read it at their next beat.
+        """
+        for frame in frames:
+            event = change_event(frame)
+            if not await self.group_send(event):
+                await self.chat_change(event)
+
+    async def chat_change(self, event: dict[str, Any]) -> None:
+        """A change broadcast (see change_event): send it unless sent, after any it comes without."""
+        if event["seq"] <= self.last_seq:
+            return  # sent already, or read by catch_up_changes
+        if event["id"] > self.last_id:
+            # A change of a message whose own broadcast has not come yet (two daphnes' publishes
+            # crossed): the message first, read from the database with this change in it.
+            await self.catch_up()
+        if event["seq"] != self.last_seq + 1:
+            await self.catch_up_changes()
+            return
+        self.last_seq = event["seq"]
+        await self.send(text_data=event["text"])
+        metrics.delivered("change")
+
+    async def catch_up_changes(self) -> None:
+        """Send the changes after last_seq from the database (one page; the next broadcast or beat goes on)."""
+        metrics.catchup_read("change")
+        await self.send_missed_changes((await read_changes(self.room, self.last_seq))[0])
+
+    async def send_missed_changes(self, frames: list[dict[str, Any]]) -> None:
+        """Send changes read from the database, in change order, none last_seq covers (as send_missed)."""
+        missed = 0
+        for frame in frames:
+            if frame["seq"] > self.last_seq:
+                self.last_seq = frame["seq"]
+                missed += 1
+                await self.send_frame(frame)
+        if missed:
+            logger.info("event=ws_caught_up_changes room=%s channel=%s missed=%d last_seq=%s",
+                        self.room.label, self.channel_name, missed, self.last_seq)  # fmt: skip
+
     async def catch_up(self) -> None:
         """Send the messages after last_id from the database (one sync page; the next broadcast or beat goes on)."""
         await self.send_missed(await missed_after(self.room, self.last_id))
@@ -463,10 +573,13 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
             await asyncio.sleep(delay)
             delay = presence.heartbeat_interval() * random.uniform(0.9, 1.0)
             try:
-                refreshed, left, missed = await database_sync_to_async(beat)(self.room, self.channel_name, self.last_id)
+                refreshed, left, missed, changes = await database_sync_to_async(beat)(
+                    self.room, self.channel_name, self.last_id, self.last_seq
+                )
                 if missed and missed[-1]["id"] > self.last_id:
                     metrics.catchup_read("heartbeat")
                 await self.send_missed(missed)
+                await self.send_missed_changes(changes)
                 if not refreshed and not self.closing:
                     # This process stalled past the TTL and was swept: come back.
                     if await database_sync_to_async(presence.join)(self.room, self.user, self.channel_name):

@@ -11,19 +11,21 @@ SOCKETS_OPEN = Gauge("parley_chat_sockets_open", "Room sockets in a room now (ac
 MESSAGES_STORED = Counter("parley_chat_messages_stored", "Messages stored (a client's retry of a stored one is not).")
 BROADCASTS_DELIVERED = Counter(
     "parley_chat_broadcasts_delivered",
-    "Room broadcasts sent to a socket, by kind: message, or frame (join, leave, typing, an app's frames).",
+    "Room broadcasts sent to a socket, by kind: message, change (an edit, delete, reaction or reply count), "
+    "or frame (join, leave, typing, an app's frames).",
     ["kind"],
 )
 CATCHUP_READS = Counter(
     "parley_chat_catchup_reads",
     "Reads of messages a socket missed, by cause: broadcast (one came without its predecessor; sockets "
-    "of a process missing the same message share one read) or heartbeat (a beat found some).",
+    "of a process missing the same message share one read), heartbeat (a beat found some) or change "
+    "(a change broadcast came without its predecessor).",
     ["cause"],
 )
 CATCHUP_MESSAGES = Counter("parley_chat_catchup_messages", "Messages sent to a socket from a catch-up read.")
 LAYER_ERRORS = Counter("parley_chat_channel_layer_errors", "Channel-layer calls that failed, by operation.", ["operation"])
 # Looked up once: labels() validates and locks on every call, once per delivery here.
-_DELIVERED = {kind: BROADCASTS_DELIVERED.labels(kind) for kind in ("message", "frame")}
+_DELIVERED = {kind: BROADCASTS_DELIVERED.labels(kind) for kind in ("message", "change", "frame")}
 
 
 def socket_entered() -> None:

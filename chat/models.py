@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, models, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 if TYPE_CHECKING:
@@ -35,6 +35,10 @@ def is_valid_label(label: str) -> bool:
 
 class RateLimited(Exception):
     """The user sent more than RATE_LIMIT_COUNT messages in RATE_LIMIT_WINDOW."""
+
+
+class NoSuchParent(Exception):
+    """A reply names a message of the room that cannot take replies: unknown, deleted, or a reply itself."""
 
 
 class TooManyRooms(Exception):
@@ -107,6 +111,10 @@ class Room(models.Model):
     # Set on a direct message only: "<lower user id>:<higher user id>", unique, so one
     # conversation per pair however many start it at once (chat.dm).
     dm_key = models.CharField(max_length=41, null=True, blank=True, unique=True)
+    # The room's change counter: every edit, delete, reaction or reply count
+    # takes the next value under the room's row lock (chat.edits), so a client
+    # catches up with "changes after the last one I saw".
+    change_seq = models.BigIntegerField(default=0)
 
     objects = RoomQuerySet.as_manager()
 
@@ -130,7 +138,14 @@ class Room(models.Model):
             return True
         return self.memberships.filter(user=user).exists()
 
-    def post(self, user: "User", text: str, client_id: str) -> tuple["Message", bool]:
+    def next_change_seq(self) -> int:
+        """Take the room's next change number; call inside a transaction (it locks the room's row until commit)."""
+        Room.objects.filter(pk=self.pk).update(change_seq=F("change_seq") + 1)
+        return Room.objects.filter(pk=self.pk).values_list("change_seq", flat=True).get()
+
+    def post(
+        self, user: "User", text: str, client_id: str, parent_id: int | None = None, also_in_room: bool = False
+    ) -> tuple["Message", bool]:
         """Store a message; returns (message, created).
 
         A second call with the same `client_id` from the same user is a retry and
@@ -145,6 +160,9 @@ class Room(models.Model):
         seen it knows it missed something (chat.consumers).
         Raises RoomHidden, storing nothing, when `user` may not see the room
         (a private room they are not, or no longer, a member of).
+        A reply (`parent_id`, a top-level message of this room, not deleted;
+        else NoSuchParent) bumps its parent's reply count under the same lock,
+        as a change of the parent (`message.parent_change`, its change number).
         The retry and rate-limit checks read before the lock, in one query, to
         keep the room locked for as short a time as possible; two sockets of one
         user posting at the same instant may slip one message past the limit.
@@ -169,7 +187,20 @@ class Room(models.Model):
                 if not visible.update(last_activity_at=now):
                     raise RoomHidden(f"Room {self.label!r} is private.")
                 previous = self.messages.order_by("-pk").values_list("pk", flat=True).first() or 0
-                message = Message.objects.create(room=self, user=user, text=text, client_id=client_id)
+                if parent_id is not None:
+                    parent = self.messages.filter(pk=parent_id, parent__isnull=True, deleted_at__isnull=True)
+                    if not parent.exists():
+                        raise NoSuchParent(parent_id)
+                message = Message.objects.create(
+                    room=self, user=user, text=text, client_id=client_id, parent_id=parent_id,
+                    also_in_room=also_in_room and parent_id is not None,
+                )  # fmt: skip
+                if parent_id is not None:
+                    message.parent_change = self.next_change_seq()
+                    self.messages.filter(pk=parent_id).update(
+                        reply_count=F("reply_count") + 1, last_reply_at=message.created_at,
+                        change_seq=message.parent_change,
+                    )  # fmt: skip
         except IntegrityError:
             # The same retry raced us from another socket and won.
             return Message.objects.get(user=user, client_id=client_id), False
@@ -214,6 +245,8 @@ class Membership(models.Model):
 class Message(models.Model):
     # Set by Room.post on a new message: the id of the room's message before it, 0 if none (not stored).
     previous_id: int | None = None
+    # Set by Room.post on a new reply: the change number of its parent's new reply count (not stored).
+    parent_change: int | None = None
 
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="messages")
@@ -222,16 +255,64 @@ class Message(models.Model):
     # The sender's own id for this message: a retry with the same id is the same message.
     client_id = models.CharField(max_length=64)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # A thread reply's parent (threads are one level deep); `also_in_room`: shown in the room's timeline too.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="replies")
+    also_in_room = models.BooleanField(default=False)
+    edited_at = models.DateTimeField(null=True, blank=True)
+    # A deleted message keeps its row (a tombstone in the timeline); its text is blanked (chat.edits).
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    # Replies not deleted, and when the newest was posted.
+    reply_count = models.PositiveIntegerField(default=0)
+    last_reply_at = models.DateTimeField(null=True, blank=True)
+    # [[emoji, [handle, ...]], ...] in order of first use: the Reaction rows, summed up for frames.
+    reactions = models.JSONField(default=list, blank=True)
+    # The room's change number of this message's latest change (0: never changed).
+    change_seq = models.BigIntegerField(default=0)
 
     class Meta:
         ordering = ["id"]
         constraints = [
             models.UniqueConstraint("user", "client_id", name="chat_message_client_id_unique"),
         ]
-        indexes = [models.Index(fields=["room", "id"], name="chat_message_room_id")]
+        indexes = [
+            models.Index(fields=["room", "id"], name="chat_message_room_id"),
+            # "Changes after N" (chat.changes) reads only changed messages: most never are.
+            models.Index(fields=["room", "change_seq"], name="chat_message_changes", condition=Q(change_seq__gt=0)),
+        ]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.user} in {self.room}"
+
+
+class MessageVersion(models.Model):
+    """A message's text before an edit: its author and the room's moderators may read them."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="versions")
+    text = models.TextField(max_length=MAX_MESSAGE_LENGTH)
+    # When this text was replaced.
+    replaced_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"version of #{self.message_id}"
+
+
+class Reaction(models.Model):
+    """One user's emoji on one message."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="reaction_rows")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    emoji = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint("message", "user", "emoji", name="chat_reaction_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.emoji} by {self.user_id} on #{self.message_id}"
 
 
 class Presence(models.Model):

@@ -14,7 +14,7 @@ as for every socket.
 
 import json
 from collections.abc import Awaitable, Callable
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -43,10 +43,29 @@ MESSAGE_SCHEMA = frame_schema(
         # minLength 1 plus a non-space character: a blank message is "empty".
         "text": {"type": "string", "minLength": 1, "maxLength": MAX_MESSAGE_LENGTH, "pattern": r"\S"},
         "client_id": {"type": "string", "minLength": 1, "maxLength": 64},
+        # A thread reply: its parent's id, and whether it is also shown in the room's timeline.
+        "parent": {"type": "integer", "minimum": 1},
+        "to_room": {"type": "boolean"},
     },
     ("text", "client_id"),
 )
-SYNC_SCHEMA = frame_schema("sync", {"after": {"type": "integer", "minimum": 0}}, ("after",))
+SYNC_SCHEMA = frame_schema(
+    "sync",
+    {"after": {"type": "integer", "minimum": 0}, "changes_after": {"type": "integer", "minimum": 0}},
+    ("after",),
+)
+MESSAGE_ID = {"type": "integer", "minimum": 1}
+EDIT_SCHEMA = frame_schema(
+    "edit",
+    {"id": MESSAGE_ID, "text": {"type": "string", "minLength": 1, "maxLength": MAX_MESSAGE_LENGTH, "pattern": r"\S"}},
+    ("id", "text"),
+)
+DELETE_SCHEMA = frame_schema("delete", {"id": MESSAGE_ID}, ("id",))
+# 64 characters holds the longest emoji sequences (flags of subdivisions); chat.edits.is_emoji checks the rest.
+REACT_SCHEMA = frame_schema("react", {"id": MESSAGE_ID, "emoji": {"type": "string", "minLength": 1, "maxLength": 64}},
+                            ("id", "emoji"))  # fmt: skip
+THREAD_SCHEMA = frame_schema("thread", {"id": MESSAGE_ID}, ("id",))
+VERSIONS_SCHEMA = frame_schema("versions", {"id": MESSAGE_ID}, ("id",))
 TYPING_SCHEMA = frame_schema("typing")
 
 # frame type -> its compiled schema, and its handler; filled by the apps' ready().
@@ -78,7 +97,7 @@ def register_event(type_: str, handler: Handler) -> None:
 
 
 def _error_code(frame_type: str, error: InvalidFrame) -> str:
-    if frame_type == "message" and list(error.error.path) == ["text"]:
+    if frame_type in {"message", "edit"} and list(error.error.path) == ["text"]:
         if error.error.validator in {"minLength", "pattern"}:
             return "empty"
         if error.error.validator == "maxLength":
@@ -93,6 +112,9 @@ def parse_frame(text: str | None, binary: bytes | None = None) -> dict[str, Any]
     except InvalidFrame as error:
         client_id = error.frame_data.get("client_id")
         named = {"client_id": client_id} if isinstance(client_id, str) and 0 < len(client_id) <= 64 else {}
+        message_id = error.frame_data.get("id")
+        if error.frame_data["type"] in {"edit", "delete", "react"} and type(message_id) is int:
+            named["id"] = message_id  # the refused change's message, for the client to put back
         code = _error_code(error.frame_data["type"], error)
         detail = {
             "empty": "The message is empty.",
@@ -101,14 +123,19 @@ def parse_frame(text: str | None, binary: bytes | None = None) -> dict[str, Any]
         raise FrameError(code, detail, **named) from None
 
 
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def format_ts(message: Message) -> str:
-    return message.created_at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso(message.created_at)
 
 
 def message_frame(message: Message) -> dict[str, Any]:
     """The outbound form of a message: WebSocket frames, history JSON and the room page.
 
-    `name`, the author's display name, only when they have set one.
+    `name`, the author's display name, only when they have set one. The keys of edits, deletes, reactions and threads are there only when set,
+    so a plain message costs the fan-out no more bytes than before them.
     """
     frame = {
         "type": "message",
@@ -121,6 +148,21 @@ def message_frame(message: Message) -> dict[str, Any]:
     }
     if message.user.display_name:
         frame["name"] = message.user.display_name
+    if message.parent_id is not None:
+        frame["parent"] = message.parent_id
+        if message.also_in_room:
+            frame["to_room"] = True
+    if message.change_seq:
+        frame["seq"] = message.change_seq
+    if message.deleted_at is not None:
+        frame["deleted"] = True
+    elif message.edited_at is not None:
+        frame["edited"] = iso(message.edited_at)
+    if message.reply_count or message.last_reply_at is not None:
+        frame["replies"] = message.reply_count
+        frame["last_reply"] = iso(message.last_reply_at) if message.last_reply_at else None
+    if message.reactions:
+        frame["reactions"] = message.reactions
     return frame
 
 

@@ -12,6 +12,8 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from . import dm, sidebar
+from .changes import latest_change
+from .edits import is_moderator
 from .forms import InviteForm, NewRoomForm
 from .models import Room, TooManyRooms, is_valid_label
 from .protocol import HISTORY_LIMIT, message_frame
@@ -101,6 +103,8 @@ def room(request: HttpRequest, label: str) -> HttpResponse:
             room = Room.objects.get(label=label)
     if not room.can_view(request.user):
         raise Http404("No such room.")
+    # Read before the messages: a change made in between is sent again by `sync`, not lost.
+    change_seq = latest_change(room)
     member = sidebar.membership(room, request.user)
     initial, has_more, first_unread = opening_messages(room, member.last_read_id if member else None)
     context = {
@@ -116,6 +120,8 @@ def room(request: HttpRequest, label: str) -> HttpResponse:
             "last_read_id": member.last_read_id if member else None,
             "first_unread_id": first_unread,
             "unread_cap": sidebar.UNREAD_CAP,
+            "change_seq": change_seq,
+            "can_moderate": is_moderator(room, request.user),
         },
         "sidebar": sidebar.rooms_for(request.user),
         "joined": member is not None,

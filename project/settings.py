@@ -284,6 +284,8 @@ CHAT_MAX_UNSENT_BYTES = int(os.environ.get("CHAT_MAX_UNSENT_BYTES", str(4 * 1024
 # free label) per CHAT_ROOM_CREATE_WINDOW seconds; the next is refused with a 429 page.
 CHAT_ROOM_CREATE_LIMIT = int(os.environ.get("CHAT_ROOM_CREATE_LIMIT", "20"))
 CHAT_ROOM_CREATE_WINDOW = float(os.environ.get("CHAT_ROOM_CREATE_WINDOW", "3600"))
+# Seconds after posting during which a message may still be edited; unset: no limit (chat.edits).
+CHAT_EDIT_WINDOW = float(os.environ["CHAT_EDIT_WINDOW"]) if os.environ.get("CHAT_EDIT_WINDOW") else None
 # A user may run SEARCH_RATE_LIMIT searches per SEARCH_RATE_WINDOW seconds (chat.search),
 # counted in the "search" cache: Redis when there is one, so every web process shares the count.
 SEARCH_RATE_LIMIT = int(os.environ.get("SEARCH_RATE_LIMIT", "30"))

@@ -49,7 +49,8 @@ Progress = Callable[[int, int | None, str], None]
 
 def job_messages(job: Job) -> QuerySet:
     """The messages a job covers: its room, its date range, up to its snapshot id."""
-    messages = Message.objects.filter(room_id=job.room_id, id__lte=job.last_message_id)
+    # A deleted message is a tombstone with no text: not part of any export.
+    messages = Message.objects.filter(room_id=job.room_id, id__lte=job.last_message_id, deleted_at__isnull=True)
     if job.since is not None:
         messages = messages.filter(created_at__gte=job.since)
     if job.until is not None:

@@ -48,7 +48,7 @@ MIN_DAYS_SHOWN = 7
 
 def compute(job: Job, progress: Progress) -> dict[str, Any]:
     """The insights of the job's room, up to its snapshot message."""
-    messages = Message.objects.filter(room_id=job.room_id, id__lte=job.last_message_id)
+    messages = Message.objects.filter(room_id=job.room_id, id__lte=job.last_message_id, deleted_at__isnull=True)
     total = messages.count()
     steps = total + 3  # the streaming pass, then three aggregates
     per_day = [

@@ -7,6 +7,9 @@
  *   ParleyChat.commands[name] = (args) => {...}   "/name args" typed in the composer
  *   ParleyChat.send(frame)   send a frame now (returns false while disconnected)
  *   ParleyChat.addMessage(frame) / messageElement(id)   show a stored message / its element
+ *   ParleyChat.post(text, fields)   queue a message with extra fields (a thread reply's parent) in the outbox
+ *   ParleyChat.build(frame) / ParleyChat.replaceMessage(frame)   render a stored message / re-render one shown
+ *   ParleyChat.syncFields = () => ({...})   extra fields of every `sync` frame (changes_after)
  *
  * Protocol: README.md, "WebSocket protocol". Every message the server sends
  * has an id; we keep one element per id, in id order, whatever order (and
@@ -186,8 +189,19 @@
     if (stick || frame.handle === config.handle) scrollToBottom();
   }
 
+  /* Re-render a message already shown (its new state, from a `change`); false if it is not shown. */
+  function replaceMessage(frame) {
+    const old = state.byId.get(frame.id);
+    if (!old) return false;
+    const article = buildMessage(frame, false);
+    old.replaceWith(article);
+    state.byId.set(frame.id, article);
+    return true;
+  }
+
   function addPending(item) {
-    el.list.append(buildMessage({ handle: config.handle, text: item.text, client_id: item.client_id }, true));
+    const frame = { ...item.fields, handle: config.handle, text: item.text, client_id: item.client_id };
+    el.list.append(buildMessage(frame, true));
     scrollToBottom();
   }
 
@@ -263,7 +277,7 @@
   const handlers = {
     message: addMessage,
     synced(frame) {
-      if (frame.more) send({ type: "sync", after: frame.last_id });
+      if (frame.more) send({ ...ParleyChat.syncFields(), type: "sync", after: frame.last_id });
     },
     presence(frame) {
       state.present = new Set(frame.handles);
@@ -307,7 +321,7 @@
       }
       if (frame.code === "rate_limited" && frame.after !== undefined) {
         // A sync refused (more than 10 in 5 s, a long catch-up): ask again shortly from what we have.
-        setTimeout(() => send({ type: "sync", after: state.lastId }), RATE_LIMIT_RETRY_MS);
+        setTimeout(() => send({ ...ParleyChat.syncFields(), type: "sync", after: state.lastId }), RATE_LIMIT_RETRY_MS);
         return;
       }
       if (frame.client_id) {
@@ -328,7 +342,7 @@
 
   function flushOutbox() {
     for (const item of outbox.load()) {
-      if (!send({ type: "message", text: item.text, client_id: item.client_id })) return;
+      if (!send({ ...item.fields, type: "message", text: item.text, client_id: item.client_id })) return;
     }
   }
 
@@ -342,7 +356,7 @@
       state.attempt = 0;
       setStatus("connected");
       notice("");
-      send({ type: "sync", after: state.lastId }); // whatever was said while we were away
+      send({ ...ParleyChat.syncFields(), type: "sync", after: state.lastId }); // whatever was said while we were away
       flushOutbox();
     });
     socket.addEventListener("message", (event) => {
@@ -406,11 +420,17 @@
       el.text.value = "";
       return;
     }
-    const item = { client_id: newClientId(), text: text };
+    post(text);
+    el.text.value = "";
+  }
+
+  /* Queue a message (with `fields`, e.g. a thread reply's parent) in the outbox, show it pending, send it; its client_id. */
+  function post(text, fields) {
+    const item = { client_id: newClientId(), text: text, fields: fields || {} };
     outbox.add(item); // stored before sending: a drop right now loses nothing
     addPending(item);
-    send({ type: "message", text: item.text, client_id: item.client_id });
-    el.text.value = "";
+    send({ ...item.fields, type: "message", text: item.text, client_id: item.client_id });
+    return item.client_id;
   }
 
   el.form.addEventListener("submit", (event) => {
@@ -474,6 +494,10 @@
     addMessage: addMessage,
     messageElement: (id) => state.byId.get(id),
     notice: notice,
+    post: post,
+    build: (frame) => buildMessage(frame, false),
+    replaceMessage: replaceMessage,
+    syncFields: () => ({}),
   });
 
   // Hooks registered by scripts loaded after this one still see the first render.
