@@ -56,6 +56,17 @@ def texts(user: User, query: str) -> list[str]:
     return [r.message.text for r in search(user, query).results]
 
 
+def test_a_deleted_message_is_no_result_and_an_edit_is_found_by_its_new_text(ann, general):
+    from chat.edits import delete_message, edit_message
+
+    gone = say(general, ann, "the quarterly numbers are wrong")
+    kept = say(general, ann, "the quarterly plan")
+    delete_message(general, ann, gone.pk)
+    edit_message(general, ann, kept.pk, "the quarterly roadmap")
+    assert texts(ann, "quarterly") == ["the quarterly roadmap"]
+    assert texts(ann, "plan") == []
+
+
 def test_stemmed_words_match(ann, general):
     say(general, ann, "The builds failed twice")
     say(general, ann, "nothing to see here")
