@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, models, transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q, Value
 from django.utils import timezone
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ class Room(models.Model):
     # The room's change counter: every edit, delete, reaction or reply count
     # takes the next value under the room's row lock (chat.edits), so a client
     # catches up with "changes after the last one I saw".
-    change_seq = models.BigIntegerField(default=0)
+    change_seq = models.BigIntegerField(default=0, db_default=0)
 
     objects = RoomQuerySet.as_manager()
 
@@ -233,7 +233,7 @@ class Membership(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     # The newest message the user has seen here (chat.sidebar): unread is what comes after it.
-    last_read_id = models.PositiveBigIntegerField(default=0)
+    last_read_id = models.PositiveBigIntegerField(default=0, db_default=0)
 
     class Meta:
         constraints = [models.UniqueConstraint("room", "user", name="chat_membership_unique")]
@@ -257,17 +257,17 @@ class Message(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     # A thread reply's parent (threads are one level deep); `also_in_room`: shown in the room's timeline too.
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="replies")
-    also_in_room = models.BooleanField(default=False)
+    also_in_room = models.BooleanField(default=False, db_default=False)
     edited_at = models.DateTimeField(null=True, blank=True)
     # A deleted message keeps its row (a tombstone in the timeline); its text is blanked (chat.edits).
     deleted_at = models.DateTimeField(null=True, blank=True)
     # Replies not deleted, and when the newest was posted.
-    reply_count = models.PositiveIntegerField(default=0)
+    reply_count = models.PositiveIntegerField(default=0, db_default=0)
     last_reply_at = models.DateTimeField(null=True, blank=True)
     # [[emoji, [handle, ...]], ...] in order of first use: the Reaction rows, summed up for frames.
-    reactions = models.JSONField(default=list, blank=True)
+    reactions = models.JSONField(default=list, db_default=Value([], output_field=models.JSONField()), blank=True)
     # The room's change number of this message's latest change (0: never changed).
-    change_seq = models.BigIntegerField(default=0)
+    change_seq = models.BigIntegerField(default=0, db_default=0)
 
     class Meta:
         ordering = ["id"]
