@@ -67,6 +67,18 @@ def test_a_deleted_message_is_no_result_and_an_edit_is_found_by_its_new_text(ann
     assert texts(ann, "plan") == []
 
 
+def test_a_direct_message_is_found_by_its_two_people_only(ann, bob):
+    from chat import dm
+
+    carol = User.objects.create_user("carol")
+    room, _ = dm.start(ann, bob)
+    say(room, ann, "the surprise party is on friday")
+    assert texts(ann, "surprise") == texts(bob, "surprise") == ["the surprise party is on friday"]
+    assert texts(carol, "surprise") == []
+    with pytest.raises(SearchError, match="no room"):  # the same answer as for a room that does not exist
+        search(carol, f"surprise in:#{room.label}")
+
+
 def test_stemmed_words_match(ann, general):
     say(general, ann, "The builds failed twice")
     say(general, ann, "nothing to see here")
