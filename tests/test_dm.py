@@ -12,21 +12,17 @@ from accounts.models import User
 from chat import dm, sidebar
 from chat.models import Membership, Room
 from notifications.models import Delivery, Notification
-from tests.chat_helpers import fresh_channel_layer, open_socket, session_cookie  # noqa: F401 (fixture)
+from tests.chat_helpers import (  # noqa: F401 (fixtures)
+    ann,
+    bob,
+    fresh_channel_layer,
+    open_socket,
+    session_cookie,
+)
 from tests.fake_providers import fake_postmark, fake_twilio, providers  # noqa: F401 (fixtures)
 from tests.test_notifications import BOB_PHONE, by_email, by_sms, run_notifications
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def ann():
-    return User.objects.create_user("ann")
-
-
-@pytest.fixture
-def bob():
-    return User.objects.create_user("bob")
 
 
 @pytest.fixture

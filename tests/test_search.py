@@ -14,6 +14,7 @@ from django.utils import timezone
 from accounts.models import User
 from chat.models import Message, Room
 from chat.search import SearchError, SearchRateLimited, parse, search
+from tests.chat_helpers import ann, bob  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.django_db
 
@@ -22,16 +23,6 @@ pytestmark = pytest.mark.django_db
 def _own_rate_counts(settings):
     """This test's search counts only: a fresh key prefix in the "search" cache (Redis on the PostgreSQL stack)."""
     settings.CACHES = {**settings.CACHES, "search": {**settings.CACHES["search"], "KEY_PREFIX": uuid4().hex}}
-
-
-@pytest.fixture
-def ann():
-    return User.objects.create_user("ann")
-
-
-@pytest.fixture
-def bob():
-    return User.objects.create_user("bob")
 
 
 @pytest.fixture
