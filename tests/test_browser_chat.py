@@ -19,8 +19,11 @@ def browser():
         browser.close()
 
 
-def signed_up_page(browser, base: str, handle: str):
-    context = browser.new_context(base_url=base, viewport={"width": 390, "height": 740})  # a phone
+PHONE = {"width": 390, "height": 740}
+
+
+def signed_up_page(browser, base: str, handle: str, viewport: dict = PHONE):
+    context = browser.new_context(base_url=base, viewport=viewport)
     context.set_default_timeout(10_000)
     page = context.new_page()
     page.goto("/signup/")

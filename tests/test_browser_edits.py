@@ -3,24 +3,11 @@
 import pytest
 from playwright.sync_api import expect
 
-from tests.test_browser_chat import browser, say
+from tests.test_browser_chat import PHONE, browser, say, signed_up_page
 
 pytestmark = pytest.mark.e2e
 
 __all__ = ["browser"]  # a fixture
-
-
-def signed_up_page(browser, base: str, handle: str, viewport: dict):
-    context = browser.new_context(base_url=base, viewport=viewport)
-    context.set_default_timeout(10_000)
-    page = context.new_page()
-    page.goto("/signup/")
-    page.fill("#id_username", handle)
-    page.fill("#id_password1", "a long passphrase 42")
-    page.fill("#id_password2", "a long passphrase 42")
-    page.click("button[type=submit]")
-    expect(page.get_by_role("heading", name="Rooms")).to_be_visible()
-    return page
 
 
 def message(page, text: str):
@@ -30,8 +17,8 @@ def message(page, text: str):
 def test_edit_delete_react_and_reply_live_and_after_a_reload(stack, browser):
     _, port = stack.daphne()
     base = f"http://127.0.0.1:{port}"
-    ann = signed_up_page(browser, base, "ann", {"width": 1200, "height": 800})
-    bob = signed_up_page(browser, base, "bob", {"width": 390, "height": 740})  # a phone
+    _, ann = signed_up_page(browser, base, "ann", {"width": 1200, "height": 800})
+    _, bob = signed_up_page(browser, base, "bob", PHONE)
     for page in (ann, bob):
         page.goto("/lobby/")  # ann's first: the lobby is hers
         expect(page.locator("#status")).to_have_attribute("data-state", "connected")

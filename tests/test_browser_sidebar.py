@@ -4,7 +4,7 @@
 import pytest
 from playwright.sync_api import expect
 
-from tests.test_browser_chat import browser, say  # noqa: F401 (fixture)
+from tests.test_browser_chat import browser, say, signed_up_page  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -29,15 +29,8 @@ def new_page(browser, base: str, viewport: dict = DESKTOP):  # noqa: F811
     return context.new_page()
 
 
-def sign_up(browser, base: str, handle: str):  # noqa: F811
-    page = new_page(browser, base)
-    page.goto("/signup/")
-    page.fill("#id_username", handle)
-    page.fill("#id_password1", PASSWORD)
-    page.fill("#id_password2", PASSWORD)
-    page.click("button[type=submit]")
-    expect(page.get_by_role("heading", name="Rooms")).to_be_visible()
-    return page
+def sign_up(browser, base: str, handle: str):
+    return signed_up_page(browser, base, handle, DESKTOP)[1]
 
 
 def log_in(browser, base: str, handle: str):  # noqa: F811
