@@ -62,17 +62,13 @@ def messages_after(room: Room, after: int) -> tuple[list[dict[str, Any]], bool]:
     return [message_frame(m) for m in rows[:SYNC_LIMIT]], len(rows) > SYNC_LIMIT
 
 
-def latest_id(room: Room) -> int:
-    return room.messages.order_by("-id").values_list("id", flat=True).first() or 0
-
-
 def enter(room: Room, user: "User", channel_name: str) -> tuple[bool, list[str], int, int]:
     """A socket arrives: (first socket of the user here?, handles present, the room's latest message id and change).
 
     Raises presence.TooManySockets when the user has no socket to spare.
     """
     first = presence.join(room, user, channel_name)
-    return first, presence.handles(room), latest_id(room), latest_change(room)
+    return first, presence.handles(room), room.latest_message_id(), latest_change(room)
 
 
 def sync_page(room: Room, after: int) -> tuple[list[str], bool, int]:
@@ -94,7 +90,7 @@ def sync_page(room: Room, after: int) -> tuple[list[str], bool, int]:
             break
         page.append(text)
     if not page:
-        return page, more, min(after, latest_id(room))
+        return page, more, min(after, room.latest_message_id())
     return page, more, frames[len(page) - 1]["id"]
 
 

@@ -143,6 +143,10 @@ class Room(models.Model):
         Room.objects.filter(pk=self.pk).update(change_seq=F("change_seq") + 1)
         return Room.objects.filter(pk=self.pk).values_list("change_seq", flat=True).get()
 
+    def latest_message_id(self) -> int:
+        """The id of the room's newest message, 0 for an empty room (the (room, id) index's last entry)."""
+        return self.messages.order_by("-id").values_list("id", flat=True).first() or 0
+
     def post(
         self, user: "User", text: str, client_id: str, parent_id: int | None = None, also_in_room: bool = False
     ) -> tuple["Message", bool]:
@@ -186,7 +190,7 @@ class Room(models.Model):
                 # member's socket may still be open), in one statement.
                 if not visible.update(last_activity_at=now):
                     raise RoomHidden(f"Room {self.label!r} is private.")
-                previous = self.messages.order_by("-pk").values_list("pk", flat=True).first() or 0
+                previous = self.latest_message_id()
                 if parent_id is not None:
                     parent = self.messages.filter(pk=parent_id, parent__isnull=True, deleted_at__isnull=True)
                     if not parent.exists():

@@ -114,17 +114,13 @@ def unread_after(room: Room, last_read_id: int) -> int:
     return room.messages.filter(id__gt=last_read_id).order_by().values("id")[: UNREAD_CAP + 1].count()
 
 
-def latest_id(room: Room) -> int:
-    return room.messages.order_by("-id").values_list("id", flat=True).first() or 0
-
-
 def membership(room: Room, user) -> Membership | None:
     return Membership.objects.filter(room=room, user=user).first()
 
 
 def join(room: Room, user) -> Membership:
     """Join a public room (idempotent): it is read up to now, so joining brings no backlog of unread."""
-    member, created = Membership.objects.get_or_create(room=room, user=user, defaults={"last_read_id": latest_id(room)})
+    member, created = Membership.objects.get_or_create(room=room, user=user, defaults={"last_read_id": room.latest_message_id()})
     if created:
         logger.info("event=room_joined room=%s user=%s", room.pk, user.pk)
     return member
@@ -147,7 +143,7 @@ def mark_read(room: Room, user, message_id: int | None = None) -> int | None:
     room's newest message. Tells every page of the user (room_read) and returns
     the unread count left; None when the user has not joined the room.
     """
-    newest = latest_id(room)
+    newest = room.latest_message_id()
     target = newest if message_id is None else min(message_id, newest)
     member = Membership.objects.filter(room=room, user=user)
     if not member.exists():
