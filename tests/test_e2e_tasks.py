@@ -104,7 +104,9 @@ def test_three_workers_of_eight_slots_run_three_thousand_tasks_exactly_once_spre
 
     runs = collections.Counter(key for key, _pid in lines(marks))
     assert len(runs) == 3000 and set(runs.values()) == {1}, "every side effect exactly once"
-    assert dict(collections.Counter(TaskRecord.objects.values_list("status", flat=True))) == {"SUCCESSFUL": 3024}
+    # This test's tasks only: a housekeeping schedule may fall due meanwhile, on a queue these workers do not serve.
+    ours = TaskRecord.objects.filter(task_path__startswith="tests.sample_tasks.")
+    assert dict(collections.Counter(ours.values_list("status", flat=True))) == {"SUCCESSFUL": 3024}
     worker_ids = list(TaskRecord.objects.filter(task_path__endswith=".mark").values_list("worker_ids", flat=True))
     assert all(len(ids) == 1 for ids in worker_ids), "no task ran twice"
     per_worker = collections.Counter(ids[0] for ids in worker_ids)
