@@ -24,7 +24,6 @@ from django.db import connections
 from django.tasks.base import Task
 from django.utils import timezone
 from django.utils.crypto import get_random_string
-from sentry_sdk.integrations.asyncio import enable_asyncio_integration
 
 from . import metrics, registry, runner, schedules
 from .backends import aring, ring, task_queues
@@ -513,8 +512,12 @@ class TaskWorker(Worker):
 
     async def handle(self) -> None:
         self.stopping = asyncio.Event()
-        # Errors of tasks nobody awaits reach Sentry too (when SENTRY_DSN is set; a no-op otherwise).
-        enable_asyncio_integration()
+        if settings.SENTRY_DSN:
+            # Errors of tasks nobody awaits reach Sentry too. Imported only then: the SDK
+            # and what it imports weigh on every worker's memory (README.md, Slots).
+            from sentry_sdk.integrations.asyncio import enable_asyncio_integration
+
+            enable_asyncio_integration()
         logger.info(
             "event=worker_started worker=%s queues=%s channels=%s slots=%s async_slots=%s",
             self.worker_id, self.queues, self.channels,
