@@ -16,5 +16,4 @@ urlpatterns = [
     path("<str:label>/join/", views.join, name="join"),
     path("<str:label>/leave/", views.leave, name="leave"),
     path("<str:label>/read/", views.read, name="read"),
-    path("<str:label>/context", search_views.message_context, name="message_context"),
 ]

@@ -231,26 +231,56 @@ def _bad_request(detail: str) -> JsonResponse:
     return JsonResponse({"error": "invalid", "detail": detail}, status=400)
 
 
+# Messages each side of a permalinked one (`around`).
+CONTEXT_EACH_SIDE = 25
+# after=0 pages from a room's first message.
+LOWEST_ANCHOR = {"before": 1, "after": 0, "around": 1}
+
+
 @require_http_methods(["GET"])
 def history(request: HttpRequest, label: str) -> JsonResponse:
-    """`GET /<label>/messages?before=<id>&limit=<n>`: older messages, oldest first."""
+    """`GET /<label>/messages`: a page of the room's messages, oldest first, by one of
+
+    - `?before=<id>&limit=<n>` (or neither: the newest `limit`), older messages as the reader scrolls up;
+    - `?after=<id>&limit=<n>`, newer ones, to fill the gap below a permalinked message;
+    - `?around=<id>`, CONTEXT_EACH_SIDE messages each side of one of this room's (a permalink).
+
+    `has_older` / `has_newer` say whether there is more on a side the page is open to (null on
+    the side it is not: `before` knows nothing newer, `after` nothing older).
+    """
     try:
         room = Room.objects.find(label, request.user)
     except Room.DoesNotExist:
         return JsonResponse({"error": "not_found", "detail": "No such room."}, status=404)
+    given = [name for name in ("before", "after", "around") if name in request.GET]
+    if len(given) > 1:
+        return _bad_request("Give at most one of before, after and around.")
     try:
         limit = int(request.GET.get("limit", INITIAL_MESSAGES))
-        before = int(request.GET["before"]) if "before" in request.GET else None
+        anchor = int(request.GET[given[0]]) if given else None
     except ValueError:
-        return _bad_request("before and limit must be integers.")
+        return _bad_request("before, after, around and limit must be integers.")
     if not 1 <= limit <= HISTORY_LIMIT:
         return _bad_request(f"limit must be between 1 and {HISTORY_LIMIT}.")
-    if before is not None and before < 1:
-        return _bad_request("before must be a positive message id.")
-    messages_ = room.messages.select_related("user", "room").order_by("-id")
-    if before is not None:
-        messages_ = messages_.filter(id__lt=before)
-    page = list(messages_[: limit + 1])
+    if anchor is not None and anchor < LOWEST_ANCHOR[given[0]]:
+        return _bad_request(f"{given[0]} must be a message id of at least {LOWEST_ANCHOR[given[0]]}.")
+    messages_ = room.messages.select_related("user", "room")
+    has_older = has_newer = None
+    if given == ["around"]:
+        if not messages_.filter(pk=anchor).exists():
+            return JsonResponse({"error": "not_found", "detail": "No such message in this room."}, status=404)
+        older = list(messages_.filter(pk__lt=anchor).order_by("-id")[: CONTEXT_EACH_SIDE + 1])
+        newer = list(messages_.filter(pk__gte=anchor).order_by("id")[: CONTEXT_EACH_SIDE + 2])
+        page = [*reversed(older[:CONTEXT_EACH_SIDE]), *newer[: CONTEXT_EACH_SIDE + 1]]
+        has_older, has_newer = len(older) > CONTEXT_EACH_SIDE, len(newer) > CONTEXT_EACH_SIDE + 1
+    elif given == ["after"]:
+        newer = list(messages_.filter(pk__gt=anchor).order_by("id")[: limit + 1])
+        page, has_newer = newer[:limit], len(newer) > limit
+    else:
+        if anchor is not None:
+            messages_ = messages_.filter(pk__lt=anchor)
+        older = list(messages_.order_by("-id")[: limit + 1])
+        page, has_older = older[:limit][::-1], len(older) > limit
     return JsonResponse(
-        {"messages": [message_frame(m) for m in reversed(page[:limit])], "has_more": len(page) > limit}
+        {"messages": [message_frame(m) for m in page], "has_older": has_older, "has_newer": has_newer}
     )

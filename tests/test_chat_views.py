@@ -164,7 +164,7 @@ class TestHistory:
         ids = self.ids(room)
         data = client.get(f"/hist/messages?before={ids[20]}&limit=5").json()
         assert [m["id"] for m in data["messages"]] == ids[15:20]
-        assert data["has_more"] is True
+        assert data["has_older"] is True
         assert data["messages"][0] == {
             "type": "message",
             "id": ids[15],
@@ -179,7 +179,7 @@ class TestHistory:
         ids = self.ids(room)
         data = client.get(f"/hist/messages?before={ids[3]}&limit=5").json()
         assert [m["id"] for m in data["messages"]] == ids[:3]
-        assert data["has_more"] is False
+        assert data["has_older"] is False
 
     def test_without_before_gives_latest(self, client, room):
         data = client.get("/hist/messages?limit=2").json()

@@ -1,10 +1,10 @@
-"""Permalinks: /<label>/context?around=<id> returns the messages around one, however far back; ?after= fills gaps."""
+"""Permalinks: /<label>/messages?around=<id> returns the messages around one, however far back; ?after= fills gaps."""
 
 import pytest
 
 from accounts.models import User
 from chat.models import Message, Room
-from chat.search_views import CONTEXT_EACH_SIDE, CONTEXT_PAGE
+from chat.views import CONTEXT_EACH_SIDE, INITIAL_MESSAGES
 
 pytestmark = pytest.mark.django_db
 
@@ -28,23 +28,23 @@ def test_a_message_5000_back_opens_in_its_context(client, ann):
     room = Room.objects.create(label="archive", created_by=ann)
     ids = seed(room, ann, 5_100)
     target = ids[-5_000]
-    data = client.get(f"/archive/context?around={target}").json()
+    data = client.get(f"/archive/messages?around={target}").json()
     got = [m["id"] for m in data["messages"]]
     assert got == ids[-5_000 - CONTEXT_EACH_SIDE : -5_000 + CONTEXT_EACH_SIDE + 1]
     assert data["messages"][CONTEXT_EACH_SIDE]["text"] == "m100"
     assert data["has_older"] and data["has_newer"]
     # The gap to the newest messages fills page by page.
-    after = client.get(f"/archive/context?after={got[-1]}").json()
-    assert [m["id"] for m in after["messages"]] == ids[ids.index(got[-1]) + 1 :][:CONTEXT_PAGE]
+    after = client.get(f"/archive/messages?after={got[-1]}").json()
+    assert [m["id"] for m in after["messages"]] == ids[ids.index(got[-1]) + 1 :][:INITIAL_MESSAGES]
     assert after["has_newer"]
 
 
 def test_context_at_either_end_of_a_room(client, ann):
     room = Room.objects.create(label="short", created_by=ann)
     ids = seed(room, ann, 10)
-    first = client.get(f"/short/context?around={ids[0]}").json()
+    first = client.get(f"/short/messages?around={ids[0]}").json()
     assert [m["id"] for m in first["messages"]] == ids and not first["has_older"] and not first["has_newer"]
-    last = client.get(f"/short/context?after={ids[-1]}").json()
+    last = client.get(f"/short/messages?after={ids[-1]}").json()
     assert last == {"messages": [], "has_older": None, "has_newer": False}
 
 
@@ -55,22 +55,22 @@ def test_a_message_of_another_room_or_a_hidden_room_is_not_found(client, ann):
     [hidden] = seed(secret, bob, 1)
     seed(public, ann, 3)
     # Asked through a room one can see: no message of another room comes back.
-    assert client.get(f"/public/context?around={hidden}").status_code == 404
-    response = client.get(f"/secret/context?around={hidden}")
+    assert client.get(f"/public/messages?around={hidden}").status_code == 404
+    response = client.get(f"/secret/messages?around={hidden}")
     assert response.status_code == 404 and "m0" not in response.content.decode()
     # ?after= through the hidden room: the same 404, nothing of it.
-    assert client.get("/secret/context?after=0").status_code == 404
+    assert client.get("/secret/messages?after=0").status_code == 404
 
 
-@pytest.mark.parametrize("query", ["", "around=x", "after=1.5", "around=1&after=2", "around=99999999"])
+@pytest.mark.parametrize("query", ["around=x", "after=1.5", "after=-1", "around=0", "around=1&after=2", "before=5&around=2", "around=99999999"])
 def test_bad_context_requests(client, ann, query):
     Room.objects.create(label="general", created_by=ann)
-    response = client.get(f"/general/context?{query}")
+    response = client.get(f"/general/messages?{query}")
     assert response.status_code in (400, 404)
     assert response.json()["error"] in ("invalid", "not_found")
 
 
 def test_context_requires_login(client):
     Room.objects.create(label="general")
-    response = client.get("/general/context?around=1")
+    response = client.get("/general/messages?around=1")
     assert response.status_code == 302 and "/login/" in response["Location"]

@@ -469,7 +469,7 @@
       for (const frame of data.messages) addMessage(frame);
       // Keep what the reader was looking at in place.
       el.scroller.scrollTop = top + (el.scroller.scrollHeight - height);
-      state.hasMore = data.has_more;
+      state.hasMore = data.has_older;
     } catch (e) {
       notice("Could not load older messages.");
     } finally {

@@ -1,9 +1,9 @@
 /*
  * Permalinks: /<room>/#message-<id> (what a search result links to) opens the
  * room on that message, however far back: the messages around it come from
- * /<room>/context?around=<id>, and it is scrolled to and highlighted. Between
+ * /<room>/messages?around=<id>, and it is scrolled to and highlighted. Between
  * them and the newest messages a "Load newer messages" button fills the gap
- * (context?after=<id>); scrolling up loads older ones as usual (room.js).
+ * (messages?after=<id>); scrolling up loads older ones as usual (room.js).
  */
 (function () {
   "use strict";
@@ -11,7 +11,7 @@
   const HASH_RE = /^#message-(\d+)$/;
 
   function contextUrl(query) {
-    return `/${encodeURIComponent(ParleyChat.config.label)}/context?${query}`;
+    return `/${encodeURIComponent(ParleyChat.config.label)}/messages?${query}`;
   }
 
   async function fetchContext(query) {
