@@ -290,15 +290,23 @@ async def beat_once() -> None:
     if not alive:
         logger.warning("event=presence_process_expired process=%s", process)
         await restart_process(process)
-    layer = get_channel_layer()
     for room_pk, handle in left:
         logger.info("event=presence_expired room=%s handle=%s", room_pk, handle)
-        frame = {"type": "chat.frame", "text": encode({"type": "leave", "handle": handle}), "skip_user": None}
-        await layer.group_send(Room(pk=room_pk).group_name, frame)
+        await announce_leave(room_pk, handle)
     behind = [socket for sockets in _local.values() for socket in sockets if socket.process_id != _process_id]
     await asyncio.gather(*(socket.rejoin() for socket in behind))
     for room_pk, (latest, change_seq) in heads.items():
-        await catch_up_room(list(_local.get(room_pk, ())), latest, change_seq)
+        await catch_up_room([s for s in _local.get(room_pk, ()) if not s.closing], latest, change_seq)
+
+
+async def announce_leave(room_pk: int, handle: str) -> None:
+    """Tell a room that `handle` left; with Redis away only the leave is lost (the beat goes on)."""
+    frame = {"type": "chat.frame", "text": encode({"type": "leave", "handle": handle}), "skip_user": None}
+    try:
+        await get_channel_layer().group_send(Room(pk=room_pk).group_name, frame)
+    except Exception as exc:
+        logger.warning("event=broadcast_failed room=%s type=leave error=%r", room_pk, exc)
+        metrics.layer_error("group_send")
 
 
 async def catch_up_room(sockets: list["ChatConsumer"], latest: int, change_seq: int) -> None:
@@ -313,7 +321,6 @@ async def catch_up_room(sockets: list["ChatConsumer"], latest: int, change_seq: 
             await socket.send_missed(frames)
     seq = min(socket.last_seq for socket in sockets)
     if change_seq > seq:
-        metrics.catchup_read("change")
         changes, _ = await read_changes(room, seq)
         for socket in sockets:
             await socket.send_missed_changes(changes)
