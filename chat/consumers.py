@@ -14,6 +14,7 @@ from channels.layers import get_channel_layer
 from django.db.models import Q
 
 from project.access import CLOSE_ACCESS_ENDED, CLOSE_SESSION_ENDED, AccessEnded, AccessGuard, require_session
+from project.connects import on_connect_thread
 from project.sockets import FrameError, RateLimit, server_error
 
 from . import metrics, presence, protocol
@@ -168,19 +169,6 @@ _post_threads = ThreadPoolExecutor(POST_THREADS, thread_name_prefix="parley-post
 store_message = database_sync_to_async(post_for_socket, thread_sensitive=False, executor=_post_threads)
 read_missed = database_sync_to_async(messages_after, thread_sensitive=False, executor=_post_threads)
 read_changes = database_sync_to_async(changes_after, thread_sensitive=False, executor=_post_threads)
-
-# A socket's entering and leaving, and the process's beat, run on threads of
-# their own too. On daphne's one database thread a reconnecting crowd (a
-# deploy, a network blip) queued every connect behind the others, one at a
-# time; here a few run at once, and no more, so thousands reconnecting do not
-# open thousands of PostgreSQL sessions. Each daphne holds up to
-# CONNECT_THREADS more connections.
-CONNECT_THREADS = 3
-_connect_threads = ThreadPoolExecutor(CONNECT_THREADS, thread_name_prefix="parley-connect")
-
-
-def on_connect_thread(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-    return database_sync_to_async(function, thread_sensitive=False, executor=_connect_threads)
 
 
 # (room pk, id) -> the read of the room's messages after that id, while it runs.
