@@ -204,7 +204,7 @@ _starting: asyncio.Task | None = None
 _beating: asyncio.Task | None = None
 
 
-async def process_id() -> int:
+async def current_process() -> int:
     """This process's liveness row (chat.presence), inserted when its first room socket arrives."""
     if _process_id is None:
         return await restart_process(None)
@@ -432,7 +432,7 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
 
         Raises presence.TooManySockets when the user has no socket to spare.
         """
-        process = await process_id()
+        process = await current_process()
         try:
             entry = await on_connect_thread(presence.join)(self.room, self.user, self.channel_name, process)
         except presence.ProcessGone:
