@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import Membership, Message, Presence, Room
+from .models import Membership, Message, Presence, Room, ServerProcess
 
 
 class MembershipInline(admin.TabularInline):
@@ -41,5 +41,12 @@ class MessageAdmin(admin.ModelAdmin):
 
 @admin.register(Presence)
 class PresenceAdmin(admin.ModelAdmin):
-    list_display = ("channel_name", "room", "user", "connected_at", "last_seen")
-    list_select_related = ("room", "user")
+    list_display = ("channel_name", "room", "user", "connected_at", "process")
+    list_select_related = ("room", "user", "process")
+
+
+@admin.register(ServerProcess)
+class ServerProcessAdmin(admin.ModelAdmin):
+    """The daphne processes holding room sockets: one whose last_seen is older than CHAT_PRESENCE_TTL is dead."""
+
+    list_display = ("id", "started", "last_seen")

@@ -2,7 +2,6 @@
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -11,9 +10,11 @@ from typing import TYPE_CHECKING, Any
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.db.models import Q
 
 from project.access import CLOSE_ACCESS_ENDED, CLOSE_SESSION_ENDED, AccessEnded, AccessGuard, require_session
+from project.connects import on_connect_thread
 from project.sockets import FrameError, RateLimit, server_error
 
 from . import metrics, presence, protocol
@@ -62,15 +63,6 @@ def messages_after(room: Room, after: int) -> tuple[list[dict[str, Any]], bool]:
     return [message_frame(m) for m in rows[:SYNC_LIMIT]], len(rows) > SYNC_LIMIT
 
 
-def enter(room: Room, user: "User", channel_name: str) -> tuple[bool, list[str], int, int]:
-    """A socket arrives: (first socket of the user here?, handles present, the room's latest message id and change).
-
-    Raises presence.TooManySockets when the user has no socket to spare.
-    """
-    first = presence.join(room, user, channel_name)
-    return first, presence.handles(room), room.latest_message_id(), latest_change(room)
-
-
 def sync_page(room: Room, after: int) -> tuple[list[str], bool, int]:
     """A `sync` reply: (encoded message frames, more?, last_id).
 
@@ -92,14 +84,6 @@ def sync_page(room: Room, after: int) -> tuple[list[str], bool, int]:
     if not page:
         return page, more, min(after, room.latest_message_id())
     return page, more, frames[len(page) - 1]["id"]
-
-
-def beat(
-    room: Room, channel_name: str, after: int, changes_after_seq: int
-) -> tuple[bool, list[str], list[dict[str, Any]], list[dict[str, Any]]]:
-    """A socket's heartbeat: presence.heartbeat(), and any messages and changes it was never sent."""
-    refreshed, left = presence.heartbeat(room, channel_name)
-    return refreshed, left, messages_after(room, after)[0], changes_after(room, changes_after_seq)[0]
 
 
 def change_event(frame: dict[str, Any]) -> dict[str, Any]:
@@ -191,7 +175,7 @@ read_changes = database_sync_to_async(changes_after, thread_sensitive=False, exe
 _reads_after: dict[tuple[int, int], asyncio.Future] = {}
 
 
-async def missed_after(room: Room, after: int) -> list[dict[str, Any]]:
+async def missed_after(room: Room, after: int, cause: str = "broadcast") -> list[dict[str, Any]]:
     """messages_after() for sockets that missed a broadcast, one query for all of them.
 
     A broadcast that overtakes its predecessor (two daphnes' publishes cross)
@@ -202,12 +186,132 @@ async def missed_after(room: Room, after: int) -> list[dict[str, Any]]:
     key = (room.pk, after)
     read = _reads_after.get(key)
     if read is None:
-        metrics.catchup_read("broadcast")
+        metrics.catchup_read(cause)
         read = asyncio.ensure_future(read_missed(room, after))
         _reads_after[key] = read
         read.add_done_callback(lambda _: _reads_after.pop(key, None))
     frames, _ = await asyncio.shield(read)
     return frames
+
+
+# --- this process: its liveness row and its one beat -----------------------------------------
+
+# This process's room sockets by room pk, the pk of its ServerProcess row (None
+# until its first socket), and the task that beats for all of them.
+_local: dict[int, set["ChatConsumer"]] = {}
+_process_id: int | None = None
+_starting: asyncio.Task | None = None
+_beating: asyncio.Task | None = None
+
+
+async def current_process() -> int:
+    """This process's liveness row (chat.presence), inserted when its first room socket arrives."""
+    if _process_id is None:
+        return await restart_process(None)
+    return _process_id
+
+
+async def restart_process(gone: int | None) -> int:
+    """Start a new liveness row in place of `gone` (none yet, swept, or stale), once however many ask."""
+    global _starting
+    if _process_id != gone:
+        return _process_id  # another socket started it already
+    if _starting is None or _starting.done() or _starting.get_loop() is not asyncio.get_running_loop():
+        _starting = asyncio.ensure_future(_start_process())
+    return await asyncio.shield(_starting)
+
+
+async def _start_process() -> int:
+    global _process_id
+    _process_id = await on_connect_thread(presence.start_process)()
+    logger.info("event=presence_process_started process=%s", _process_id)
+    return _process_id
+
+
+def arrived(socket: "ChatConsumer") -> None:
+    """Count `socket` among this process's, and make sure the process beats."""
+    global _beating
+    _local.setdefault(socket.room.pk, set()).add(socket)
+    if _beating is None or _beating.done() or _beating.get_loop() is not asyncio.get_running_loop():
+        _beating = asyncio.create_task(beat_for_process())
+
+
+def departed(socket: "ChatConsumer") -> None:
+    """Forget `socket`; the process stops beating with its last socket (its row then expires)."""
+    sockets = _local.get(socket.room.pk)
+    if sockets is not None:
+        sockets.discard(socket)
+        if not sockets:
+            del _local[socket.room.pk]
+    if not _local and _beating is not None:
+        _beating.cancel()
+
+
+def process_beat(
+    process: int | None, rooms: list[int]
+) -> tuple[bool, list[tuple[int, str]], dict[int, tuple[int, int]]]:
+    """One beat's database work: (process row refreshed?, leaves of dead processes' users, rooms' heads)."""
+    alive = process is not None and presence.refresh_process(process)
+    return alive, presence.sweep(), Room.objects.heads(rooms)
+
+
+async def beat_for_process() -> None:
+    """Every CHAT_PRESENCE_TTL / 3, for all this process's sockets: presence, expiry, catch-up."""
+    while True:
+        await asyncio.sleep(presence.heartbeat_interval())
+        try:
+            await beat_once()
+        except Exception:
+            # A database or Redis hiccup must not end presence for this process.
+            logger.exception("event=presence_heartbeat_failed process=%s", _process_id)
+
+
+async def beat_once() -> None:
+    """Refresh the process's row, sweep dead processes, send each local socket what no broadcast brought.
+
+    Idle, a beat costs three statements whatever the number of sockets. A
+    process that stalled past the TTL was swept (its users' leaves announced):
+    it starts a new row and joins its sockets again, announcing joins.
+    """
+    process = _process_id
+    alive, left, heads = await on_connect_thread(process_beat)(process, list(_local))
+    if not alive:
+        logger.warning("event=presence_process_expired process=%s", process)
+        await restart_process(process)
+    for room_pk, handle in left:
+        logger.info("event=presence_expired room=%s handle=%s", room_pk, handle)
+        await announce_leave(room_pk, handle)
+    behind = [socket for sockets in _local.values() for socket in sockets if socket.process_id != _process_id]
+    await asyncio.gather(*(socket.rejoin() for socket in behind))
+    for room_pk, (latest, change_seq) in heads.items():
+        await catch_up_room([s for s in _local.get(room_pk, ()) if not s.closing], latest, change_seq)
+
+
+async def announce_leave(room_pk: int, handle: str) -> None:
+    """Tell a room that `handle` left; with Redis away only the leave is lost (the beat goes on)."""
+    frame = {"type": "chat.frame", "text": encode({"type": "leave", "handle": handle}), "skip_user": None}
+    try:
+        await get_channel_layer().group_send(Room(pk=room_pk).group_name, frame)
+    except Exception as exc:
+        logger.warning("event=broadcast_failed room=%s type=leave error=%r", room_pk, exc)
+        metrics.layer_error("group_send")
+
+
+async def catch_up_room(sockets: list["ChatConsumer"], latest: int, change_seq: int) -> None:
+    """Send a room's local sockets the messages and changes they lack: one read of each for all of them."""
+    if not sockets:
+        return
+    room = sockets[0].room
+    after = min(socket.last_id for socket in sockets)
+    if latest > after:
+        frames = await missed_after(room, after, "heartbeat")
+        for socket in sockets:
+            await socket.send_missed(frames)
+    seq = min(socket.last_seq for socket in sockets)
+    if change_seq > seq:
+        changes, _ = await read_changes(room, seq)
+        for socket in sockets:
+            await socket.send_missed_changes(changes)
 
 
 class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
@@ -227,8 +331,9 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
     `last_id` is the newest message this socket has been sent, with every
     older one since it connected: a broadcast whose predecessor is not
     `last_id` makes the socket read what it is missing from the database
-    (catch_up), and each heartbeat does the same for a broadcast that never
-    came at all. Changes to messages (chat.edits) come the same way, by the
+    (catch_up), and the process's beat does the same for a broadcast that
+    never came at all, one read per room for all its sockets there
+    (catch_up_room). Changes to messages (chat.edits) come the same way, by the
     room's change number: `last_seq` is the newest change sent, with every
     older one; a change broadcast that is not `last_seq + 1` makes the socket
     read the changes it is missing (catch_up_changes).
@@ -240,7 +345,8 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
 
     room: Room | None = None
     user: "User"
-    heartbeat_task: asyncio.Task | None = None
+    process_id: int | None = None  # the ServerProcess row this socket's presence row points at
+    presence_lock: asyncio.Lock
     closing = False
     left = False
     counted = False  # in the open-sockets gauge
@@ -251,7 +357,7 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
         """Serve the socket; whatever ends it (an error, a cancelled task), its presence goes with it.
 
         disconnect() runs only for a close daphne reports; a consumer that dies
-        another way would leave its heartbeat refreshing a presence row for
+        another way would leave its presence row to its process's beat for
         ever: a ghost the room sees as present, whose mentions are not mailed.
         """
         try:
@@ -287,12 +393,13 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
         # Listen for the end of access before checking the room: a removal from here on is heard.
         await self.guard_access()
         label = self.scope["url_route"]["kwargs"]["label"]
-        room, refusal = await database_sync_to_async(find_room)(label, self.user)
+        room, refusal = await on_connect_thread(find_room)(label, self.user)
         if refusal:
             logger.info("event=ws_refused room=%s user=%s code=%s", label[:60], self.user.pk, refusal)
             await self.end_access(refusal, "refused")
             return
         self.room = room
+        self.presence_lock = asyncio.Lock()  # orders this socket's joins and leave (see rejoin)
         self.state: dict[str, Any] = {}
         self.closers: list[Callable[[], Awaitable[None]]] = []
         # A per-socket window stops a client hammering the database with retries;
@@ -303,22 +410,52 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
         self.sync_limit = RateLimit(RATE_LIMIT_COUNT, RATE_LIMIT_WINDOW.total_seconds())
         # Messages up to last_id are the client's to fetch (`sync`); later ones are ours to send.
         try:
-            first, handles, self.last_id, self.last_seq = await database_sync_to_async(enter)(
-                room, self.user, self.channel_name
-            )
+            entry = await self.enter()
         except presence.TooManySockets:
             logger.info("event=ws_refused room=%s user=%s code=%s", room.label, self.user.pk, CLOSE_TOO_MANY_SOCKETS)
             self.left = True  # never entered: nothing to undo but the group
             await self.channel_layer.group_discard(room.group_name, self.channel_name)
             await self.close(code=CLOSE_TOO_MANY_SOCKETS)
             return
+        self.last_id, self.last_seq = entry.last_id, entry.last_seq
         self.counted = True
         metrics.socket_entered()
-        await self.send_frame({"type": "presence", "handles": handles, **await self.names_frame_part()})
-        if first:
+        arrived(self)
+        names = {"names": entry.names} if entry.names else {}  # absent when nobody present has set one
+        await self.send_frame({"type": "presence", "handles": entry.handles, **names})
+        if entry.first:
             await self.broadcast({"type": "join", "handle": self.user.username, **self.own_name()})
-        self.heartbeat_task = asyncio.create_task(self.heartbeat())
         logger.info("event=ws_connect room=%s user=%s channel=%s", room.label, self.user.pk, self.channel_name)
+
+    async def enter(self) -> presence.Entry:
+        """Record this socket's presence under this process's liveness row, starting a new row if it expired.
+
+        Raises presence.TooManySockets when the user has no socket to spare.
+        """
+        process = await current_process()
+        try:
+            entry = await on_connect_thread(presence.join)(self.room, self.user, self.channel_name, process)
+        except presence.ProcessGone:
+            process = await restart_process(process)
+            entry = await on_connect_thread(presence.join)(self.room, self.user, self.channel_name, process)
+        self.process_id = process
+        return entry
+
+    async def rejoin(self) -> None:
+        """Join again under the process's new row (it stalled past the TTL and was swept, leaves announced)."""
+        async with self.presence_lock:
+            if self.closing:
+                return
+            try:
+                entry = await self.enter()
+            except presence.TooManySockets:  # the user opened others meanwhile: this one gives way
+                await self.end_access(CLOSE_TOO_MANY_SOCKETS, "too many sockets")
+                return
+            except Exception:
+                logger.exception("event=presence_rejoin_failed room=%s channel=%s", self.room.label, self.channel_name)
+                return
+        if entry.first:
+            await self.broadcast({"type": "join", "handle": self.user.username, **self.own_name()})
 
     async def disconnect(self, code: int) -> None:
         await self.leave_room(code)
@@ -331,15 +468,14 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
         self.left = True
         if self.counted:
             metrics.socket_left()
-        # Database calls run one at a time on one thread, in order: once this is
-        # set no heartbeat can queue a join behind the leave below.
+            departed(self)
+        # Once this is set, under the lock, no rejoin (rejoin) can put the row back after the leave below.
         self.closing = True
-        if self.heartbeat_task:
-            self.heartbeat_task.cancel()
         _typing_relayed.pop((self.room.pk, self.user.pk), None)
         try:
             # The presence row goes first: an app's clean-up or Redis failing below must not keep it.
-            last = await database_sync_to_async(presence.leave)(self.room, self.user, self.channel_name)
+            async with self.presence_lock:
+                last = await on_connect_thread(presence.leave)(self.room, self.user, self.channel_name)
             if last:
                 await self.broadcast({"type": "leave", "handle": self.user.username})
         finally:
@@ -436,11 +572,6 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
             return  # relayed moments ago: drop quietly, it is only a hint
         _typing_relayed[key] = now
         await self.broadcast({"type": "typing", "handle": self.user.username}, skip_user=self.user.pk)
-
-    async def names_frame_part(self) -> dict[str, Any]:
-        """{"names": {handle: display name}} for the present users who have one; {} when none has."""
-        names = await database_sync_to_async(presence.display_names)(self.room)
-        return {"names": names} if names else {}
 
     def own_name(self) -> dict[str, str]:
         return {"name": self.user.display_name} if self.user.display_name else {}
@@ -558,34 +689,6 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
             metrics.caught_up(missed)
             logger.info("event=ws_caught_up room=%s channel=%s missed=%d last_id=%s",
                         self.room.label, self.channel_name, missed, self.last_id)  # fmt: skip
-
-    async def heartbeat(self) -> None:
-        """Keep this socket's presence row fresh, expire rows of dead processes, send missed messages."""
-        # Sockets that connect together (a daphne restart, a reconnecting crowd) must not
-        # beat together: bunched beats hold messages up (README.md, Benchmarks, fan-out).
-        # The first beat falls anywhere in the interval.
-        delay = presence.heartbeat_interval() * random.uniform(0.05, 1.0)
-        while True:
-            await asyncio.sleep(delay)
-            delay = presence.heartbeat_interval() * random.uniform(0.9, 1.0)
-            try:
-                refreshed, left, missed, changes = await database_sync_to_async(beat)(
-                    self.room, self.channel_name, self.last_id, self.last_seq
-                )
-                if missed and missed[-1]["id"] > self.last_id:
-                    metrics.catchup_read("heartbeat")
-                await self.send_missed(missed)
-                await self.send_missed_changes(changes)
-                if not refreshed and not self.closing:
-                    # This process stalled past the TTL and was swept: come back.
-                    if await database_sync_to_async(presence.join)(self.room, self.user, self.channel_name):
-                        await self.broadcast({"type": "join", "handle": self.user.username})
-                for handle in left:
-                    logger.info("event=presence_expired room=%s handle=%s", self.room.label, handle)
-                    await self.broadcast({"type": "leave", "handle": handle})
-            except Exception:
-                # A database or Redis hiccup must not end presence for this socket.
-                logger.exception("event=presence_heartbeat_failed room=%s", self.room.label)
 
     @staticmethod
     def rate_limit_detail() -> str:

@@ -18,7 +18,8 @@ BROADCASTS_DELIVERED = Counter(
 CATCHUP_READS = Counter(
     "parley_chat_catchup_reads",
     "Reads of messages a socket missed, by cause: broadcast (one came without its predecessor; sockets "
-    "of a process missing the same message share one read), heartbeat (a beat found some) or change "
+    "of a process missing the same message share one read), heartbeat (the process's beat found a room's "
+    "local sockets behind: one read for all of them) or change "
     "(a change broadcast came without its predecessor).",
     ["cause"],
 )

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, models, transaction
-from django.db.models import Exists, F, OuterRef, Q, Value
+from django.db.models import Exists, F, OuterRef, Q, Subquery, Value
 from django.utils import timezone
 
 if TYPE_CHECKING:
@@ -64,6 +64,12 @@ class RoomQuerySet(models.QuerySet):
         public = Q(is_private=False) & (posted | Q(created_by=user))
         # Direct messages are the sidebar's, under the other person's name, not a directory's.
         return self.filter(public | member, dm_key__isnull=True).order_by("-last_activity_at", "-pk")
+
+    def heads(self, pks: list[int]) -> dict[int, tuple[int, int]]:
+        """Room pk -> (newest message id, change number), for the rooms `pks`, in one query."""
+        latest = Message.objects.filter(room=OuterRef("pk")).order_by("-id").values("id")[:1]
+        rows = self.filter(pk__in=pks).annotate(latest=Subquery(latest)).values_list("pk", "latest", "change_seq")
+        return {pk: (latest or 0, change_seq) for pk, latest, change_seq in rows}
 
     def create_by(self, user: "User", label: str, is_private: bool = False) -> "Room":
         """A new room `user` made, unless they made CHAT_ROOM_CREATE_LIMIT within the window.
@@ -319,18 +325,43 @@ class Reaction(models.Model):
         return f"{self.emoji} by {self.user_id} on #{self.message_id}"
 
 
+class ServerProcess(models.Model):
+    """A daphne process holding room sockets: its presence rows are fresh while it is.
+
+    Inserted when the process's first room socket arrives, then refreshed by
+    the process, in one statement, every CHAT_PRESENCE_TTL / 3 whatever its
+    socket count (chat.presence). One whose `last_seen` is older than the TTL
+    died or stalled: any live process sweeps it and its presence rows.
+    """
+
+    started = models.DateTimeField(auto_now_add=True)
+    last_seen = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"process {self.pk} since {self.started:%Y-%m-%d %H:%M:%S}"
+
+
+class PresenceQuerySet(models.QuerySet):
+    def fresh(self) -> "PresenceQuerySet":
+        """The rows of live processes: a socket is present while its process keeps its row fresh."""
+        cutoff = timezone.now() - timedelta(seconds=settings.CHAT_PRESENCE_TTL)
+        return self.filter(process__last_seen__gt=cutoff)
+
+
 class Presence(models.Model):
     """One open socket in a room, on any daphne process.
 
-    Shared in the database so presence is right across processes; a row whose
-    `last_seen` stops moving belonged to a process that died, and expires.
+    Shared in the database so presence is right across processes; it is as
+    fresh as its process's row, and goes with it.
     """
 
     channel_name = models.CharField(max_length=100, primary_key=True)
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="presences")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    process = models.ForeignKey(ServerProcess, on_delete=models.CASCADE, related_name="presences")
     connected_at = models.DateTimeField(auto_now_add=True)
-    last_seen = models.DateTimeField(db_index=True)
+
+    objects = PresenceQuerySet.as_manager()
 
     def __str__(self) -> str:
         return f"{self.user} in {self.room} via {self.channel_name}"

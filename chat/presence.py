@@ -1,26 +1,30 @@
 """Who is in a room, shared through the database so it holds across daphne processes.
 
-One Presence row per open socket. A user is present while they have at least
-one fresh row; "join" is announced when the first socket arrives and "leave"
-when the last one goes. Sockets refresh their row every CHAT_PRESENCE_TTL / 3
-seconds; rows older than CHAT_PRESENCE_TTL belong to a process that died and
-are swept (announcing the leave) by any live socket of the room. The same rows
-count a user's sockets, so the cap on them (CHAT_MAX_SOCKETS_PER_USER) holds
-across processes.
+One Presence row per open socket, pointing at its daphne's ServerProcess row.
+A user is present while they have at least one fresh row, one whose process
+refreshed its own row within CHAT_PRESENCE_TTL; "join" is announced when the
+first socket arrives and "leave" when the last one goes. Each process refreshes
+its row in one statement every CHAT_PRESENCE_TTL / 3, whatever its socket count
+(chat.process); a process whose row is older than the TTL died or stalled, and
+any live process sweeps its rows, announcing the leaves. The same rows count a
+user's sockets, so the cap on them (CHAT_MAX_SOCKETS_PER_USER) holds across
+processes.
 
 Every change runs under a lock on the room row, so two sockets of one user
-arriving at once on two processes cannot both (or neither) announce the join.
+arriving at once on two processes cannot both (or neither) announce the join,
+and two processes sweeping the same dead one cannot both announce a leave.
 """
 
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.db.models import Exists, OuterRef, Subquery
 from django.utils import timezone
 
-from .models import Presence, Room
+from .models import Message, Presence, Room, ServerProcess
 
 if TYPE_CHECKING:
     from accounts.models import User
@@ -34,78 +38,131 @@ def heartbeat_interval() -> float:
     return settings.CHAT_PRESENCE_TTL / 3
 
 
-def _fresh(room: Room):
-    return Presence.objects.filter(room=room, last_seen__gt=timezone.now() - ttl())
-
-
-def _lock(room: Room) -> None:
+def _lock(room_id: int) -> None:
     # select_for_update is a no-op on SQLite, where IMMEDIATE transactions already serialise writers.
-    Room.objects.select_for_update().filter(pk=room.pk).values_list("pk", flat=True).first()
+    Room.objects.select_for_update().filter(pk=room_id).values_list("pk", flat=True).first()
 
 
-def handles(room: Room) -> list[str]:
-    """Handles of the users present in `room`, ignoring expired rows."""
-    return sorted(set(_fresh(room).values_list("user__username", flat=True)))
+# --- the process's liveness row ----------------------------------------------------------------
 
 
-def display_names(room: Room) -> dict[str, str]:
-    """Handle -> display name of the users present in `room` who have set one (shown next to the handle)."""
-    rows = _fresh(room).exclude(user__display_name="").values_list("user__username", "user__display_name")
-    return dict(rows)
+def start_process() -> int:
+    """A new liveness row for this process; its pk is what the process's presence rows point at."""
+    return ServerProcess.objects.create(last_seen=timezone.now()).pk
+
+
+def refresh_process(process_id: int) -> bool:
+    """Mark the process alive, in one statement; False when its row is gone or already stale.
+
+    A stale row is never brought back: other processes may be sweeping its
+    rows (announcing leaves) right now. The process starts a new row instead
+    and joins its sockets again (chat.process).
+    """
+    now = timezone.now()
+    return bool(ServerProcess.objects.filter(pk=process_id, last_seen__gt=now - ttl()).update(last_seen=now))
+
+
+def sweep() -> list[tuple[int, str]]:
+    """Remove the processes whose row is older than the TTL, and their presence rows.
+
+    Returns (room pk, handle) for each user whose last fresh socket in a room
+    went with them: the leaves to announce. Costs one query when nobody died.
+    """
+    cutoff = timezone.now() - ttl()
+    dead = list(ServerProcess.objects.filter(last_seen__lte=cutoff).values_list("pk", flat=True))
+    if not dead:
+        return []
+    left: list[tuple[int, str]] = []
+    rooms = set(Presence.objects.filter(process__in=dead).values_list("room_id", flat=True))
+    for room_id in sorted(rooms):
+        with transaction.atomic():
+            _lock(room_id)
+            # Read under the lock: another process may have swept this room a moment ago.
+            stale = Presence.objects.filter(room_id=room_id, process__last_seen__lte=cutoff)
+            users = dict(stale.values_list("user_id", "user__username"))
+            stale.delete()
+            still_here = set(
+                Presence.objects.fresh().filter(room_id=room_id, user_id__in=users).values_list("user_id", flat=True)
+            )
+        left.extend((room_id, handle) for user_id, handle in sorted(users.items()) if user_id not in still_here)
+    # A stale row never becomes fresh again (refresh_process), so this deletes only the dead.
+    ServerProcess.objects.filter(pk__in=dead, last_seen__lte=cutoff).delete()
+    return left
+
+
+# --- sockets ------------------------------------------------------------------------------------
 
 
 class TooManySockets(Exception):
     """The user already has CHAT_MAX_SOCKETS_PER_USER sockets open."""
 
 
-def join(room: Room, user: "User", channel_name: str) -> bool:
-    """Record a socket; True when it is the user's first in the room (announce a join).
+class ProcessGone(Exception):
+    """The process's row is gone or stale (it stalled past the TTL): start a new one and join again."""
+
+
+class Entry(NamedTuple):
+    """What a socket entering a room is told (chat.consumers.enter)."""
+
+    first: bool  # the user's first socket here: announce the join
+    handles: list[str]  # who is present, the user included
+    names: dict[str, str]  # handle -> display name, for those present who set one
+    last_id: int  # the room's newest message id
+    last_seq: int  # the room's change number
+
+
+def join(room: Room, user: "User", channel_name: str, process_id: int) -> Entry:
+    """Record a socket of process `process_id`, and read what the socket is told, in five statements.
 
     Raises TooManySockets when the user has CHAT_MAX_SOCKETS_PER_USER fresh
     rows already, in any room: a client opening sockets in a loop must not
-    make every room's presence and broadcasts work for each.
+    make every room's presence and broadcasts work for each. Raises
+    ProcessGone when the process's row is not fresh: a row added to it would
+    be swept as a dead process's. A socket that joins again (its process came
+    back) has its row moved to the new process.
     """
     with transaction.atomic():
         # The user's row serialises their joins, across rooms and processes, so the cap is exact.
         get_user_model().objects.lock(user.pk)
-        mine = Presence.objects.filter(user=user, last_seen__gt=timezone.now() - ttl()).exclude(channel_name=channel_name)
+        mine = Presence.objects.fresh().filter(user=user).exclude(channel_name=channel_name)
         if mine.count() >= settings.CHAT_MAX_SOCKETS_PER_USER:
             raise TooManySockets
-        _lock(room)
-        others = _fresh(room).filter(user=user).exclude(channel_name=channel_name).exists()
-        Presence.objects.update_or_create(
-            channel_name=channel_name, defaults={"room": room, "user": user, "last_seen": timezone.now()}
+        # The room's lock, its heads and the process's liveness in one statement. A newest id read
+        # before a post waiting on the lock commits errs low: that message is then sent live.
+        latest = Message.objects.filter(room=OuterRef("pk")).order_by("-id").values("id")[:1]
+        alive = ServerProcess.objects.filter(pk=process_id, last_seen__gt=timezone.now() - ttl())
+        heads = (
+            Room.objects.select_for_update()
+            .filter(pk=room.pk)
+            .annotate(latest=Subquery(latest), alive=Exists(alive))
+            .values_list("latest", "change_seq", "alive")
+            .get()
         )
-    return not others
+        last_id, last_seq, process_alive = heads
+        if not process_alive:
+            raise ProcessGone
+        present = dict(
+            Presence.objects.fresh()
+            .filter(room=room)
+            .exclude(channel_name=channel_name)
+            .values_list("user__username", "user__display_name")
+            .distinct()
+        )
+        first = user.username not in present
+        present[user.username] = user.display_name
+        Presence.objects.bulk_create(
+            [Presence(channel_name=channel_name, room=room, user=user, process_id=process_id)],
+            update_conflicts=True, unique_fields=["channel_name"], update_fields=["room", "user", "process"],
+        )  # fmt: skip
+    names = {handle: name for handle, name in present.items() if name}
+    return Entry(first, sorted(present), names, last_id or 0, last_seq)
 
 
 def leave(room: Room, user: "User", channel_name: str) -> bool:
     """Forget a socket; True when it was the user's last in the room (announce a leave)."""
     with transaction.atomic():
-        _lock(room)
+        _lock(room.pk)
         deleted, _ = Presence.objects.filter(channel_name=channel_name).delete()
         # Nothing deleted: a sweep already removed the row and announced the leave.
-        return bool(deleted) and not _fresh(room).filter(user=user).exists()
+        return bool(deleted) and not Presence.objects.fresh().filter(room=room, user=user).exists()
 
-
-def heartbeat(room: Room, channel_name: str) -> tuple[bool, list[str]]:
-    """Refresh this socket's row and sweep the room's expired rows.
-
-    Returns (refreshed, left): refreshed is False when this socket's row was
-    gone (swept after the process stalled past the TTL, and announced as a
-    leave), so the caller joins again; left lists the handles whose last socket
-    just expired. The room is locked only when there is something to sweep:
-    every socket beats, and the lock is the one Room.post takes too.
-    """
-    now = timezone.now()
-    refreshed = Presence.objects.filter(channel_name=channel_name).update(last_seen=now)
-    stale = Presence.objects.filter(room=room, last_seen__lte=now - ttl())
-    if not stale.exists():
-        return bool(refreshed), []
-    with transaction.atomic():
-        _lock(room)
-        stale_users = {row.user_id: row.user.username for row in stale.select_related("user")}
-        stale.delete()
-        still_here = set(_fresh(room).filter(user_id__in=stale_users).values_list("user_id", flat=True))
-        left = sorted(handle for user_id, handle in stale_users.items() if user_id not in still_here)
-    return bool(refreshed), left

@@ -6,7 +6,6 @@ from typing import NamedTuple
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models.functions import Lower
@@ -35,9 +34,8 @@ def user_group(user_id: int) -> str:
 
 
 def present_user_ids(room: Room) -> set[int]:
-    """Users with an open socket in `room` right now (a stale presence row is a dead process)."""
-    fresh = timezone.now() - timedelta(seconds=settings.CHAT_PRESENCE_TTL)
-    return set(Presence.objects.filter(room=room, last_seen__gte=fresh).values_list("user_id", flat=True))
+    """Users with an open socket in `room` right now (the rows of a dead process do not count)."""
+    return set(Presence.objects.fresh().filter(room=room).values_list("user_id", flat=True))
 
 
 def known_handles(handles: list[str]) -> set[str]:

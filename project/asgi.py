@@ -10,12 +10,12 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 # Django must be set up before anything imports models.
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from sentry_sdk.integrations.asyncio import enable_asyncio_integration  # noqa: E402
 
 from . import routing  # noqa: E402
+from .connects import ConnectAuthMiddlewareStack  # noqa: E402
 from .origins import OriginValidator  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -23,7 +23,8 @@ application = ProtocolTypeRouter(
         "http": django_asgi_app,
         # Another site's page may not open a socket as our user: Origin must be the
         # served origin (scheme, host and port) or a trusted one, as for CSRF.
-        "websocket": OriginValidator(AuthMiddlewareStack(URLRouter(routing.websocket_urlpatterns))),
+        # The session and user are loaded on the connect threads (project.connects), not the one database thread.
+        "websocket": OriginValidator(ConnectAuthMiddlewareStack(URLRouter(routing.websocket_urlpatterns))),
         "channel": ChannelNameRouter(routing.channel_routes),
     }
 )

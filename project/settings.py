@@ -268,8 +268,8 @@ SECURE_REDIRECT_EXEMPT = [r"^metrics$"]
 # Frames over 64 KiB are refused by daphne itself (runserver reads this; the
 # Procfile passes the same value to daphne on the command line).
 DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = 65536
-# A presence row not refreshed for this many seconds belongs to a dead process
-# and expires; each socket refreshes its row every third of it.
+# A daphne whose liveness row was not refreshed for this many seconds is dead,
+# and its sockets' presence expires; each daphne refreshes its row every third of it.
 CHAT_PRESENCE_TTL = float(os.environ.get("CHAT_PRESENCE_TTL", "60"))
 if CHAT_PRESENCE_TTL <= 0:
     raise ImproperlyConfigured("CHAT_PRESENCE_TTL must be a positive number of seconds.")

@@ -15,7 +15,7 @@ from django.utils import timezone
 from accounts.models import User
 from chat import protocol
 from chat.consumers import ChatConsumer, post_message
-from chat.models import Membership, Message, Presence, Room
+from chat.models import Membership, Message, Presence, Room, ServerProcess
 from tests.chat_helpers import (  # noqa: F401 (fixtures: ann, bob, their cookies, lobby, fresh_channel_layer)
     ann, ann_cookie, bob, bob_cookie, fresh_channel_layer, join, lobby, next_of, open_socket, refused_with, send, send_raw, session_cookie,
 )
@@ -471,9 +471,8 @@ async def test_stale_presence_is_hidden_and_swept(settings, lobby, bob, ann_cook
     settings.CHAT_PRESENCE_TTL = 0.6
 
     def ghost():
-        Presence.objects.create(
-            channel_name="dead-process!abc", room=lobby, user=bob, last_seen=timezone.now() - timedelta(seconds=5)
-        )
+        dead = ServerProcess.objects.create(last_seen=timezone.now() - timedelta(seconds=5))
+        Presence.objects.create(channel_name="dead-process!abc", room=lobby, user=bob, process=dead)
 
     await database_sync_to_async(ghost)()
     a, first = await join("lobby", ann_cookie)

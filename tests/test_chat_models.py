@@ -6,7 +6,7 @@ from django.db import connection
 from django.utils import timezone
 
 from accounts.models import User
-from chat.models import Message, Presence, RateLimited, Room, is_valid_label, rooms_showing
+from chat.models import Message, Presence, RateLimited, Room, ServerProcess, is_valid_label, rooms_showing
 
 
 @pytest.fixture
@@ -117,8 +117,9 @@ def test_concurrent_posts_commit_in_id_order(ann):
 def test_rooms_showing_a_user_are_where_they_are_present_or_posted_lately(ann):
     here, posted, long_ago, elsewhere = (Room.objects.create(label=label) for label in ("here", "posted", "old", "else"))
     bob = User.objects.create_user("bob")
-    Presence.objects.create(channel_name="ann-1", room=here, user=ann, last_seen=timezone.now())
-    Presence.objects.create(channel_name="bob-1", room=elsewhere, user=bob, last_seen=timezone.now())
+    process = ServerProcess.objects.create(last_seen=timezone.now())
+    Presence.objects.create(channel_name="ann-1", room=here, user=ann, process=process)
+    Presence.objects.create(channel_name="bob-1", room=elsewhere, user=bob, process=process)
     posted.post(ann, "recent", "c1")
     posted.post(ann, "twice in one room", "c2")
     old, _ = long_ago.post(ann, "a month ago", "c3")

@@ -15,7 +15,7 @@ from django.template import Context, Template
 from django.test import Client, RequestFactory
 from django.utils import timezone
 
-from chat.models import Membership, Presence, Room
+from chat.models import Membership, Presence, Room, ServerProcess
 from notifications.mentions import parse_mentions
 from notifications.models import Delivery, Notification
 from tasks.models import TaskRecord
@@ -51,10 +51,9 @@ def post(room: Room, user, text: str):
 
 
 def be_present(room: Room, user, seconds_ago: float = 0) -> None:
-    Presence.objects.create(
-        channel_name=f"test.{user.pk}.{room.pk}.{seconds_ago}", room=room, user=user,
-        last_seen=timezone.now() - timedelta(seconds=seconds_ago),
-    )  # fmt: skip
+    """A socket of `user` in `room`, on a process last seen `seconds_ago`."""
+    process = ServerProcess.objects.create(last_seen=timezone.now() - timedelta(seconds=seconds_ago))
+    Presence.objects.create(channel_name=f"test.{user.pk}.{room.pk}.{seconds_ago}", room=room, user=user, process=process)
 
 
 def render_settings(user) -> str:
