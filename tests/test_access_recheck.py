@@ -8,18 +8,23 @@ announcement is sent and only the process's re-verification can close them.
 import asyncio
 import contextlib
 import time
+from importlib import import_module
 from itertools import cycle
 
 import pytest
 from channels.db import database_sync_to_async
-from django.db import connection
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.sessions.models import Session
+from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 
 from accounts.models import User
-from chat.models import Room
+from chat.consumers import ChatConsumer
+from chat.models import Membership, Room
 from project import access
 from tests.chat_helpers import fresh_channel_layer
-from tests.test_access import Browser, browser, close_code, still_open
+from tests.test_access import Browser, browser, close_code, drop_membership_unannounced, still_open
 
 __all__ = ["fresh_channel_layer"]
 
@@ -136,3 +141,72 @@ async def test_lost_announcements_close_exactly_the_affected_sockets_within_the_
     for socket in staying:
         await still_open(socket)
         await socket.disconnect()
+
+
+
+async def test_the_recheck_outlives_a_database_that_fails_and_catches_up_after(people, rooms, monkeypatch, caplog):
+    monkeypatch.setattr(access, "RECHECK_INTERVAL", 0.3)
+    bob = await browser(people["bob"])
+    in_secret, in_lobby = await bob.chat("secret"), await bob.chat("lobby")
+    others = await open_filler([await browser(people[handle]) for handle in ("ann", "cid", "dan")], ["lobby"], 30)
+
+    def refuse(execute, sql, params, many, context):
+        raise OperationalError("the database is away")
+
+    await database_sync_to_async(lambda: connection.execute_wrappers.append(refuse))()
+    try:
+        await asyncio.sleep(3 * access.RECHECK_INTERVAL)
+    finally:
+        await database_sync_to_async(lambda: connection.execute_wrappers.remove(refuse))()
+    failures = [r for r in caplog.records if "event=access_recheck_failed" in r.getMessage()]
+    assert 1 <= len(failures) <= 3 * access.RECHECK_SLICES + 1  # one a slice at most, not one per socket
+
+    started = time.monotonic()
+    await drop_membership_unannounced(rooms["secret"], people["bob"])
+    assert await close_code(in_secret, within=access.RECHECK_INTERVAL + 0.5) == 4403
+    assert time.monotonic() - started < access.RECHECK_INTERVAL + 0.5
+    for socket in [in_lobby, *others]:
+        await still_open(socket)
+        await socket.disconnect()
+
+
+def room_sockets(count: int) -> list[ChatConsumer]:
+    """`count` room sockets' worth of (session, user, room): ChatConsumers as connect() leaves them, not connected.
+
+    One session per socket, a user per five sockets, 20 rooms of which 4
+    private, each user a member of one of those.
+    """
+    users = User.objects.bulk_create(User(username=f"u{i}", password="!") for i in range(count // 5))
+    owner = users[0]
+    rooms = [Room.objects.create(label=f"room-{i}", is_private=i < 4, created_by=owner) for i in range(20)]
+    Membership.objects.bulk_create(Membership(room=rooms[i % 4], user=user) for i, user in enumerate(users))
+    engine = import_module(settings.SESSION_ENGINE)
+    sockets, sessions = [], []
+    for i in range(count):
+        user = users[i % len(users)]
+        store = engine.SessionStore()
+        store.update({SESSION_KEY: str(user.pk), BACKEND_SESSION_KEY: settings.AUTHENTICATION_BACKENDS[-1],
+                      HASH_SESSION_KEY: user.get_session_auth_hash()})  # fmt: skip
+        key = f"s{i:031d}"
+        sessions.append(Session(session_key=key, session_data=store.encode(store._session), expire_date=store.get_expiry_date()))
+        socket = ChatConsumer()
+        socket.scope = {"session": engine.SessionStore(key), "user": user}
+        socket.room = rooms[4 + i % 16] if i % 2 else rooms[i % 4]  # half in private rooms, all members
+        sockets.append(socket)
+    Session.objects.bulk_create(sessions)
+    return sockets
+
+
+@pytest.mark.parametrize("count", [1000, 10000])
+def test_a_round_of_thousands_of_sockets_is_three_queries_per_chunk(count):
+    sockets = room_sockets(count)
+    for round_ in ("first", "next"):  # the next round finds the sessions decoded already
+        started = time.perf_counter()
+        with CaptureQueriesContext(connection) as queries:
+            ended = {}
+            for start in range(0, count, access.RECHECK_CHUNK):  # as AccessRecheck.recheck_due does
+                ended.update(access.ended_access(sockets[start : start + access.RECHECK_CHUNK]))
+        elapsed = time.perf_counter() - started
+        assert ended == {}
+        assert len(queries) == 3 * count // access.RECHECK_CHUNK
+        print(f"event=access_round round={round_} sockets={count} queries={len(queries)} ms={elapsed * 1000:.0f}")
