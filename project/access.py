@@ -296,6 +296,12 @@ def ended_access(sockets: Sequence[AccessGuard]) -> dict[AccessGuard, int]:
     return ended
 
 
+def recheck_chunks(sockets: Collection[AccessGuard]) -> list[list[AccessGuard]]:
+    """`sockets` in chunks of RECHECK_CHUNK, a user's sockets together: each user is read and hashed once."""
+    ordered = sorted(sockets, key=lambda socket: socket.scope["user"].pk)
+    return [ordered[start : start + RECHECK_CHUNK] for start in range(0, len(ordered), RECHECK_CHUNK)]
+
+
 class AccessRecheck:
     """The re-verification of every guarded socket of a process (of an event loop), for announcements Redis lost.
 
@@ -350,8 +356,7 @@ class AccessRecheck:
         for socket in [socket for socket in self.sockets if socket.access_ended]:
             self.sockets.discard(socket)
         due = [socket for socket in self.sockets if socket.access_verified_at <= due_before]
-        for start in range(0, len(due), RECHECK_CHUNK):
-            chunk = due[start : start + RECHECK_CHUNK]
+        for chunk in recheck_chunks(due):
             checked_at = time.monotonic()
             ended = await database_sync_to_async(ended_access)(chunk)
             for socket in chunk:

@@ -204,8 +204,8 @@ def test_a_round_of_thousands_of_sockets_is_three_queries_per_chunk(count):
         started = time.perf_counter()
         with CaptureQueriesContext(connection) as queries:
             ended = {}
-            for start in range(0, count, access.RECHECK_CHUNK):  # as AccessRecheck.recheck_due does
-                ended.update(access.ended_access(sockets[start : start + access.RECHECK_CHUNK]))
+            for chunk in access.recheck_chunks(sockets):
+                ended.update(access.ended_access(chunk))
         elapsed = time.perf_counter() - started
         assert ended == {}
         assert len(queries) == 3 * count // access.RECHECK_CHUNK
