@@ -84,7 +84,7 @@ def announce(group: str, reason: str, session_key: str | None = None) -> None:
     `session_key`, when one session ended (a logout), closes that session's
     sockets without a database read: logout() sends its signal before it
     deletes the session, so a socket quick to re-verify would still find it.
-    Never raises: a lost announcement is caught by each socket's timer.
+    Never raises: a lost announcement is caught by the process's AccessRecheck.
     """
     event = {"type": ACCESS_EVENT, "reason": reason, "session": session_tag(session_key)}
 
