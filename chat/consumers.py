@@ -3,7 +3,7 @@
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +11,7 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
-from django.db.models import Q
+from django.db.models import FilteredRelation, Q
 
 from project.access import CLOSE_ACCESS_ENDED, CLOSE_SESSION_ENDED, AccessEnded, AccessGuard, require_session
 from project.connects import on_connect_thread
@@ -578,6 +578,26 @@ class ChatConsumer(AccessGuard, AsyncWebsocketConsumer):
 
     def may_stay(self, user: "User") -> bool:
         return can_still_view(self.room, user)
+
+    @classmethod
+    def may_stay_many(cls, pairs: Sequence[tuple["ChatConsumer", "User"]]) -> set["ChatConsumer"]:
+        """may_stay for a process's room sockets in one query: the rooms still public, and the memberships.
+
+        Room sockets are the many (project.access.AccessRecheck). A socket not
+        yet in a room stays: its connect() is checking the room itself.
+        """
+        in_room = [(socket, user) for socket, user in pairs if socket.room is not None]
+        users = {user.pk for _, user in in_room}
+        rows = list(
+            Room.objects.filter(pk__in={socket.room.pk for socket, _ in in_room})
+            .annotate(member=FilteredRelation("memberships", condition=Q(memberships__user__in=users)))
+            .filter(Q(is_private=False) | Q(member__isnull=False))
+            .values_list("pk", "is_private", "member__user")
+        )
+        public = {room for room, is_private, _ in rows if not is_private}
+        members = {(room, user) for room, _, user in rows}
+        return {socket for socket, user in pairs
+                if socket.room is None or socket.room.pk in public or (socket.room.pk, user.pk) in members}  # fmt: skip
 
     async def refuse_ended(self, ended: AccessEnded, **extra: Any) -> None:
         """A frame came after access ended: say so, and close the socket."""
