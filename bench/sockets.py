@@ -179,13 +179,18 @@ def raise_fd_limit() -> None:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU of these processes and their children, so far."""
+    """User + system CPU of these processes and their children, so far, the children that ended included.
+
+    PostgreSQL's backends come and go (a daphne thread's connection closes after DB_CONN_MAX_AGE).
+    """
     total = 0.0
     for pid in pids:
         try:
             root = psutil.Process(pid)
-            for proc in [root, *root.children(recursive=True)]:
-                times = proc.cpu_times()
+            times = root.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+            for child in root.children():
+                times = child.cpu_times()
                 total += times.user + times.system
         except psutil.NoSuchProcess:
             pass
@@ -235,7 +240,11 @@ def measure(target: Target, sizes: list[int], sessions: list[str], args, db_pids
                    "open_per_s": (status["open"] - opened) / seconds,
                    "refused": status["refused"], "failures": status["failures"]}  # fmt: skip
             rows.append(row)
-            opened = status["open"]
+            if status["open"] < n:  # the rest still retrying: nothing is idle, so no idle figures
+                print(f"{target.name}: only {status['open']} of {n} sockets open after {args.open_timeout:.0f}s; "
+                      f"no idle figures at this size, no larger size, no restart", flush=True)  # fmt: skip
+                return rows
+            opened = n
             time.sleep(2.0)  # the connects' own frames (joins) die down
             pids = [daphne.pid]
             cpu = [cpu_seconds(pids), cpu_seconds(db_pids), cpu_seconds(fleet.pids())]
@@ -250,12 +259,8 @@ def measure(target: Target, sizes: list[int], sessions: list[str], args, db_pids
             daphne_pct, db_pct, idlers_pct = (100 * (b - a) / elapsed for a, b in zip(cpu, after))
             rss = rss_kb(daphne)
             row.update(idle_cpu_pct=daphne_pct, db_cpu_pct=db_pct, idlers_cpu_pct=idlers_pct, rss_mb=rss / 1024,
-                       kb_per_socket=(rss - rss_start) / opened, still_open=fleet.status()["open"],
+                       kb_per_socket=(rss - rss_start) / n, still_open=fleet.status()["open"],
                        load_avg=os.getloadavg()[0])  # fmt: skip
-            if opened < n:  # measured as far as it got: the idle cost of what did open
-                print(f"{target.name}: only {opened} of {n} sockets open after {args.open_timeout:.0f}s; "
-                      f"no larger size, no restart", flush=True)  # fmt: skip
-                return rows
         # The restart: every client sees its socket drop and comes back on its own.
         n = sizes[-1]
         fleet.mark()
@@ -326,6 +331,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,5000,10000", help="socket counts, opened cumulatively")
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     parser.add_argument("--targets", default="parley,bare")
+    parser.add_argument("--users", type=int, default=0,
+                        help="logged-in users, a multiple of 20 (default: one per 10 sockets of the largest size)")
     parser.add_argument("--idlers", type=int, default=4, help="client processes")
     # daphne drops a socket its application has not accepted within 5 s (--websocket_connect_timeout), while
     # the connect's work still runs: more handshakes in flight than it completes in 5 s feed a retry spiral.
@@ -349,7 +356,7 @@ def main() -> None:
 
     with servers(durable=True) as (redis, postgres):
         os.environ["LOG_LEVEL"] = "WARNING"  # this process logs in the users: not a line per login
-        users = max(len(ROOMS), math.ceil(sizes[-1] / SOCKETS_PER_USER / len(ROOMS)) * len(ROOMS))
+        users = args.users or max(len(ROOMS), math.ceil(sizes[-1] / SOCKETS_PER_USER / len(ROOMS)) * len(ROOMS))
         parley_env, sessions = prepare_parley(redis, postgres, users, log_dir)
         from chat.models import Room
 
