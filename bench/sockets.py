@@ -5,11 +5,13 @@ One daphne per target on the same Redis, Parley also on a durable PostgreSQL
 layer), and as the floor the bare Channels-tutorial chat on the same pub/sub
 layer (no presence, no database). Clients live in several
 bench/load/idlers.py processes: they open N sockets over 20 rooms as N/10
-logged-in users (10 sockets each, all in one room: only a user's first socket
-announces a join), send nothing, answer pings, and reconnect with the
-browser's backoff and jitter. A socket counts as open when
-its first frame arrives (Parley's `presence`; the bare chat sends none, so
-there at the handshake).
+logged-in users (`--users`; socket i is user i % users in room i % 20, so a
+user's sockets share a room and only the first announces a join), send
+nothing, answer pings, and reconnect with the browser's backoff and jitter. A
+socket counts as open when its first frame arrives (Parley's `presence`; the
+bare chat sends none, so there at the handshake). A size that does not open
+within `--open-timeout` ends the target's run (its clients still retrying, it
+has no idle figures).
 
 For each N (cumulative: open to 1,000, measure, open to 5,000, ...): connect
 rate while opening, daphne RSS per socket (RSS growth since it started / N),
@@ -17,7 +19,7 @@ daphne CPU (% of one core) over `--idle-seconds` of silence; at the largest N,
 the daphne is restarted (SIGTERM, SIGKILL after 15 s, a new one on the same
 port) and timed until every client is open again.
 
-    .venv/bin/python bench/sockets.py                 # full run (~15 min)
+    .venv/bin/python bench/sockets.py                 # full run (~15 min once Parley opens 10,000)
     .venv/bin/python bench/sockets.py --smoke         # < 60 s
     .venv/bin/python bench/sockets.py --profile       # and py-spy on each daphne: 5,000 connecting, then idle
 
