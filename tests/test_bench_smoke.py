@@ -35,6 +35,10 @@ EXPECTED_KEYS = {
         "parley_knee_deliveries_per_s", "baseline_knee_deliveries_per_s",
     },
     "search.py": {"search_p50_ms", "search_p95_ms", "ilike_p95_ms", "sidebar_ms"},
+    "sockets.py": {
+        "open_per_s", "idle_cpu_pct_10k", "kb_per_socket", "reconnect_all_s_10k",
+        "bare_open_per_s", "bare_idle_cpu_pct_10k", "bare_kb_per_socket", "bare_reconnect_all_s_10k",
+    },
 }  # fmt: skip
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -72,3 +76,13 @@ def test_tasks_benchmark_measures_parley():
     assert result["parley_p50_ms"] <= result["parley_p99_ms"]
     peers = (ROOT / ".venv-bench" / "bin" / "python").exists()
     assert (result["ratio_vs_celery"] is not None) == peers
+
+
+def test_sockets_benchmark_measures_parley_and_the_floor():
+    """Every socket opened and came back after the restart, on both targets: the figures are real."""
+    _, result = run_smoke("sockets.py")
+    for prefix in ("", "bare_"):
+        for key in ("open_per_s", "kb_per_socket", "reconnect_all_s_10k"):
+            value = result[prefix + key]
+            assert isinstance(value, float) and math.isfinite(value) and value > 0, (prefix + key, result)
+        assert result[prefix + "idle_cpu_pct_10k"] >= 0, result
