@@ -76,7 +76,7 @@ $(BENCH_VENV)/.installed: bench/requirements.txt | python-check
 	@touch $@
 
 bench: $(VENV)/.installed-dev $(BENCH_VENV)/.installed system-deps
-	@for script in bench/tasks.py bench/thumbnails.py bench/export.py bench/fanout.py bench/search.py bench/sockets.py; do \
+	@for script in bench/tasks.py bench/thumbnails.py bench/export.py bench/fanout.py bench/search.py bench/sidebar.py bench/sockets.py; do \
 	  if [ -f $$script ]; then echo "== $$script"; $(PY) $$script || exit 1; fi; \
 	done
 
