@@ -266,7 +266,7 @@ def summarize_profile(path: Path, top: int = 25) -> list[tuple[str, float, float
     own, inclusive, total = Counter(), Counter(), 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack:
+        if not stack or not count.isdigit():  # a frame name with a newline in it splits its line
             continue
         n = int(count)
         total += n

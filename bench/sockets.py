@@ -296,14 +296,6 @@ def record(pid: int, out: Path, seconds: float) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
 
-def whole_stacks(out: Path) -> Path:
-    """A copy of py-spy's collapsed stacks without the lines a frame name with a newline split (no count)."""
-    lines = out.read_text(errors="replace").splitlines()
-    clean = out.with_name(out.stem + "-whole.txt")
-    clean.write_text("".join(f"{line}\n" for line in lines if line.rpartition(" ")[2].isdigit()))
-    return clean
-
-
 HEADERS = ["target", "sockets", "open/s", "daphne cpu% idle", "postgres cpu%", "idlers cpu%", "KB/socket",
            "rss MB", "load", "reconnect all s", "from listen s", "stop s", "failures"]  # fmt: skip
 
@@ -383,7 +375,7 @@ def main() -> None:
                         HEADERS, [table_row(r) for r in results[name]])  # fmt: skip
     for out in sorted(log_dir.glob("profile-*.txt")):
         print_table(f"py-spy, {out.stem} (collapsed stacks in {out})", ["function", "self %", "incl %"],
-                    summarize_profile(whole_stacks(out)))  # fmt: skip
+                    summarize_profile(out))  # fmt: skip
     (log_dir / "results.json").write_text(json.dumps(results, default=str, indent=1))
     result: dict = {}
     for name, prefix in (("parley", ""), ("bare", "bare_")):
