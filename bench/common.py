@@ -12,9 +12,11 @@ import contextlib
 import json
 import math
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -76,6 +78,54 @@ def spawn(cmd: Sequence[str], env: dict[str, str], log_path: Path, cwd: Path = R
         return subprocess.Popen(
             list(cmd), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
+
+
+class ClientProcess:
+    """A bench/load/ client process spoken to in JSON lines: a config first, then commands, one answer a line."""
+
+    def __init__(self, script: str, config: dict, log_path: Path, quit_timeout: float = 15.0) -> None:
+        self.log = open(log_path, "ab")
+        self.quit_timeout = quit_timeout
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "load" / script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self.log, text=True, cwd=ROOT,
+        )  # fmt: skip
+        # A thread reads the answers: select() on a buffered pipe misses lines already read ahead.
+        self.answers: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.send(config)
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.answers.put(line)
+        self.answers.put("")
+
+    def send(self, payload: dict) -> None:
+        self.proc.stdin.write(json.dumps(payload) + "\n")
+        self.proc.stdin.flush()
+
+    def answer(self, timeout: float) -> dict:
+        try:
+            line = self.answers.get(timeout=timeout)
+        except queue.Empty:
+            line = ""
+        if not line:
+            raise RuntimeError(f"{self.proc.args[-1]} gave no answer in {timeout:.0f}s (exit {self.proc.poll()})")
+        return json.loads(line)
+
+    def ask(self, payload: dict, timeout: float = 30.0) -> dict:
+        self.send(payload)
+        return self.answer(timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send({"cmd": "quit"})
+                self.proc.wait(self.quit_timeout)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
 
 
 def stop(procs: Sequence[subprocess.Popen], timeout: float = 15.0) -> None:

@@ -30,10 +30,8 @@ import functools
 import json
 import math
 import os
-import queue
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -42,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil  # noqa: E402
 
-from bench.common import OUT_DIR, ROOT, arg_parser, emit, median, percentile, print_table, servers, spawn, stop  # noqa: E402
+from bench.common import OUT_DIR, ROOT, ClientProcess, arg_parser, emit, median, percentile, print_table, servers, spawn, stop  # noqa: E402
 from tests.servers import free_port, wait_for_port  # noqa: E402
 
 PY = sys.executable
@@ -85,49 +83,6 @@ def start_daphnes(target: Target, count: int, log_dir: Path) -> tuple[list[subpr
     return procs, ports
 
 
-class LoadGen:
-    """One bench/load/loadgen.py process and its share of the clients."""
-
-    def __init__(self, config: dict, log_path: Path) -> None:
-        self.log = open(log_path, "ab")
-        self.proc = subprocess.Popen(
-            [PY, str(ROOT / "bench" / "load" / "loadgen.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self.log, text=True, cwd=ROOT,
-        )  # fmt: skip
-        # A thread reads the answers: select() on a buffered pipe misses lines already read ahead.
-        self.answers: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        self.send(config)
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.answers.put(line)
-        self.answers.put("")
-
-    def send(self, payload: dict) -> None:
-        self.proc.stdin.write(json.dumps(payload) + "\n")
-        self.proc.stdin.flush()
-
-    def answer(self, timeout: float) -> dict:
-        try:
-            line = self.answers.get(timeout=timeout)
-        except queue.Empty:
-            line = ""
-        if not line:
-            raise RuntimeError(f"load generator gave no answer in {timeout:.0f}s (exit {self.proc.poll()})")
-        return json.loads(line)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.send({"cmd": "quit"})
-                self.proc.wait(15)
-            except (BrokenPipeError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
-
-
 def cpu_seconds(procs: list[subprocess.Popen]) -> float:
     total = 0.0
     for proc in procs:
@@ -146,7 +101,7 @@ class Session:
                  log_dir: Path) -> None:  # fmt: skip
         self.target, self.n = target, n_clients
         self.procs, ports = start_daphnes(target, daphnes, log_dir)
-        self.gens: list[LoadGen] = []
+        self.gens: list[ClientProcess] = []
         try:
             clients = [
                 {"index": g, "url": f"ws://127.0.0.1:{ports[g % daphnes]}{target.path()}",
@@ -156,7 +111,7 @@ class Session:
             ]  # fmt: skip
             for k in range(gens):
                 config = {"proto": target.proto, "clients": clients[k::gens]}
-                self.gens.append(LoadGen(config, log_dir / f"loadgen-{target.name}-{k}.log"))
+                self.gens.append(ClientProcess("loadgen.py", config, log_dir / f"loadgen-{target.name}-{k}.log"))
             answers = [gen.answer(120) for gen in self.gens]
             failed = [f for a in answers for f in a["failed"]]
             if failed:

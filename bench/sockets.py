@@ -32,12 +32,10 @@ the same under `bare_...`, and per-N figures (`..._<N>`).
 import json
 import math
 import os
-import queue
 import resource
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -45,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil  # noqa: E402
 
-from bench.common import OUT_DIR, ROOT, arg_parser, emit, print_table, servers, spawn, stop  # noqa: E402
+from bench.common import OUT_DIR, ClientProcess, arg_parser, emit, print_table, servers, spawn, stop  # noqa: E402
 from bench.fanout import PUBSUB, prepare_parley, summarize_profile  # noqa: E402
 from tests.servers import free_port, wait_for_port  # noqa: E402
 
@@ -81,46 +79,6 @@ class Target:
         return proc
 
 
-class Idler:
-    """One bench/load/idlers.py process."""
-
-    def __init__(self, config: dict, log_path: Path) -> None:
-        self.log = open(log_path, "ab")
-        self.proc = subprocess.Popen([PY, str(ROOT / "bench" / "load" / "idlers.py")], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=ROOT)  # fmt: skip
-        # A thread reads the answers: select() on a buffered pipe misses lines already read ahead.
-        self.answers: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        self.ask(config)
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.answers.put(line)
-        self.answers.put("")
-
-    def ask(self, payload: dict, timeout: float = 30.0) -> dict:
-        self.proc.stdin.write(json.dumps(payload) + "\n")
-        self.proc.stdin.flush()
-        try:
-            line = self.answers.get(timeout=timeout)
-        except queue.Empty:
-            line = ""
-        if not line:
-            raise RuntimeError(f"idlers process gave no answer in {timeout:.0f}s (exit {self.proc.poll()})")
-        return json.loads(line)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-                self.proc.stdin.flush()
-                self.proc.wait(40)
-            except (BrokenPipeError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
-
-
 class Fleet:
     """The idlers processes of one target, their clients dealt round-robin."""
 
@@ -128,10 +86,12 @@ class Fleet:
         config = {"origin": f"http://127.0.0.1:{port}",  # Parley checks the port too
                   "first_frame": target.proto == "parley", "concurrency": max(1, concurrency // processes),
                   "handshake_timeout": HANDSHAKE_TIMEOUT}  # fmt: skip
-        self.idlers: list[Idler] = []
+        self.idlers: list[ClientProcess] = []
         try:
             for k in range(processes):
-                self.idlers.append(Idler(config, log_dir / f"idlers-{target.name}-{k}.log"))
+                # Quitting closes its share of the sockets: give it longer than a load generator.
+                self.idlers.append(ClientProcess("idlers.py", config, log_dir / f"idlers-{target.name}-{k}.log", 40.0))
+                self.idlers[-1].answer(30.0)
         except BaseException:
             self.close()
             raise
