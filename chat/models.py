@@ -340,12 +340,16 @@ class ServerProcess(models.Model):
     def __str__(self) -> str:
         return f"process {self.pk} since {self.started:%Y-%m-%d %H:%M:%S}"
 
+    @staticmethod
+    def dead_before(now: datetime | None = None) -> datetime:
+        """A process last seen at or before this (CHAT_PRESENCE_TTL before `now`) is dead."""
+        return (now or timezone.now()) - timedelta(seconds=settings.CHAT_PRESENCE_TTL)
+
 
 class PresenceQuerySet(models.QuerySet):
     def fresh(self) -> "PresenceQuerySet":
         """The rows of live processes: a socket is present while its process keeps its row fresh."""
-        cutoff = timezone.now() - timedelta(seconds=settings.CHAT_PRESENCE_TTL)
-        return self.filter(process__last_seen__gt=cutoff)
+        return self.filter(process__last_seen__gt=ServerProcess.dead_before())
 
 
 class Presence(models.Model):

@@ -15,7 +15,6 @@ arriving at once on two processes cannot both (or neither) announce the join,
 and two processes sweeping the same dead one cannot both announce a leave.
 """
 
-from datetime import timedelta
 from typing import TYPE_CHECKING, NamedTuple
 
 from django.conf import settings
@@ -28,10 +27,6 @@ from .models import Message, Presence, Room, ServerProcess
 
 if TYPE_CHECKING:
     from accounts.models import User
-
-
-def ttl() -> timedelta:
-    return timedelta(seconds=settings.CHAT_PRESENCE_TTL)
 
 
 def heartbeat_interval() -> float:
@@ -59,7 +54,7 @@ def refresh_process(process_id: int) -> bool:
     and joins its sockets again (chat.process).
     """
     now = timezone.now()
-    return bool(ServerProcess.objects.filter(pk=process_id, last_seen__gt=now - ttl()).update(last_seen=now))
+    return bool(ServerProcess.objects.filter(pk=process_id, last_seen__gt=ServerProcess.dead_before(now)).update(last_seen=now))
 
 
 def sweep() -> list[tuple[int, str]]:
@@ -68,7 +63,7 @@ def sweep() -> list[tuple[int, str]]:
     Returns (room pk, handle) for each user whose last fresh socket in a room
     went with them: the leaves to announce. Costs one query when nobody died.
     """
-    cutoff = timezone.now() - ttl()
+    cutoff = ServerProcess.dead_before()
     dead = list(ServerProcess.objects.filter(last_seen__lte=cutoff).values_list("pk", flat=True))
     if not dead:
         return []
@@ -130,7 +125,7 @@ def join(room: Room, user: "User", channel_name: str, process_id: int) -> Entry:
         # The room's lock, its heads and the process's liveness in one statement. A newest id read
         # before a post waiting on the lock commits errs low: that message is then sent live.
         latest = Message.objects.filter(room=OuterRef("pk")).order_by("-id").values("id")[:1]
-        alive = ServerProcess.objects.filter(pk=process_id, last_seen__gt=timezone.now() - ttl())
+        alive = ServerProcess.objects.filter(pk=process_id, last_seen__gt=ServerProcess.dead_before())
         heads = (
             Room.objects.select_for_update()
             .filter(pk=room.pk)
