@@ -164,6 +164,8 @@ async def test_a_sync_task_that_does_not_report_is_failed_at_its_limit_and_its_s
     await record.arefresh_from_db()
     assert record.status == "FAILED" and record.return_value is None and len(record.errors) == 1
     assert (await finished((await sample_tasks.add.aenqueue(2, 2)).id, 5)).return_value == 4
+    # The slot frees just after the outcome is recorded, which is what finished() waited for.
+    await asyncio.to_thread(wait_for, lambda: state.busy == {"sync": 0, "async": 0}, 2)
     assert state.busy == {"sync": 0, "async": 0}
 
 
