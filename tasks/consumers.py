@@ -14,6 +14,7 @@ from project.access import CLOSE_ACCESS_ENDED, CLOSE_SESSION_ENDED, AccessGuard
 from project.sockets import FrameError, RateLimit
 
 from . import runner
+from .backends import aring
 from .monitor import overview
 from .worker import QueueState, Slot
 
@@ -40,8 +41,15 @@ class TaskConsumer(AsyncConsumer):
             # slots are free, without waiting for a bell. A claim is bounded by the
             # free threads, so async tasks (which give their thread back) fill the
             # queue's many coroutine slots in a few rounds, one bell or none.
-            while await self.claim(state) and not runner.shutting_down.is_set():
-                pass
+            full = await self.claim(state)
+            while full and state.free() and not runner.shutting_down.is_set():
+                full = await self.claim(state)
+            if full and not runner.shutting_down.is_set():
+                # More may be due and every slot here is taken: pass the bell on to a
+                # worker with room. A backlog found by one bell (tasks enqueued while
+                # every worker was busy or down leave a single bell, see
+                # backends._RING_IF_QUIET) would otherwise wait for the others' polls.
+                await aring(state.name)
         finally:
             state.claiming = False
             state.changed()

@@ -18,10 +18,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import redis
+from channels.layers import get_channel_layer
 from django.db import connection, transaction
 from django.utils import timezone
 
-from tasks.backends import ring
+from tasks import backends
+from tasks.backends import bell_layer_alias, ring
 from tasks.models import TaskRecord
 from tasks.progress import cancel
 from tests import sample_tasks
@@ -114,6 +117,28 @@ def test_three_workers_of_eight_slots_run_three_thousand_tasks_exactly_once_spre
     assert min(per_worker.values()) >= 150, f"one worker hoarded the queue: {per_worker}"
     assert {int(pid) for _key, pid in lines(marks)} == {proc.pid for proc in workers}
     print(f"3,000 tasks, 3 workers x 8 slots: rung in {enqueued:.1f}s, done in {elapsed:.1f}s; {dict(per_worker)}")
+
+
+def test_a_backlog_left_with_one_bell_wakes_every_idle_worker_at_once(workers_stack, tmp_path, redis_server):
+    """Tasks enqueued while no worker listens leave a single bell (a queue with a bell
+    waiting gets no second one). The worker that takes it passes it on once its slots
+    are full, so the next idle worker starts at once, not at its next poll."""
+    workers_stack.env["TASKS_POLL_INTERVAL"] = "60"  # no worker rings itself during the test
+    layer = get_channel_layer(bell_layer_alias())
+    bells, key = redis.Redis.from_url(redis_server.url), layer.prefix + "compute"
+    bells.delete(key)  # what earlier tests left
+    slow = tmp_path / "slow"
+    for i in range(16):  # one commit each, with no worker listening
+        sample_tasks.slow_mark.enqueue(str(slow), str(i), 2.0)
+    backends._all_sent.wait(5)  # bells from enqueue are sent by the bell loop
+    assert bells.zcard(key) == 1
+
+    start_workers(workers_stack, 2, "compute", concurrency="compute=8")
+    # Well within the tasks' 2 s: all 16 running side by side, 8 in each worker.
+    wait_until(lambda: sum(kind == "start" for kind, *_ in lines(slow)) == 16, timeout=1.5, interval=0.05,
+               message="16 tasks started")  # fmt: skip
+    assert sorted(running_at_once(slow).values()) == [8, 8]
+    wait_until(lambda: successful() == 16, timeout=10, interval=0.1, message="16 done")
 
 
 def running_at_once(path: Path) -> dict[str, int]:
