@@ -33,8 +33,12 @@ from accounts import avatars
 from chat.models import Message
 
 from .models import Job
+from .signals import finish_unless_deleted
 
 logger = logging.getLogger(__name__)
+
+# Passes over the room an export makes, each after a message it had written was deleted.
+MAX_PASSES = 3
 
 BATCH_SIZE = 2000
 # Columns of every format, in this order.
@@ -387,40 +391,75 @@ def write_export(job: Job, progress: Progress) -> None:
     """Write (or go on writing) the job's file; the job ends with `file` set.
 
     `progress(done, total, note)` is called after every batch; it is where the
-    task runner stops a cancelled job.
+    task runner stops a cancelled job. A message deleted after it was written
+    sends the export back to the start (finish_export()), up to MAX_PASSES
+    passes in all: the file never carries a deleted message's text.
     """
-    writer = WRITERS[job.format](job)
     messages = job_messages(job)
+    for _ in range(MAX_PASSES):
+        writer = WRITERS[job.format](job)
+        write_parts(job, writer, messages, progress)
+        progress(job.rows_done, job.rows_done, "joining the parts")
+        if finish_export(job, writer):
+            return
+        logger.info("event=export_restarted job=%s reason=message_deleted rows=%d", job.pk, job.rows_done)
+        start_over(job)
+    raise DeletedWhileRead(f"Messages of the room kept being deleted while it was exported ({MAX_PASSES} tries).")
+
+
+def write_parts(job: Job, writer: "Writer", messages: QuerySet, progress: Progress) -> None:
+    """Write the parts after the job's checkpoint, saving a checkpoint after each."""
+    if job.parts_complete:
+        return
     total = messages.count()
     note_suffix = f" (resumed after message {job.last_id})" if job.parts else ""
-    if not job.parts_complete:
-        # A part saved after the last checkpoint was cut short, or written again below.
-        default_storage.delete(job.part_name(job.parts + 1))
-        done = job.rows_done
+    # A part saved after the last checkpoint was cut short, or is left from a pass
+    # that started over (start_over()): each is written again below.
+    number = job.parts + 1
+    while default_storage.exists(job.part_name(number)):
+        default_storage.delete(job.part_name(number))
+        number += 1
+    done = job.rows_done
 
-        def on_batch(rows: int) -> None:
-            nonlocal done
-            done += rows
-            progress(done, max(total, done), f"{done:,} of {max(total, done):,} messages{note_suffix}")
+    def on_batch(rows: int) -> None:
+        nonlocal done
+        done += rows
+        progress(done, max(total, done), f"{done:,} of {max(total, done):,} messages{note_suffix}")
 
-        def pieces() -> Iterator[Piece]:
-            if not job.parts:
-                yield writer.head().encode(), 0, None
-            yield from writer.batches(messages, after_id=job.last_id)
-            job.rows_done = done  # the footer counts them
-            yield writer.foot().encode(), 0, None
+    def pieces() -> Iterator[Piece]:
+        if not job.parts:
+            yield writer.head().encode(), 0, None
+        yield from writer.batches(messages, after_id=job.last_id)
+        job.rows_done = done  # the footer counts them
+        yield writer.foot().encode(), 0, None
 
-        stream = pieces()
-        try:
-            while True:
-                part = Part(stream, part_size(), on_batch)
-                save_part(job, part)
-                if part.ended:
-                    break
-        finally:
-            stream.close()  # a batch cut short (an error, a cancel) ends its query here, not at GC
-    progress(job.rows_done, job.rows_done, "joining the parts")
-    finish_export(job, writer)
+    stream = pieces()
+    try:
+        while True:
+            part = Part(stream, part_size(), on_batch)
+            save_part(job, part)
+            if part.ended:
+                break
+    finally:
+        stream.close()  # a batch cut short (an error, a cancel) ends its query here, not at GC
+
+
+def start_over(job: Job) -> None:
+    """Forget the parts written: a message they hold was deleted. Their files go
+    after the checkpoint is reset; a worker dying in between leaves them to
+    write_parts(), which removes what follows the checkpoint."""
+    if not Job.objects.filter(pk=job.pk, parts=job.parts).update(
+        parts=0, last_id=0, rows_done=0, bytes_written=0, parts_complete=False
+    ):
+        raise Superseded(f"job {job.pk} has more than {job.parts} parts")
+    for number in range(1, job.parts + 1):
+        default_storage.delete(job.part_name(number))
+    job.parts = job.last_id = job.rows_done = job.bytes_written = 0
+    job.parts_complete = False
+
+
+class DeletedWhileRead(Exception):
+    """Messages of the room were deleted during every pass of an export or insights job."""
 
 
 class Superseded(Exception):
@@ -450,16 +489,21 @@ def save_part(job: Job, part: Part) -> None:
     job.parts_complete = part.ended
 
 
-def finish_export(job: Job, writer: Writer) -> None:
-    """Join the parts into the final file, and offer it until it expires."""
+def finish_export(job: Job, writer: Writer) -> bool:
+    """Join the parts into the final file, and offer it until it expires; False, and
+    nothing offered, if a message in the parts was deleted meanwhile."""
     name = f"{job.storage_dir}/{job.room.label}-{job.created_at:%Y%m%d-%H%M}.{writer.extension}"
     default_storage.delete(name)  # a join cut short by a dead worker
     with io.BufferedReader(PartsReader([job.part_name(n) for n in range(1, job.parts + 1)]), 1 << 20) as stream:
-        job.file.name = default_storage.save(name, File(stream))
+        saved = default_storage.save(name, File(stream))
     now = timezone.now()
-    job.finished_at = now
-    job.expires_at = now + settings.REPORTS_EXPORT_TTL
-    Job.objects.filter(pk=job.pk).update(file=job.file.name, finished_at=now, expires_at=job.expires_at)
+    written = job_messages(job).filter(id__lte=job.last_id)
+    if not finish_unless_deleted(
+        job, written, job.rows_done, file=saved, finished_at=now, expires_at=now + settings.REPORTS_EXPORT_TTL
+    ):  # fmt: skip
+        default_storage.delete(saved)
+        return False
     for number in range(1, job.parts + 1):
         default_storage.delete(job.part_name(number))
     logger.info("event=export_finished job=%s rows=%d bytes=%d", job.pk, job.rows_done, job.bytes_written)
+    return True

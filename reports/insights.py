@@ -23,11 +23,11 @@ from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, date2num
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from chat.models import Message
 from notifications.mentions import parse_mentions
 
-from .export import Progress, batches
+from .export import Progress, batches, job_messages
 from .models import Job
+from .signals import finish_unless_deleted
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ MIN_DAYS_SHOWN = 7
 
 def compute(job: Job, progress: Progress) -> dict[str, Any]:
     """The insights of the job's room, up to its snapshot message."""
-    messages = Message.objects.filter(room_id=job.room_id, id__lte=job.last_message_id, deleted_at__isnull=True)
+    messages = job_messages(job)
     total = messages.count()
     steps = total + 3  # the streaming pass, then three aggregates
     per_day = [
@@ -144,8 +144,9 @@ class ThreadTracker:
         ]
 
 
-def save_charts(job: Job, data: dict[str, Any], progress: Progress) -> None:
-    """Draw the charts into storage and keep the numbers with them on the job."""
+def save_charts(job: Job, data: dict[str, Any], progress: Progress) -> bool:
+    """Draw the charts into storage and keep the numbers with them on the job; False,
+    and nothing kept, if a message they counted was deleted meanwhile (compute again)."""
     charts = {}
     for name, draw in CHARTS.items():
         figure = new_figure()
@@ -158,11 +159,16 @@ def save_charts(job: Job, data: dict[str, Any], progress: Progress) -> None:
         charts[name] = default_storage.save(stored, io.BytesIO(buffer.getvalue()))
     data["charts"] = charts
     now = timezone.now()
-    job.result, job.finished_at, job.expires_at = data, now, now + settings.REPORTS_EXPORT_TTL
-    Job.objects.filter(pk=job.pk).update(result=data, finished_at=now, expires_at=job.expires_at)
+    if not finish_unless_deleted(
+        job, job_messages(job), data["messages"], result=data, finished_at=now,
+        expires_at=now + settings.REPORTS_EXPORT_TTL,
+    ):  # fmt: skip
+        logger.info("event=insights_restarted job=%s reason=message_deleted", job.pk)
+        return False
     steps = data["messages"] + 3
     progress(steps, steps, "charts drawn")
     logger.info("event=insights_finished job=%s messages=%d", job.pk, data["messages"])
+    return True
 
 
 def new_figure() -> Figure:

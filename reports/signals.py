@@ -4,7 +4,8 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Q
+from django.db import transaction
+from django.db.models import Q, QuerySet
 from django.dispatch import receiver
 from django.utils import timezone
 
@@ -22,17 +23,40 @@ def on_message_deleted(sender: type, room_id: int, message_id: int, created_at: 
 
     Their files (or charts and figures) are removed, so no download still
     carries the deleted text; a new export leaves it out (export.job_messages).
+    Running ones are locked too, and left to finish_unless_deleted(): with the
+    lock, a job finishing at this very moment either sees the deletion there,
+    or is finished by the time this reads it, and is expired here.
     """
-    covering = Job.objects.filter(
-        Q(since__isnull=True) | Q(since__lte=created_at),
-        Q(until__isnull=True) | Q(until__gt=created_at),
-        room_id=room_id,
-        last_message_id__gte=message_id,
-        finished_at__isnull=False,
-    )
     now = timezone.now()
-    for job in covering.exclude(expires_at__lte=now).iterator():
-        job.expires_at = now
-        Job.objects.filter(pk=job.pk).update(expires_at=now)
-        expire(job)
-        logger.info("event=report_expired_by_delete job=%s message=%s", job.pk, message_id)
+    with transaction.atomic():
+        covering = Job.objects.select_for_update().filter(
+            Q(since__isnull=True) | Q(since__lte=created_at),
+            Q(until__isnull=True) | Q(until__gt=created_at),
+            room_id=room_id,
+            last_message_id__gte=message_id,
+        )
+        for job in covering.exclude(expires_at__lte=now).order_by("pk"):
+            if job.finished_at is None:
+                continue
+            job.expires_at = now
+            Job.objects.filter(pk=job.pk).update(expires_at=now)
+            expire(job)
+            logger.info("event=report_expired_by_delete job=%s message=%s", job.pk, message_id)
+
+
+def finish_unless_deleted(job: Job, read: QuerySet, rows: int, **fields: Any) -> bool:
+    """Store `fields` (the job finished) unless a message the job read was deleted since; True if stored.
+
+    `read` is the job's messages up to the last it read, deleted ones left out;
+    `rows`, how many it read. Fewer now: one it read (its text, its mentions)
+    was deleted meanwhile, and the caller reads them again. Under the job's row
+    lock, which on_message_deleted() takes too (see there).
+    """
+    with transaction.atomic():
+        Job.objects.select_for_update().only("pk").get(pk=job.pk)
+        if read.count() < rows:
+            return False
+        Job.objects.filter(pk=job.pk).update(**fields)
+    for name, value in fields.items():
+        setattr(job, name, value)
+    return True

@@ -18,7 +18,7 @@ from tasks.schedules import schedule
 
 from . import cleanup
 from .cleanup import expire
-from .export import Superseded, write_export
+from .export import MAX_PASSES, DeletedWhileRead, Superseded, write_export
 from .models import Job
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 def describe(exc: Exception) -> str:
     """A failure in words for the user; the traceback stays in the task's record."""
+    if isinstance(exc, DeletedWhileRead):
+        return "messages of the room kept being deleted while it ran"
     if isinstance(exc, OSError):
         return "the file could not be written (storage error)"
     if isinstance(exc, DatabaseError):
@@ -76,8 +78,12 @@ def compute_insights(context: ProgressContext, job_id: int) -> dict[str, Any]:
     job = Job.objects.select_related("room").get(pk=job_id)
     if job.finished_at is None:
         with reported_failures(job, "The insights"):
-            data = compute(job, context.progress)
-            save_charts(job, data, context.progress)
+            # Computed again if a message they counted was deleted meanwhile (save_charts()).
+            for _ in range(MAX_PASSES):
+                if save_charts(job, compute(job, context.progress), context.progress):
+                    break
+            else:
+                raise DeletedWhileRead(f"Messages of the room kept being deleted while it was read ({MAX_PASSES} tries).")
     schedule_expiry(job)
     return {"job": job.pk}
 

@@ -25,9 +25,10 @@ from django.urls import reverse
 
 from accounts import avatars
 from accounts.models import User
+from chat import edits
 from chat.models import Membership, Message, Room
 from project.asgi import application
-from reports.export import job_messages
+from reports.export import job_messages, write_export
 from reports.forms import export_options
 from reports.jobs import TooManyJobs, start_export, start_insights
 from reports.live import RateMeter, job_frame
@@ -234,6 +235,79 @@ def test_export_resumes_after_its_checkpoint(settings, alice, bob):
     assert f"resumed after message {resumed_after}" in notes[0]
     ids = [json.loads(line)["id"] for line in read(job).splitlines()]
     assert ids == list(room.messages.order_by("id").values_list("id", flat=True))
+
+
+@pytest.mark.parametrize("when", ["after its batch was written", "while the parts are joined"])
+def test_a_message_deleted_after_the_export_wrote_it_sends_the_export_back_to_the_start(settings, alice, bob, when):
+    """The file never carries a deleted message's text, whenever the deletion comes."""
+    settings.REPORTS_EXPORT_PART_BYTES = 2000
+    room = make_room(members=[alice, bob])
+    bulk_messages(room, [alice, bob], 3000)
+    first, last = room.messages.order_by("id")[0], room.messages.order_by("-id")[0]  # both alice's
+    Message.objects.filter(pk=first.pk).update(text="a secret to take back")
+    job, _ = start_export(alice, room, "jsonl")
+    job = Job.objects.select_related("room").get(pk=job.pk)
+    notes = []
+
+    def progress(done, total, note):
+        notes.append(note)
+        due = len(notes) == 1 if when == "after its batch was written" else note == "joining the parts"
+        if due and not Message.objects.get(pk=first.pk).deleted_at:
+            edits.delete_message(room, alice, first.pk)
+
+    write_export(job, progress)
+    data = read(job)
+    assert "a secret to take back" not in data
+    ids = [json.loads(line)["id"] for line in data.splitlines()]
+    assert ids == list(room.messages.filter(deleted_at__isnull=True).order_by("id").values_list("id", flat=True))
+    assert ids[-1] == last.pk and job.rows_done == 2999 and job.finished_at is not None
+    assert notes.count("joining the parts") == 2, "one pass, then one more"
+    assert sorted(default_storage.listdir(job.storage_dir)[1]) == [job.file.name.rsplit("/", 1)[1]]  # no part left
+
+
+def test_an_export_whose_messages_keep_being_deleted_gives_up_saying_why(settings, alice, bob):
+    room = make_room(members=[alice, bob])
+    bulk_messages(room, [alice, bob], 20)
+    doomed = list(room.messages.filter(user=alice).order_by("id").values_list("id", flat=True))
+    job, _ = start_export(alice, room, "csv")
+
+    def progress(done, total, note):  # one deletion of a message already written, in every pass
+        if note == "joining the parts":
+            edits.delete_message(room, alice, doomed.pop(0))
+
+    from reports import tasks as report_tasks
+
+    with pytest.raises(report_tasks.DeletedWhileRead):
+        with report_tasks.reported_failures(job, "The export"):
+            write_export(Job.objects.select_related("room").get(pk=job.pk), progress)
+    job.refresh_from_db()
+    assert job.error == "The export failed: messages of the room kept being deleted while it ran. Please try again."
+    assert job.finished_at is None and not job.file and len(doomed) == 10 - 3
+
+
+def test_insights_count_again_when_a_message_they_counted_is_deleted(alice, bob):
+    from reports.insights import compute, save_charts
+
+    room = make_room(members=[alice, bob])
+    gone = post(room, alice, "hello @bob")
+    for i in range(5):
+        post(room, bob, f"message {i}")
+    job, _ = start_insights(alice, room)
+    job = Job.objects.select_related("room").get(pk=job.pk)
+
+    def progress(done, total, note):  # after the pass that reads the texts (mentions)
+        if note.endswith("messages read") and not Message.objects.get(pk=gone.pk).deleted_at:
+            edits.delete_message(room, alice, gone.pk)
+
+    data = compute(job, progress)
+    assert data["messages"] == 6 and data["mentions"] == [["bob", 1]]  # read before the deletion came
+    assert save_charts(job, data, progress) is False
+    job.refresh_from_db()
+    assert job.finished_at is None and job.result is None
+    data = compute(job, progress)
+    assert save_charts(job, data, progress) is True
+    job.refresh_from_db()
+    assert job.result["messages"] == 5 and job.result["mentions"] == [] and job.finished_at is not None
 
 
 def test_a_superseded_attempt_leaves_the_other_attempts_files_alone(room, alice):
