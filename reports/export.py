@@ -30,7 +30,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from accounts import avatars
-from chat.models import Message
+from chat.models import Message, Room
 
 from .models import Job
 from .signals import finish_unless_deleted
@@ -54,12 +54,22 @@ Progress = Callable[[int, int | None, str], None]
 def job_messages(job: Job) -> QuerySet:
     """The messages a job covers: its room, its date range, up to its snapshot id."""
     # A deleted message is a tombstone with no text: not part of any export.
-    messages = Message.objects.filter(room_id=job.room_id, id__lte=job.last_message_id, deleted_at__isnull=True)
+    return job_range(job).filter(deleted_at__isnull=True)
+
+
+def job_range(job: Job) -> QuerySet:
+    """The job's room, date range and snapshot, deleted messages included."""
+    messages = Message.objects.filter(room_id=job.room_id, id__lte=job.last_message_id)
     if job.since is not None:
         messages = messages.filter(created_at__gte=job.since)
     if job.until is not None:
         messages = messages.filter(created_at__lt=job.until)
     return messages
+
+
+def room_changes(job: Job) -> int:
+    """The room's change number now: a pass over its messages starts from it."""
+    return Room.objects.filter(pk=job.room_id).values_list("change_seq", flat=True).get()
 
 
 def batches(messages: QuerySet, after_id: int, size: int = BATCH_SIZE) -> Iterator[list[Row]]:
@@ -411,6 +421,9 @@ def write_parts(job: Job, writer: "Writer", messages: QuerySet, progress: Progre
     """Write the parts after the job's checkpoint, saving a checkpoint after each."""
     if job.parts_complete:
         return
+    if not job.parts:  # a pass begins: deletions from here on may reach its parts
+        job.changes_from = room_changes(job)
+        Job.objects.filter(pk=job.pk).update(changes_from=job.changes_from)
     total = messages.count()
     note_suffix = f" (resumed after message {job.last_id})" if job.parts else ""
     # A part saved after the last checkpoint was cut short, or is left from a pass
@@ -497,9 +510,9 @@ def finish_export(job: Job, writer: Writer) -> bool:
     with io.BufferedReader(PartsReader([job.part_name(n) for n in range(1, job.parts + 1)]), 1 << 20) as stream:
         saved = default_storage.save(name, File(stream))
     now = timezone.now()
-    written = job_messages(job).filter(id__lte=job.last_id)
+    written = job_range(job).filter(id__lte=job.last_id)
     if not finish_unless_deleted(
-        job, written, job.rows_done, file=saved, finished_at=now, expires_at=now + settings.REPORTS_EXPORT_TTL
+        job, written, job.changes_from, file=saved, finished_at=now, expires_at=now + settings.REPORTS_EXPORT_TTL
     ):  # fmt: skip
         default_storage.delete(saved)
         return False

@@ -25,7 +25,7 @@ from matplotlib.ticker import MaxNLocator
 
 from notifications.mentions import parse_mentions
 
-from .export import Progress, batches, job_messages
+from .export import Progress, batches, job_messages, job_range
 from .models import Job
 from .signals import finish_unless_deleted
 
@@ -144,9 +144,10 @@ class ThreadTracker:
         ]
 
 
-def save_charts(job: Job, data: dict[str, Any], progress: Progress) -> bool:
+def save_charts(job: Job, data: dict[str, Any], progress: Progress, changes_from: int) -> bool:
     """Draw the charts into storage and keep the numbers with them on the job; False,
-    and nothing kept, if a message they counted was deleted meanwhile (compute again)."""
+    and nothing kept, if a message they counted was deleted after the room's change
+    number `changes_from` (export.room_changes(), read before computing): compute again."""
     charts = {}
     for name, draw in CHARTS.items():
         figure = new_figure()
@@ -160,7 +161,7 @@ def save_charts(job: Job, data: dict[str, Any], progress: Progress) -> bool:
     data["charts"] = charts
     now = timezone.now()
     if not finish_unless_deleted(
-        job, job_messages(job), data["messages"], result=data, finished_at=now,
+        job, job_range(job), changes_from, result=data, finished_at=now,
         expires_at=now + settings.REPORTS_EXPORT_TTL,
     ):  # fmt: skip
         logger.info("event=insights_restarted job=%s reason=message_deleted", job.pk)

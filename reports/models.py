@@ -70,6 +70,9 @@ class Job(models.Model):
     parts_complete = models.BooleanField(default=False)
     bytes_written = models.BigIntegerField(default=0)
     file = models.FileField(max_length=255, blank=True)
+    # The room's change number (Room.change_seq) when the parts' pass began: a message
+    # deleted since has a higher one, and may be in the parts (reports.signals).
+    changes_from = models.BigIntegerField(default=0)
 
     # Insights: the numbers behind the charts, and the charts' storage names.
     result = models.JSONField(null=True, blank=True)

@@ -44,17 +44,18 @@ def on_message_deleted(sender: type, room_id: int, message_id: int, created_at: 
             logger.info("event=report_expired_by_delete job=%s message=%s", job.pk, message_id)
 
 
-def finish_unless_deleted(job: Job, read: QuerySet, rows: int, **fields: Any) -> bool:
+def finish_unless_deleted(job: Job, read: QuerySet, changes_from: int, **fields: Any) -> bool:
     """Store `fields` (the job finished) unless a message the job read was deleted since; True if stored.
 
-    `read` is the job's messages up to the last it read, deleted ones left out;
-    `rows`, how many it read. Fewer now: one it read (its text, its mentions)
-    was deleted meanwhile, and the caller reads them again. Under the job's row
-    lock, which on_message_deleted() takes too (see there).
+    `read` is the messages the job read, deleted ones included; `changes_from`,
+    the room's change number before it read them. A deletion gives the message
+    a higher one (chat.edits), found through the index of changed messages: one
+    of those deleted, and the caller reads again. Under the job's row lock, which
+    on_message_deleted() takes too (see there).
     """
     with transaction.atomic():
         Job.objects.select_for_update().only("pk").get(pk=job.pk)
-        if read.count() < rows:
+        if read.filter(change_seq__gt=changes_from, deleted_at__isnull=False).exists():
             return False
         Job.objects.filter(pk=job.pk).update(**fields)
     for name, value in fields.items():

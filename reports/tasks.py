@@ -18,7 +18,7 @@ from tasks.schedules import schedule
 
 from . import cleanup
 from .cleanup import expire
-from .export import MAX_PASSES, DeletedWhileRead, Superseded, write_export
+from .export import MAX_PASSES, DeletedWhileRead, Superseded, room_changes, write_export
 from .models import Job
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,8 @@ def compute_insights(context: ProgressContext, job_id: int) -> dict[str, Any]:
         with reported_failures(job, "The insights"):
             # Computed again if a message they counted was deleted meanwhile (save_charts()).
             for _ in range(MAX_PASSES):
-                if save_charts(job, compute(job, context.progress), context.progress):
+                changes_from = room_changes(job)
+                if save_charts(job, compute(job, context.progress), context.progress, changes_from):
                     break
             else:
                 raise DeletedWhileRead(f"Messages of the room kept being deleted while it was read ({MAX_PASSES} tries).")
