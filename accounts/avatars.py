@@ -32,7 +32,6 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import escape
 
-
 logger = logging.getLogger(__name__)
 
 ORIGINALS_DIR = "avatar-originals"
