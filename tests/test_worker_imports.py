@@ -27,10 +27,10 @@ loaded["urlconf"] = sorted(sys.modules)
 print(json.dumps(loaded))
 """
 # The SMS and email clients, Pillow, anymail's ESP webhooks (Amazon SES's boto3), Sentry's SDK,
-# the sockets' frame validation and the emoji check (twilio.request_validator, which the SMS
-# webhook's view imports, is two small modules).
+# the sockets' frame validation, the emoji check and phone numbers' metadata (twilio.request_validator,
+# which the SMS webhook's view imports, is two small modules).
 NOT_AT_START = ("twilio.rest", "twilio.http", "twilio.base", "requests", "anymail.backends", "anymail.webhooks", "PIL",
-                "boto3", "botocore", "sentry_sdk", "jsonschema", "regex")  # fmt: skip
+                "boto3", "botocore", "sentry_sdk", "jsonschema", "regex", "phonenumbers")  # fmt: skip
 
 
 def imported(modules: list[str], names: tuple[str, ...]) -> list[str]:
