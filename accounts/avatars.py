@@ -32,8 +32,6 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import escape
 
-from .images import FORMATS, OUTPUTS
-
 logger = logging.getLogger(__name__)
 
 ORIGINALS_DIR = "avatar-originals"
@@ -53,6 +51,10 @@ def content_digest(data: bytes) -> str:
 
 
 def original_name(user_id: int, digest: str, image_format: str) -> str:
+    # accounts.images imports Pillow: imported where its names are needed, by a process that
+    # takes an upload or makes thumbnails, not by every process that imports this module.
+    from .images import FORMATS
+
     return f"{ORIGINALS_DIR}/{user_id}/{digest}.{FORMATS[image_format]}"
 
 
@@ -142,6 +144,8 @@ def discard_superseded(storage: Storage, user_id: int, digest: str) -> None:
 
 
 def delete_set(storage: Storage, user_id: int, digest: str) -> None:
+    from .images import OUTPUTS  # Pillow: see original_name
+
     for output in OUTPUTS:
         storage.delete(thumbnail_name(user_id, digest, output))
 

@@ -1,7 +1,6 @@
 from django import forms
 from django.contrib.auth.forms import UserCreationForm
 
-from .images import validate_upload
 from .models import User
 from .uploads import store_avatar
 
@@ -31,6 +30,10 @@ class ProfileForm(forms.ModelForm):
     def clean_avatar(self):
         upload = self.cleaned_data.get("avatar")
         if upload:
+            # Pillow, imported by the first upload rather than with the URLconf: a web process
+            # that takes none, and every worker that builds a link, goes without it.
+            from .images import validate_upload
+
             self.avatar_format = validate_upload(upload)
         return upload
 

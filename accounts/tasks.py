@@ -10,7 +10,6 @@ from django.tasks import task
 from tasks.schedules import schedule
 
 from .avatars import broadcast_avatar, swap_in, thumbnail_name, write_exactly
-from .images import render_thumbnails
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +23,10 @@ def make_thumbnails(user_id: int, original: str) -> str | None:
     sets and originals are removed, and every room showing the user is told.
     Does nothing (returns None) if the user has uploaded another avatar since.
     """
+    # Pillow, imported by the first thumbnail a process makes: a worker that serves
+    # other queues never loads it.
+    from .images import render_thumbnails
+
     storage = default_storage
     try:
         with storage.open(original, "rb") as fh:

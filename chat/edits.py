@@ -7,10 +7,10 @@ that saw changes up to N catches up with chat.changes.changes_after(room, N).
 Each function returns the change frames to broadcast, in change order.
 """
 
+import functools
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-import regex
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Exists, F, Max, OuterRef, Q
@@ -40,14 +40,24 @@ message_deleted = Signal()
 # Distinct emoji one message may carry; one more is refused (`too_many_reactions`).
 MAX_EMOJI_PER_MESSAGE = 20
 
-# One emoji as people type or pick it: a single grapheme cluster that is a
-# pictograph (with its skin tones, ZWJ sequences and variation selectors), a
-# flag (two regional indicators, or a subdivision's tag sequence) or a keycap.
-_EMOJI = regex.compile(
-    r"(?:\p{Extended_Pictographic}|\p{Regional_Indicator}{2}|[0-9#*]\uFE0F?\u20E3)"
-    r"[\p{Extended_Pictographic}\p{Emoji_Modifier}\p{Emoji_Component}\u200D\uFE0F\U000E0020-\U000E007F]*"
-)
-_GRAPHEME = regex.compile(r"\X")
+@functools.cache
+def _emoji_patterns() -> tuple[Any, Any]:
+    """One emoji as people type or pick it: a single grapheme cluster that is a
+    pictograph (with its skin tones, ZWJ sequences and variation selectors), a
+    flag (two regional indicators, or a subdivision's tag sequence) or a keycap;
+    and one grapheme cluster.
+
+    Compiled by the first reaction a process checks: every process imports this
+    module (reports' receivers use its signal), only daphnes check emoji, and
+    `regex` (for its Unicode properties) is a library of its own to load.
+    """
+    import regex
+
+    emoji = regex.compile(
+        r"(?:\p{Extended_Pictographic}|\p{Regional_Indicator}{2}|[0-9#*]\uFE0F?\u20E3)"
+        r"[\p{Extended_Pictographic}\p{Emoji_Modifier}\p{Emoji_Component}\u200D\uFE0F\U000E0020-\U000E007F]*"
+    )
+    return emoji, regex.compile(r"\X")
 
 
 # Replies a `thread` frame is answered with at most (the first ones).
@@ -65,7 +75,8 @@ class Refused(Exception):
 
 def is_emoji(text: str) -> bool:
     """Whether `text` is exactly one emoji (not text, not two emoji)."""
-    return bool(_GRAPHEME.fullmatch(text)) and bool(_EMOJI.fullmatch(text))
+    emoji, grapheme = _emoji_patterns()
+    return bool(grapheme.fullmatch(text)) and bool(emoji.fullmatch(text))
 
 
 def is_moderator(room: Room, user: "User") -> bool:

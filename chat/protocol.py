@@ -18,9 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
-from jsonschema import Draft202012Validator
-
-from project.sockets import FrameError, InvalidFrame, compile_schema, frame_schema, parse
+from project.sockets import FrameError, FrameSchema, InvalidFrame, compile_schema, frame_schema, parse
 
 from .models import MAX_MESSAGE_LENGTH, Message
 
@@ -69,7 +67,7 @@ VERSIONS_SCHEMA = frame_schema("versions", {"id": MESSAGE_ID}, ("id",))
 TYPING_SCHEMA = frame_schema("typing")
 
 # frame type -> its compiled schema, and its handler; filled by the apps' ready().
-validators: dict[str, Draft202012Validator] = {}
+validators: dict[str, FrameSchema] = {}
 handlers: dict[str, Handler] = {}
 # channel-layer event type (e.g. "avatar.changed") -> its handler, for events the socket has no method for.
 event_handlers: dict[str, Handler] = {}
@@ -79,7 +77,7 @@ def register(type_: str, schema: dict[str, Any], handler: Handler) -> None:
     """Let room sockets take `{"type": type_, ...}` frames that `schema` accepts; `handler` acts on them.
 
     Call from AppConfig.ready(). `schema` must pin `type` to `type_` (project.sockets.frame_schema
-    builds one); it is checked and compiled here, once.
+    builds one), checked here; jsonschema checks and compiles it at its first frame (FrameSchema).
     """
     if type_ in handlers:
         raise ImproperlyConfigured(f"Frame type {type_!r} is registered twice.")

@@ -1,4 +1,3 @@
-import phonenumbers
 from django import forms
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -27,6 +26,10 @@ class NotificationSettingsForm(forms.Form):
 
     def clean_phone(self) -> str:
         """The number in E.164 (+14155550100), or a clear error."""
+        # Imported by the first number checked: every process that loads the templates' tags
+        # (the system checks do) would otherwise hold its metadata (worker memory).
+        import phonenumbers
+
         raw = self.cleaned_data["phone"].strip()
         if not raw:
             return ""

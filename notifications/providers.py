@@ -4,6 +4,10 @@ Email goes through Django's mail API (an anymail backend in production); SMS
 through the twilio client. Both are reduced to one vocabulary so delivery.py can
 decide: Sent, PermanentFailure (never retry), TransientFailure (retry; `sent`
 says whether the provider may have taken the message anyway).
+
+anymail, twilio and requests are imported by the functions that call them, not
+here: every process imports this module (the notifications tasks are known to
+all), and only one that sends an email or an SMS needs their memory.
 """
 
 import email.utils
@@ -11,19 +15,13 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-import requests
-from anymail.exceptions import AnymailRecipientsRefused, AnymailRequestsAPIError
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import EmailMultiAlternatives
 from django.utils import timezone
-from twilio.base.exceptions import TwilioException, TwilioRestException
-from twilio.http.http_client import TwilioHttpClient
-from twilio.rest import Client
 
 logger = logging.getLogger(__name__)
 
-TWILIO_API = "https://api.twilio.com"
 # Twilio error codes that no retry can fix.
 # https://www.twilio.com/docs/api/errors
 TWILIO_UNSUBSCRIBED = 21610  # the recipient replied STOP
@@ -78,6 +76,8 @@ def retry_after_seconds(value: str | None) -> float | None:
 def _connection_failure(exc: BaseException, provider: str) -> TransientFailure:
     # A connect timeout never reached the provider; anything later (read
     # timeout, connection dropped mid-answer) may have been taken.
+    import requests
+
     maybe_sent = not isinstance(exc, requests.ConnectTimeout)
     return TransientFailure(f"{provider} unreachable: {type(exc).__name__}", maybe_sent=maybe_sent)
 
@@ -89,6 +89,8 @@ def send_email(
     *, to: str, subject: str, body: str, html: str, headers: dict[str, str], metadata: dict[str, str]
 ) -> str:
     """Send one email; the ESP's message id ("" when the backend has none, e.g. console)."""
+    from anymail.exceptions import AnymailRecipientsRefused, AnymailRequestsAPIError
+
     message = EmailMultiAlternatives(subject=subject, body=body, to=[to], headers=headers)
     if html:
         message.attach_alternative(html, "text/html")
@@ -119,40 +121,13 @@ def send_email(
 # --- SMS ----------------------------------------------------------------------------
 
 
-class ParleyTwilioHttpClient(TwilioHttpClient):
-    """Twilio's own HTTP client, with two additions.
-
-    - `api_url` replaces https://api.twilio.com: a custom HTTP client is how
-      Twilio documents reaching another host (a test double, a proxy).
-    - It keeps the last response's headers: TwilioRestException drops them,
-      and a 429's Retry-After is needed to wait the right time.
-    """
-
-    def __init__(self, api_url: str = "", **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.api_url = api_url.rstrip("/")
-        self.last_headers: dict[str, str] = {}
-
-    def request(self, method: str, url: str, *args, **kwargs):
-        if self.api_url and url.startswith(TWILIO_API):
-            url = self.api_url + url.removeprefix(TWILIO_API)
-        self.last_headers = {}
-        response = super().request(method, url, *args, **kwargs)
-        self.last_headers = dict(response.headers or {})
-        return response
-
-
-def twilio_client() -> Client:
-    if not (settings.TWILIO_ACCOUNT_SID and settings.TWILIO_AUTH_TOKEN and settings.TWILIO_FROM_NUMBER):
-        raise ImproperlyConfigured(
-            "SMS is not set up on this Parley server (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_FROM_NUMBER)."
-        )
-    http_client = ParleyTwilioHttpClient(api_url=settings.TWILIO_API_URL, timeout=settings.TWILIO_TIMEOUT)
-    return Client(settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN, http_client=http_client)
-
-
 def send_sms(*, to: str, body: str, status_callback: str) -> str:
     """Send one SMS; Twilio's message SID."""
+    import requests
+    from twilio.base.exceptions import TwilioException, TwilioRestException
+
+    from .twilio_client import twilio_client
+
     try:
         client = twilio_client()
     except ImproperlyConfigured as exc:
@@ -183,6 +158,11 @@ def sms_sent_since(to: str, since: datetime) -> list[ProviderMessage]:
     in its queue has no date_sent yet, and must be found all the same.
     Twilio lists newest first; one number's last 100 cover the window.
     """
+    import requests
+    from twilio.base.exceptions import TwilioException
+
+    from .twilio_client import twilio_client
+
     try:
         client = twilio_client()
         messages = client.messages.list(to=to, limit=100)

@@ -1,15 +1,14 @@
 import functools
 import logging
-from collections.abc import Callable
 
-from anymail.exceptions import AnymailConfigurationError
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import reverse
+from django.urls import URLResolver, reverse
+from django.urls.resolvers import RegexPattern
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -181,23 +180,36 @@ def twilio_webhook(request: HttpRequest) -> HttpResponse:
     return HttpResponse("<Response/>", content_type="text/xml")
 
 
-def esp_webhook(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """One of anymail's webhook views, answering a payload of the wrong kind with 400.
+@csrf_exempt
+@login_not_required
+def esp_webhook(request: HttpRequest, path: str) -> HttpResponse:
+    """anymail's webhook view for `path` (e.g. `postmark/tracking/`), answering a payload of the wrong kind with 400.
 
     anymail raises AnymailConfigurationError when a tracking event is posted to
     an inbound URL (or the other way round): a misconfigured ESP, or anyone who
     knows the URL. That is the sender's mistake, so a 400 saying which, not a 500.
-    functools.wraps keeps anymail's csrf_exempt and login_not_required marks.
+    Every anymail webhook view is csrf_exempt and login_not_required, as this one is.
     """
+    from anymail.exceptions import AnymailConfigurationError  # imports requests: see _esp_webhooks
 
-    @functools.wraps(view)
-    def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
-        try:
-            return view(request, *args, **kwargs)
-        except AnymailConfigurationError as error:
-            detail = str(error).split("\n", 1)[0]
-            logger.warning("event=esp_webhook_rejected reason=wrong_payload path=%s detail=%r", request.path, detail)
-            body = f"This webhook URL does not take this payload: {detail}"
-            return HttpResponseBadRequest(body, content_type="text/plain")
+    match = _esp_webhooks().resolve(path)  # Resolver404 (a 404) when anymail has no such webhook
+    try:
+        return match.func(request, *match.args, **match.kwargs)
+    except AnymailConfigurationError as error:
+        detail = str(error).split("\n", 1)[0]
+        logger.warning("event=esp_webhook_rejected reason=wrong_payload path=%s detail=%r", request.path, detail)
+        body = f"This webhook URL does not take this payload: {detail}"
+        return HttpResponseBadRequest(body, content_type="text/plain")
 
-    return wrapped
+
+@functools.cache
+def _esp_webhooks() -> URLResolver:
+    """anymail's webhook URLs, loaded by the first webhook call rather than with the URLconf.
+
+    anymail.urls imports every ESP's webhook module, and Amazon SES's imports
+    boto3: memory every process that loads the URLconf (each daphne, each
+    worker that builds a link) would hold for one ESP's webhooks at most.
+    """
+    import anymail.urls
+
+    return URLResolver(RegexPattern(r"^"), anymail.urls.urlpatterns)

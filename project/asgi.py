@@ -12,7 +12,6 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
-from sentry_sdk.integrations.asyncio import enable_asyncio_integration  # noqa: E402
 
 from . import routing  # noqa: E402
 from .connects import ConnectAuthMiddlewareStack  # noqa: E402
@@ -40,6 +39,9 @@ class AsyncioErrorReporting:
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if not self.enabled:
+            # Imported here: without SENTRY_DSN no process (each worker loads this module too) needs sentry_sdk.
+            from sentry_sdk.integrations.asyncio import enable_asyncio_integration
+
             self.enabled = True
             enable_asyncio_integration()
         await self.app(scope, receive, send)

@@ -11,15 +11,17 @@ socket) must not import a feature app, while every app may import project/,
 which routes all their sockets anyway.
 """
 
+import functools
 import json
 import re
 import time
 from collections import deque
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError, best_match
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 # Nesting no frame of ours needs more than a few levels of; deeper is refused
 # before any schema or handler walks it (json itself stops at the recursion limit).
@@ -54,7 +56,7 @@ def server_error() -> FrameError:
 class InvalidFrame(FrameError):
     """A frame its schema refuses; `frame_data` and `error` let a socket name a finer code than `invalid`."""
 
-    def __init__(self, frame_data: dict[str, Any], error: ValidationError) -> None:
+    def __init__(self, frame_data: dict[str, Any], error: "ValidationError") -> None:
         field = ".".join(str(p) for p in error.path) or "frame"
         super().__init__("invalid", f"invalid frame: {field}: {error.message}"[:200])
         self.frame_data = frame_data
@@ -87,10 +89,34 @@ class RateLimit:
         return True
 
 
-def compile_schema(schema: dict[str, Any]) -> Draft202012Validator:
-    """A validator for `schema`, checked and compiled once (validation runs for every frame)."""
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+class FrameSchema:
+    """A frame's JSON schema, checked and compiled once, by the first frame it validates.
+
+    Not before: every process imports the sockets' schemas (the apps register
+    theirs in ready()), but only a web process takes frames, and jsonschema is
+    memory a worker would hold for nothing.
+    """
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        self.schema = schema
+
+    @functools.cached_property
+    def _compiled(self) -> tuple["Draft202012Validator", Callable]:
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import best_match
+
+        Draft202012Validator.check_schema(self.schema)
+        return Draft202012Validator(self.schema), best_match
+
+    def error(self, frame: dict[str, Any]) -> "ValidationError | None":
+        """What is most wrong with `frame` (None: nothing)."""
+        validator, best_match = self._compiled
+        return best_match(validator.iter_errors(frame))
+
+
+def compile_schema(schema: dict[str, Any]) -> FrameSchema:
+    """A validator for `schema` (validation runs for every frame; compiled by the first)."""
+    return FrameSchema(schema)
 
 
 def frame_schema(type_: str, properties: dict[str, Any] | None = None, required: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -159,15 +185,15 @@ def decode(text: str | None, binary: bytes | None, max_bytes: int) -> dict[str, 
     return frame
 
 
-def validate(frame: dict[str, Any], validator: Draft202012Validator) -> None:
+def validate(frame: dict[str, Any], validator: FrameSchema) -> None:
     """Raise InvalidFrame if `validator` refuses the decoded `frame`."""
-    error = best_match(validator.iter_errors(frame))
+    error = validator.error(frame)
     if error is not None:
         raise InvalidFrame(frame, error)
 
 
 def parse(
-    text: str | None, binary: bytes | None, validators: Mapping[str, Draft202012Validator], max_bytes: int
+    text: str | None, binary: bytes | None, validators: Mapping[str, FrameSchema], max_bytes: int
 ) -> dict[str, Any]:
     """Decode one inbound frame and check it against the schema of its `type`, or raise FrameError."""
     frame = decode(text, binary, max_bytes)

@@ -11,11 +11,13 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
+from jsonschema.exceptions import SchemaError
 
 from accounts.models import User
 from chat import protocol
 from chat.consumers import ChatConsumer, post_message
 from chat.models import Membership, Message, Presence, Room, ServerProcess
+from project.sockets import compile_schema
 from tests.chat_helpers import (  # noqa: F401 (fixtures: ann, bob, their cookies, lobby, fresh_channel_layer)
     ann, ann_cookie, bob, bob_cookie, fresh_channel_layer, join, lobby, next_of, open_socket, refused_with, send, send_raw, session_cookie,
 )
@@ -282,6 +284,18 @@ def test_apps_register_their_frame_types_and_a_type_registers_once():
     with pytest.raises(ImproperlyConfigured, match="pin type"):
         protocol.register("shout", protocol.MESSAGE_SCHEMA, ChatConsumer.on_message)
     assert "shout" not in protocol.handlers
+
+
+def test_every_registered_frame_schema_is_a_valid_json_schema():
+    # Compiled by its first frame (project.sockets.FrameSchema), not at start: checked here instead.
+    from notifications.consumers import VALIDATORS
+    from reports.consumers import CANCEL
+
+    for schema in [*protocol.validators.values(), *VALIDATORS.values(), CANCEL]:
+        schema.error({"type": "anything"})  # jsonschema's SchemaError for a schema that is not one
+    bad = compile_schema({"type": "object", "properties": {"type": {"const": "x"}}, "maxProperties": -1})
+    with pytest.raises(SchemaError):
+        bad.error({"type": "x"})
 
 
 # --- bad input: an error frame, the socket stays open, nothing stored --------------------

@@ -219,3 +219,6 @@ def test_a_tracking_payload_posted_to_the_inbound_webhook_is_a_400(settings, db)
     response = Client().post("/notifications/email/postmark/inbound/", bounce, content_type="application/json", **auth)
     assert response.status_code == 400
     assert "does not take this payload" in response.content.decode() and "Bounce" in response.content.decode()
+    # A path anymail has no webhook for (views.esp_webhook looks it up in anymail's URLs): a 404.
+    assert Client().post("/notifications/email/no-such-esp/tracking/", bounce, content_type="application/json",
+                         **auth).status_code == 404  # fmt: skip
