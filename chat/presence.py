@@ -119,7 +119,9 @@ def join(room: Room, user: "User", channel_name: str, process_id: int) -> Entry:
     Every connect pays this, so its statements are SQL text built once per
     vendor and sent straight to the cursor (_join_sql): built through the ORM
     they were most of a connect's CPU in the daphne (README.md, Benchmarks,
-    idle sockets). Three round trips on PostgreSQL, four statements on SQLite.
+    idle sockets). Three statements on either database: PostgreSQL's first is
+    the user's row lock, and SQLite, without row locks, reads who is here and
+    writes the row in two.
     """
     sql = _join_sql(connection.vendor)
     ops = connection.ops
