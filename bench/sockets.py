@@ -14,7 +14,8 @@ within `--open-timeout` ends the target's run (its clients still retrying, it
 has no idle figures).
 
 For each N (cumulative: open to 1,000, measure, open to 5,000, ...): connect
-rate while opening, daphne RSS per socket (RSS growth since it started / N),
+rate while opening, daphne CPU per connect (its CPU seconds over the opening /
+sockets opened), daphne RSS per socket (RSS growth since it started / N),
 daphne CPU (% of one core) over `--idle-seconds` of silence; at the largest N,
 the daphne is restarted (SIGTERM, SIGKILL after 15 s, a new one on the same
 port) and timed until every client is open again.
@@ -195,11 +196,14 @@ def measure(target: Target, sizes: list[int], sessions: list[str], args, db_pids
             profiling = args.profile and n == args.profile_at
             if profiling:
                 spy = record(daphne.pid, log_dir / f"profile-{target.name}-connect-{n}.txt", PROFILE_CONNECT_S)
+            cpu_before = cpu_seconds([daphne.pid])
             status, seconds = open_to(fleet, target, port, sessions, opened, n, args.open_timeout)
+            # CPU per connect: steadier than the rate on a shared machine, where other load slows the opening.
+            connect_ms = 1000 * (cpu_seconds([daphne.pid]) - cpu_before) / max(1, status["open"] - opened)
             if profiling:
                 spy.wait(PROFILE_CONNECT_S + 30)
             row = {"target": target.name, "n": n, "open": status["open"], "open_s": seconds,
-                   "open_per_s": (status["open"] - opened) / seconds,
+                   "open_per_s": (status["open"] - opened) / seconds, "connect_cpu_ms": connect_ms,
                    "refused": status["refused"], "failures": status["failures"]}  # fmt: skip
             rows.append(row)
             if status["open"] < n:  # the rest still retrying: nothing is idle, so no idle figures
@@ -256,13 +260,13 @@ def record(pid: int, out: Path, seconds: float) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
 
-HEADERS = ["target", "sockets", "open/s", "daphne cpu% idle", "postgres cpu%", "idlers cpu%", "KB/socket",
+HEADERS = ["target", "sockets", "open/s", "daphne cpu ms/connect", "daphne cpu% idle", "postgres cpu%", "idlers cpu%", "KB/socket",
            "rss MB", "load", "reconnect all s", "from listen s", "stop s", "failures"]  # fmt: skip
 
 
 def table_row(r: dict) -> list:
     failures = {**r.get("failures", {}), **{f"refused_{k}": v for k, v in r.get("refused", {}).items()}}
-    return [r["target"], f"{r['open']:,}/{r['n']:,}", r["open_per_s"], r.get("idle_cpu_pct"), r.get("db_cpu_pct"),
+    return [r["target"], f"{r['open']:,}/{r['n']:,}", r["open_per_s"], r.get("connect_cpu_ms"), r.get("idle_cpu_pct"), r.get("db_cpu_pct"),
             r.get("idlers_cpu_pct"), r.get("kb_per_socket"), r.get("rss_mb"), r.get("load_avg"),
             r.get("reconnect_all_s"), r.get("reconnect_from_listen_s"), r.get("stop_s"),
             ",".join(f"{k}={v}" for k, v in sorted(failures.items()))]  # fmt: skip
@@ -283,7 +287,7 @@ def summary(rows: list[dict], sizes: list[int], prefix: str) -> dict:
         f"{prefix}reconnect_all_s_10k": at(sizes[-1], "reconnect_all_s"),
     }
     for n in sizes:
-        for key in ("open", "open_per_s", "idle_cpu_pct", "kb_per_socket"):
+        for key in ("open", "open_per_s", "connect_cpu_ms", "idle_cpu_pct", "kb_per_socket"):
             result[f"{prefix}{key}_{n}"] = at(n, key)
     return result
 

@@ -15,12 +15,12 @@ arriving at once on two processes cannot both (or neither) announce the join,
 and two processes sweeping the same dead one cannot both announce a leave.
 """
 
+import functools
 from typing import TYPE_CHECKING, NamedTuple
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import transaction
-from django.db.models import Exists, OuterRef, Subquery
+from django.db import connection, transaction
 from django.utils import timezone
 
 from .models import Message, Presence, Room, ServerProcess
@@ -107,7 +107,7 @@ class Entry(NamedTuple):
 
 
 def join(room: Room, user: "User", channel_name: str, process_id: int) -> Entry:
-    """Record a socket of process `process_id`, and read what the socket is told, in five statements.
+    """Record a socket of process `process_id`, and read what the socket is told.
 
     Raises TooManySockets when the user has CHAT_MAX_SOCKETS_PER_USER fresh
     rows already, in any room: a client opening sockets in a loop must not
@@ -115,42 +115,89 @@ def join(room: Room, user: "User", channel_name: str, process_id: int) -> Entry:
     ProcessGone when the process's row is not fresh: a row added to it would
     be swept as a dead process's. A socket that joins again (its process came
     back) has its row moved to the new process.
+
+    Every connect pays this, so its statements are SQL text built once per
+    vendor and sent straight to the cursor (_join_sql): built through the ORM
+    they were most of a connect's CPU in the daphne (README.md, Benchmarks,
+    idle sockets). Three statements on either database: PostgreSQL's first is
+    the user's row lock, and SQLite, without row locks, reads who is here and
+    writes the row in two.
     """
-    with transaction.atomic():
-        # The user's row serialises their joins, across rooms and processes, so the cap is exact.
-        get_user_model().objects.lock(user.pk)
-        mine = Presence.objects.fresh().filter(user=user).exclude(channel_name=channel_name)
-        if mine.count() >= settings.CHAT_MAX_SOCKETS_PER_USER:
+    sql = _join_sql(connection.vendor)
+    ops = connection.ops
+    cutoff = ops.adapt_datetimefield_value(ServerProcess.dead_before())
+    with transaction.atomic(), connection.cursor() as cursor:
+        if sql.lock_user:
+            # The user's row serialises their joins, across rooms and processes, so the cap is exact.
+            # The count is read by the next statement, whose snapshot has what the joins it waited for committed.
+            cursor.execute(sql.lock_user, [user.pk])
+        # The user's other sockets, the room's lock, its heads and the process's liveness in one
+        # statement. A newest id read before a post waiting on the lock commits errs low: that
+        # message is then sent live.
+        cursor.execute(sql.heads, [user.pk, cutoff, channel_name, process_id, cutoff, room.pk])
+        row = cursor.fetchone()
+        if row is None:
+            raise Room.DoesNotExist(f"No room {room.pk}.")
+        sockets, last_id, last_seq, process_alive = row
+        if sockets >= settings.CHAT_MAX_SOCKETS_PER_USER:
             raise TooManySockets
-        # The room's lock, its heads and the process's liveness in one statement. A newest id read
-        # before a post waiting on the lock commits errs low: that message is then sent live.
-        latest = Message.objects.filter(room=OuterRef("pk")).order_by("-id").values("id")[:1]
-        alive = ServerProcess.objects.filter(pk=process_id, last_seen__gt=ServerProcess.dead_before())
-        heads = (
-            Room.objects.select_for_update()
-            .filter(pk=room.pk)
-            .annotate(latest=Subquery(latest), alive=Exists(alive))
-            .values_list("latest", "change_seq", "alive")
-            .get()
-        )
-        last_id, last_seq, process_alive = heads
         if not process_alive:
             raise ProcessGone
-        present = dict(
-            Presence.objects.fresh()
-            .filter(room=room)
-            .exclude(channel_name=channel_name)
-            .values_list("user__username", "user__display_name")
-            .distinct()
-        )
-        first = user.username not in present
-        present[user.username] = user.display_name
-        Presence.objects.bulk_create(
-            [Presence(channel_name=channel_name, room=room, user=user, process_id=process_id)],
-            update_conflicts=True, unique_fields=["channel_name"], update_fields=["room", "user", "process"],
-        )  # fmt: skip
+        # Who else is here, read under the room's lock, and this socket's row (moved to this process if it
+        # had one): one statement on PostgreSQL, whose CTEs share one snapshot, so the read misses the write.
+        present_params = [room.pk, cutoff, channel_name]
+        upsert_params = [channel_name, room.pk, user.pk, process_id, ops.adapt_datetimefield_value(timezone.now())]
+        if sql.upsert:
+            cursor.execute(sql.present, present_params)
+            present = dict(cursor.fetchall())
+            cursor.execute(sql.upsert, upsert_params)
+        else:
+            cursor.execute(sql.present, upsert_params + present_params)
+            present = dict(cursor.fetchall())
+    first = user.username not in present
+    present[user.username] = user.display_name
     names = {handle: name for handle, name in present.items() if name}
     return Entry(first, sorted(present), names, last_id or 0, last_seq)
+
+
+class JoinSQL(NamedTuple):
+    lock_user: str  # empty where the database has no row locks (SQLite: IMMEDIATE transactions serialise writers)
+    heads: str  # (the user's other fresh sockets, newest message id, change number, process alive), room locked
+    present: str  # (handle, display name) of the others present; on PostgreSQL also the upsert, first
+    upsert: str  # empty where `present` does it
+
+
+@functools.cache
+def _join_sql(vendor: str) -> JoinSQL:
+    """join()'s statements for `vendor`, built once (see join)."""
+    quote = connection.ops.quote_name
+    presence, process = quote(Presence._meta.db_table), quote(ServerProcess._meta.db_table)
+    room, message = quote(Room._meta.db_table), quote(Message._meta.db_table)
+    user = quote(get_user_model()._meta.db_table)
+    locks = connection.features.has_select_for_update
+    for_update = " FOR UPDATE" if locks else ""
+    # Presence.objects.fresh(), of the sockets other than this one.
+    others = "s.last_seen > %s AND p.channel_name <> %s"
+    heads = (
+        f"SELECT (SELECT COUNT(*) FROM {presence} p JOIN {process} s ON s.id = p.process_id "
+        f"WHERE p.user_id = %s AND {others}), "
+        f"(SELECT m.id FROM {message} m WHERE m.room_id = r.id ORDER BY m.id DESC LIMIT 1), r.change_seq, "
+        f"EXISTS(SELECT 1 FROM {process} WHERE id = %s AND last_seen > %s) "
+        f"FROM {room} r WHERE r.id = %s{for_update}"
+    )
+    present = (
+        f"SELECT DISTINCT u.username, u.display_name FROM {presence} p JOIN {process} s ON s.id = p.process_id "
+        f"JOIN {user} u ON u.id = p.user_id WHERE p.room_id = %s AND {others}"
+    )
+    upsert = (
+        f"INSERT INTO {presence} (channel_name, room_id, user_id, process_id, connected_at) VALUES (%s, %s, %s, %s, %s) "
+        f"ON CONFLICT (channel_name) DO UPDATE SET room_id = EXCLUDED.room_id, user_id = EXCLUDED.user_id, "
+        f"process_id = EXCLUDED.process_id"
+    )
+    lock_user = f"SELECT 1 FROM {user} WHERE id = %s{for_update}" if locks else ""
+    if vendor == "postgresql":
+        return JoinSQL(lock_user, heads, f"WITH upsert AS ({upsert} RETURNING 1) {present}", "")
+    return JoinSQL(lock_user, heads, present, upsert)
 
 
 def leave(room: Room, user: "User", channel_name: str) -> bool:
