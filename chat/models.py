@@ -1,13 +1,15 @@
 import functools
 import re
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Exists, F, OuterRef, Q, Subquery, Value
 from django.utils import timezone
+
+from project import rows
 
 if TYPE_CHECKING:
     from accounts.models import User
@@ -235,32 +237,16 @@ class RoomHidden(Room.DoesNotExist):
 
 
 @functools.cache
-def _room_sql(vendor: str) -> tuple[str, list[tuple[int, list, Any]]]:
-    """The read of a room by label, and the ORM's converters for its columns (SQLite's datetimes), by position."""
-    quote = connection.ops.quote_name
-    fields = Room._meta.concrete_fields
-    columns = ", ".join(quote(field.column) for field in fields)
-    converters = []
-    for i, field in enumerate(fields):
-        column = field.get_col(Room._meta.db_table)
-        found = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
-        if found:
-            converters.append((i, found, column))
-    return f"SELECT {columns} FROM {quote(Room._meta.db_table)} WHERE label = %s", converters
+def _room_sql(vendor: str) -> str:
+    """The read of a room by label (see RoomQuerySet.find)."""
+    return f"SELECT {rows.columns(Room)} FROM {connection.ops.quote_name(Room._meta.db_table)} WHERE label = %s"
 
 
 def _room_by_label(label: str) -> Room | None:
-    sql, converters = _room_sql(connection.vendor)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [label])
+        cursor.execute(_room_sql(connection.vendor), [label])
         row = cursor.fetchone()
-    if row is None:
-        return None
-    values = list(row)
-    for i, found, column in converters:
-        for convert in found:
-            values[i] = convert(values[i], column, connection)
-    return Room.from_db(connection.alias, None, values)
+    return None if row is None else rows.load(Room, row)
 
 
 class Membership(models.Model):

@@ -32,6 +32,8 @@ from django.tasks.exceptions import InvalidTask
 from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
 
+from project import rows
+
 from . import metrics
 from .backends import ChannelsBackend, aring, load_task, ring, to_json, to_task_result
 from .exceptions import (
@@ -316,7 +318,7 @@ def _claim_sql(vendor: str, queue_count: int, many: bool = False, paths: int = 0
     if besides:
         only += f"AND id <> ALL(ARRAY(SELECT id FROM {besides})) "
     table = _table()
-    columns = ", ".join(connection.ops.quote_name(field.column) for field in FIELDS)
+    columns = rows.columns(TaskRecord)
     due = (
         f"SELECT id FROM {table} WHERE status = %s AND NOT cancel_requested "
         f"AND queue_name IN ({queues}) AND available_at <= %s "
@@ -339,24 +341,8 @@ def _claim_sql(vendor: str, queue_count: int, many: bool = False, paths: int = 0
     )
 
 
-@functools.cache
-def _converters(vendor: str) -> list[tuple[int, list, Any]]:
-    """What the ORM would apply to each column of a TaskRecord row (JSON decoding, SQLite's types)."""
-    converters = []
-    for i, field in enumerate(FIELDS):
-        column = field.get_col(TaskRecord._meta.db_table)
-        found = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
-        if found:
-            converters.append((i, found, column))
-    return converters
-
-
-def _load(row: list) -> TaskRecord:
-    values = list(row)
-    for i, converters, column in _converters(connection.vendor):
-        for convert in converters:
-            values[i] = convert(values[i], column, connection)
-    return TaskRecord.from_db(connection.alias, None, values)
+def _load(row: Any) -> TaskRecord:
+    return rows.load(TaskRecord, row)
 
 
 def fail_cancelled() -> int:
