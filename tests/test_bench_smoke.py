@@ -44,6 +44,11 @@ EXPECTED_KEYS = {
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 
+def one_run(script: str) -> pytest.MarkDecorator:
+    """Under pytest-xdist (`--dist loadgroup`) the tests of one script share a worker, so its cached run."""
+    return pytest.mark.xdist_group(f"bench-{script}")
+
+
 @functools.cache  # one run per script serves every test below
 def run_smoke(script: str) -> tuple[subprocess.CompletedProcess, dict]:
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
@@ -58,7 +63,7 @@ def run_smoke(script: str) -> tuple[subprocess.CompletedProcess, dict]:
     return proc, result
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", [pytest.param(script, marks=one_run(script)) for script in SCRIPTS])
 def test_benchmark_smoke_ends_with_its_json_line(script):
     proc, result = run_smoke(script)
     missing = EXPECTED_KEYS.get(script, set()) - result.keys()
@@ -67,6 +72,7 @@ def test_benchmark_smoke_ends_with_its_json_line(script):
     assert len(proc.stdout.strip().splitlines()) > 3
 
 
+@one_run("tasks.py")
 def test_tasks_benchmark_measures_parley():
     """Parley's own figures are real measurements, whether or not the peers' venv exists."""
     _, result = run_smoke("tasks.py")
@@ -78,6 +84,7 @@ def test_tasks_benchmark_measures_parley():
     assert (result["ratio_vs_celery"] is not None) == peers
 
 
+@one_run("sockets.py")
 def test_sockets_benchmark_measures_parley_and_the_floor():
     """Every socket opened and came back after the restart, on both targets: the figures are real."""
     _, result = run_smoke("sockets.py")
