@@ -44,12 +44,9 @@ EXPECTED_KEYS = {
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 
-def one_run(script: str) -> pytest.MarkDecorator:
-    """Under pytest-xdist (`--dist loadgroup`) the tests of one script share a worker, so its cached run."""
-    return pytest.mark.xdist_group(f"bench-{script}")
-
-
-@functools.cache  # one run per script serves every test below
+# One run per script serves every test below; `make test` keeps this file on one
+# pytest-xdist worker (--dist loadfile), so the cache holds across them there too.
+@functools.cache
 def run_smoke(script: str) -> tuple[subprocess.CompletedProcess, dict]:
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
     proc = subprocess.run(
@@ -63,7 +60,7 @@ def run_smoke(script: str) -> tuple[subprocess.CompletedProcess, dict]:
     return proc, result
 
 
-@pytest.mark.parametrize("script", [pytest.param(script, marks=one_run(script)) for script in SCRIPTS])
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_benchmark_smoke_ends_with_its_json_line(script):
     proc, result = run_smoke(script)
     missing = EXPECTED_KEYS.get(script, set()) - result.keys()
@@ -72,7 +69,6 @@ def test_benchmark_smoke_ends_with_its_json_line(script):
     assert len(proc.stdout.strip().splitlines()) > 3
 
 
-@one_run("tasks.py")
 def test_tasks_benchmark_measures_parley():
     """Parley's own figures are real measurements, whether or not the peers' venv exists."""
     _, result = run_smoke("tasks.py")
@@ -84,7 +80,6 @@ def test_tasks_benchmark_measures_parley():
     assert (result["ratio_vs_celery"] is not None) == peers
 
 
-@one_run("sockets.py")
 def test_sockets_benchmark_measures_parley_and_the_floor():
     """Every socket opened and came back after the restart, on both targets: the figures are real."""
     _, result = run_smoke("sockets.py")
