@@ -170,10 +170,11 @@ def pytest_load_initial_conftests(early_config, parser, args):
     os.environ.pop("DATABASE_URL", None)
     os.environ.pop("REDIS_URL", None)
     os.environ["PARLEY_TEST_STACK"] = stack
+    # The controller too loads the settings, and would leave an empty db.sqlite3 in the checkout.
+    os.environ["SQLITE_PATH"] = os.path.join(tempfile.mkdtemp(prefix="parley-sqlite-"), "db.sqlite3")
     if getattr(early_config.known_args_namespace, "numprocesses", None) and "PYTEST_XDIST_WORKER" not in os.environ:
         return (yield)
     os.environ.setdefault("MEDIA_ROOT", tempfile.mkdtemp(prefix="parley-media-"))
-    os.environ["SQLITE_PATH"] = os.path.join(tempfile.mkdtemp(prefix="parley-sqlite-"), "db.sqlite3")
     if stack == "postgres":
         os.environ["DATABASE_URL"] = shared_postgres().url("parley")
         os.environ["REDIS_URL"] = shared_redis().url
