@@ -65,10 +65,13 @@ run: $(VENV)/.installed
 	PARLEY_BASE_URL="$${PARLEY_BASE_URL:-http://$(LINK_HOST):$(PORT)}" $(PY) manage.py runserver $(HOST):$(PORT)
 
 # The suite runs twice: everything on PostgreSQL + channels-redis, then the
-# in-process tests again on SQLite + the in-memory layer.
+# in-process tests again on SQLite + the in-memory layer. Each run is spread over
+# TEST_WORKERS pytest-xdist processes (each with its own servers); idle workers
+# take tests queued on busy ones (--dist worksteal), as e2e tests' lengths vary.
+TEST_WORKERS ?= 4
 test: $(VENV)/.installed-dev system-deps
-	$(PY) -m pytest --stack=postgres
-	$(PY) -m pytest --stack=embedded -m "not e2e"
+	$(PY) -m pytest --stack=postgres -n $(TEST_WORKERS) --dist worksteal
+	$(PY) -m pytest --stack=embedded -m "not e2e" -n $(TEST_WORKERS) --dist worksteal
 
 $(BENCH_VENV)/.installed: bench/requirements.txt | python-check
 	@test -x $(BENCH_VENV)/bin/python || "$(PYTHON)" -m venv $(BENCH_VENV)

@@ -159,13 +159,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_load_initial_conftests(early_config, parser, args):
-    """Point the settings at our servers before pytest-django imports them."""
+    """Point the settings at our servers before pytest-django imports them.
+
+    Under pytest-xdist (`-n N`) each worker process does this for itself, so
+    every worker has its own PostgreSQL, Redis, media and SQLite folders and
+    workers never see each other's data; the controller runs no test and
+    starts nothing.
+    """
     stack = early_config.known_args_namespace.stack
     os.environ.pop("DATABASE_URL", None)
     os.environ.pop("REDIS_URL", None)
     os.environ["PARLEY_TEST_STACK"] = stack
-    os.environ.setdefault("MEDIA_ROOT", tempfile.mkdtemp(prefix="parley-media-"))
+    # The controller too loads the settings, and would leave an empty db.sqlite3 in the checkout.
     os.environ["SQLITE_PATH"] = os.path.join(tempfile.mkdtemp(prefix="parley-sqlite-"), "db.sqlite3")
+    if getattr(early_config.known_args_namespace, "numprocesses", None) and "PYTEST_XDIST_WORKER" not in os.environ:
+        return (yield)
+    os.environ.setdefault("MEDIA_ROOT", tempfile.mkdtemp(prefix="parley-media-"))
     if stack == "postgres":
         os.environ["DATABASE_URL"] = shared_postgres().url("parley")
         os.environ["REDIS_URL"] = shared_redis().url

@@ -131,8 +131,8 @@ async def test_lost_announcements_close_exactly_the_affected_sockets_within_the_
         await asyncio.sleep(2 * access.RECHECK_INTERVAL)
     assert len(reads) <= 2 * access.RECHECK_SLICES + 2, len(reads)
 
-    started = time.monotonic()
     await change_unannounced(people, rooms, eve.cookie)
+    started = time.monotonic()  # from the commit: a recheck cannot see the changes before it
     slack = 0.5
     codes = {name: await close_code(socket, within=access.RECHECK_INTERVAL + slack)
              for name, (socket, _) in ending.items()}  # fmt: skip

@@ -44,7 +44,7 @@ EXPECTED_KEYS = {
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 
-@functools.cache  # one run per script serves every test below
+@functools.cache  # one run per script (per pytest-xdist worker) serves every test below
 def run_smoke(script: str) -> tuple[subprocess.CompletedProcess, dict]:
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
     proc = subprocess.run(
